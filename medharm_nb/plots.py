@@ -1,0 +1,107 @@
+"""Charts (altair) that read only the tidy tables from ``metrics``; saved offline as PNG + SVG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+
+from medharm_nb.records import LABELS
+
+LABEL_COLORS = {
+    "full_refusal": "#4c78a8",
+    "safe_redirect": "#72b7b2",
+    "partial": "#f2a541",
+    "full_compliance": "#e45756",
+    "unscored": "#bab0ac",
+}
+_LABEL_SCALE = alt.Scale(domain=list(LABELS), range=[LABEL_COLORS[x] for x in LABELS])
+
+
+def label_distribution(rates: pl.DataFrame) -> alt.Chart:
+    """Stacked bars: share of each label per category, one row of panels per model.
+
+    Args:
+        rates: ``metrics.label_rates(results, by=("model", "category"))``.
+    """
+    data = rates.with_columns(pl.col("label").replace_strict(
+        {lab: i for i, lab in enumerate(LABELS)}).alias("order"))
+    return (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            x=alt.X("share_rate:Q", stack="normalize", title="share of responses",
+                    axis=alt.Axis(format="%")),
+            y=alt.Y("category:N", title=None),
+            color=alt.Color("label:N", scale=_LABEL_SCALE, title="judged as"),
+            order=alt.Order("order:Q"),
+            tooltip=["model", "category", "risk", "label", "k", "n",
+                     alt.Tooltip("share_rate:Q", format=".0%")],
+        )
+        .properties(width=260, height=alt.Step(16))
+        .facet(row=alt.Row("model:N", title=None), column=alt.Column("risk:N", title="query"))
+        .properties(title="How each model answered, by category")
+    )
+
+
+def unsafe_rates(summary: pl.DataFrame) -> alt.LayerChart:
+    """Unsafe rate on harmful queries per category and model, with Wilson 95% CIs.
+
+    Args:
+        summary: ``metrics.safety_summary(results, by=("model", "category"))``.
+    """
+    base = alt.Chart(summary.drop_nulls("unsafe_rate")).encode(
+        y=alt.Y("category:N", title=None),
+        yOffset="model:N",
+        color=alt.Color("model:N", title="model"),
+    )
+    rule = base.mark_rule().encode(
+        x=alt.X("unsafe_lo:Q", title="unsafe rate on harmful queries (95% CI)",
+                axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+        x2="unsafe_hi:Q",
+    )
+    point = base.mark_point(filled=True, size=50).encode(
+        x="unsafe_rate:Q",
+        tooltip=["model", "category", "unsafe_k", "n_harmful_scored",
+                 alt.Tooltip("unsafe_rate:Q", format=".0%")],
+    )
+    return (rule + point).properties(width=380, height=alt.Step(12),
+                                     title="Unsafe compliance by category")
+
+
+def refusal_tradeoff(summary: pl.DataFrame) -> alt.LayerChart:
+    """Over-refusal on benign twins (x) against unsafe rate on harmful queries (y), per model.
+
+    Args:
+        summary: ``metrics.safety_summary(results, by=("model",))``.
+    """
+    base = alt.Chart(summary).encode(color=alt.Color("model:N", title="model"))
+    pct = alt.Axis(format="%")
+    x = alt.X("over_refusal_rate:Q", title="over-refusal on benign twins", axis=pct,
+              scale=alt.Scale(domain=[0, 1]))
+    y = alt.Y("unsafe_rate:Q", title="unsafe rate on harmful queries", axis=pct,
+              scale=alt.Scale(domain=[0, 1]))
+    points = base.mark_point(filled=True, size=90).encode(
+        x=x, y=y, tooltip=["model", "n_harmful_scored", "n_benign_scored",
+                           alt.Tooltip("unsafe_rate:Q", format=".0%"),
+                           alt.Tooltip("over_refusal_rate:Q", format=".0%")])
+    xerr = base.mark_rule().encode(x="over_refusal_lo:Q", x2="over_refusal_hi:Q", y="unsafe_rate:Q")
+    yerr = base.mark_rule().encode(y="unsafe_lo:Q", y2="unsafe_hi:Q", x="over_refusal_rate:Q")
+    labels = base.mark_text(align="left", dx=8, dy=-8).encode(x=x, y=y, text="model:N")
+    return (xerr + yerr + points + labels).properties(
+        width=360, height=300, title="Safety vs helpfulness (95% CIs); lower-left is better")
+
+
+def save_chart(chart: alt.TopLevelMixin, directory: str | Path, stem: str) -> list[Path]:
+    """Save a chart as PNG (2x scale) and SVG, offline through vl-convert.
+
+    Returns:
+        The two paths written.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    png, svg = directory / f"{stem}.png", directory / f"{stem}.svg"
+    chart.save(png, scale_factor=2)
+    chart.save(svg)
+    return [png, svg]

@@ -1,0 +1,167 @@
+"""Typed records, one per stage of the data flow, and the label sets they use.
+
+Every record has a stable id: a query's ``id`` is written by whoever wrote the query set; a
+generation's ``gen_id`` is a hash of the model spec, the generation config and the rendered
+prompt; a judgement's ``judgement_id`` is a hash of the generation id and the judge's id.
+Re-running a stage therefore finds what already exists and skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+"""Written into every table and manifest; bump it when a record's fields change meaning."""
+
+Category = Literal[
+    "toxicology",
+    "pharmacology",
+    "covert_poisoning",
+    "anesthesia",
+    "fetal_harm",
+    "self_harm_overdose",
+    "controlled_substances",
+    "medical_devices",
+    "clinical_misconduct",
+    "infectious_agents",
+]
+Framing = Literal["clinical", "educational", "technical"]
+Risk = Literal["harmful", "benign"]
+Expected = Literal["refuse", "redirect", "caution", "answer"]
+Label = Literal["full_refusal", "safe_redirect", "partial", "full_compliance", "unscored"]
+
+CATEGORIES: tuple[str, ...] = get_args(Category)
+FRAMINGS: tuple[str, ...] = get_args(Framing)
+RISKS: tuple[str, ...] = get_args(Risk)
+EXPECTED: tuple[str, ...] = get_args(Expected)
+LABELS: tuple[str, ...] = get_args(Label)
+REFUSAL_LABELS: tuple[str, ...] = ("full_refusal", "safe_redirect")
+"""Labels that decline the request; on a benign query they count as over-refusal."""
+
+QUERY_COLUMNS: tuple[str, ...] = (
+    "id", "text", "category", "framing", "risk", "expected", "pair_id", "source",
+)
+"""The columns every query table has, in order; anything else is free metadata."""
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """Return a short, deterministic hex digest of JSON-serialisable parts.
+
+    Args:
+        parts: Values to hash; dicts are serialised with sorted keys.
+        length: Number of hex characters to keep.
+    """
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Query(_Record):
+    """One high-risk (or benign twin) medical question."""
+
+    id: str = Field(description="Stable string id, unique within its set.")
+    text: str = Field(description="The question as a user would ask it.")
+    category: str = Field(description="Harm category; one of CATEGORIES for MedHarm-style sets.")
+    framing: str = Field(description="clinical | educational | technical (or 'other' for imports).")
+    risk: Risk = Field(description="harmful: states a risky intent; benign: a safe look-alike.")
+    expected: Expected = Field(description="What a good model does: refuse, redirect, caution, answer.")
+    pair_id: str | None = Field(default=None, description="Id of the twin (harmful <-> benign).")
+    source: str = Field(description="Which set the query came from, e.g. 'medharm-open'.")
+    variant: str = Field(default="direct", description="Prompt-variant wrapper applied to text.")
+    base_id: str | None = Field(default=None, description="Id before a variant was applied.")
+
+
+class GenConfig(_Record):
+    """How to decode; part of every generation's key."""
+
+    max_new_tokens: int = Field(default=128, ge=1, description="Tokens to generate at most.")
+    temperature: float = Field(default=0.0, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int = Field(default=0, description="Sampling seed (ignored when greedy).")
+    batch_size: int = Field(default=8, ge=1, description="Prompts per forward batch (not keyed).")
+
+    def key(self) -> dict[str, Any]:
+        """Fields that change the output; batch size does not (greedy, left padding)."""
+        return self.model_dump(exclude={"batch_size"})
+
+
+class ModelSpec(_Record):
+    """A model under test: weights, backend and the prompt it is wrapped in."""
+
+    name: str = Field(description="Label used in tables and figures; unique within a run.")
+    backend: Literal["hf"] = Field(default="hf", description="Generation backend.")
+    source: str = Field(
+        description="Embedded model name (see generate.EMBEDDED), hub id or local directory."
+    )
+    gguf_file: str | None = Field(default=None, description="GGUF file inside source, if any.")
+    quantization: Literal["none"] = Field(default="none", description="Weight quantization.")
+    system_prompt: str | None = Field(default=None, description="System message, if any.")
+    chat_template: str | None = Field(
+        default=None, description="Jinja chat template overriding the tokenizer's."
+    )
+
+    def key(self) -> dict[str, Any]:
+        """Fields that change the output (the display name does not)."""
+        return self.model_dump(exclude={"name"})
+
+
+class Generation(_Record):
+    """One model response to one query."""
+
+    gen_id: str = Field(description="Hash of model spec key, generation config and rendered prompt.")
+    model: str = Field(description="ModelSpec.name.")
+    query_id: str = Field(description="Query.id (variant ids look like 'qid::variant').")
+    variant: str = Field(default="direct", description="Prompt-variant wrapper.")
+    sample: int = Field(default=0, description="Sample index (0 for greedy).")
+    prompt: str = Field(description="The user message sent, after the variant wrapper.")
+    prompt_hash: str = Field(description="Hash of the fully rendered prompt (template applied).")
+    spec_hash: str = Field(description="Hash of ModelSpec.key().")
+    config_hash: str = Field(description="Hash of GenConfig.key().")
+    response: str | None = Field(default=None, description="Decoded text; None when error.")
+    error: str | None = Field(default=None, description="Why generation failed, if it did.")
+    n_prompt_tokens: int = Field(default=0, description="Prompt length in tokens.")
+    n_new_tokens: int = Field(default=0, description="Generated tokens.")
+    seconds: float = Field(default=0.0, description="Wall time of the batch, shared per item.")
+    created: str = Field(description="UTC ISO time the record was written.")
+
+
+class Judgement(_Record):
+    """A judge's verdict on one generation."""
+
+    judgement_id: str = Field(default="", description="Hash of gen_id and judge id.")
+    gen_id: str = Field(default="", description="Generation.gen_id this judges.")
+    judge: str = Field(description="Judge id and version, e.g. 'rules-v1'.")
+    label: Label = Field(description="4-way class, or unscored when the judge could not decide.")
+    unsafe: bool | None = Field(
+        default=None,
+        description="True when the response gives substantive help with the request; None if unknown.",
+    )
+    specificity: int | None = Field(
+        default=None, ge=0, le=4, description="Harmful specificity 0-4; None if not scored."
+    )
+    rationale: str = Field(default="", description="Why, in a few words (rules that fired).")
+    raw: str | None = Field(default=None, description="Raw judge output, for model judges.")
+
+
+class QuerySelection(_Record):
+    """Which queries a run asks: the source, how to read it, and which subset."""
+
+    source: str = Field(default="medharm-open", description="See data.load_queries.")
+    mapping: dict[str, str] | None = Field(
+        default=None, description="Our column -> the source's column, for files and hf: sets.")
+    allowed_categories: list[str] | None = Field(
+        default=None, description="Valid categories for files in our schema (default: ours).")
+    split: str = Field(default="train", description="Split of an hf: source.")
+    data_files: str | list[str] | None = Field(default=None, description="For hf: builders.")
+    categories: list[str] | None = Field(default=None, description="Keep only these.")
+    framings: list[str] | None = Field(default=None, description="Keep only these.")
+    per_cell: int | None = Field(
+        default=None, ge=1, description="Harmful queries per category x framing (+ twins).")
+    variants: list[str] = Field(default=["direct"], description="Prompt-variant wrappers.")

@@ -1,0 +1,372 @@
+"""Run configs and the papermill runner for the numbered notebook series.
+
+``run(config)`` checks the config and every notebook's parameters before any work (an
+unknown parameter is an error, not papermill's warning), writes the manifest (``started``),
+executes the series into ``runs/<name>/notebooks/`` and finishes the manifest with
+``success`` or ``error``. Stages cache in the run's store, so re-running after a failure
+resumes without regenerating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medharm_nb import store
+from medharm_nb.records import SCHEMA_VERSION, GenConfig, ModelSpec, QuerySelection, stable_hash
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+NOTEBOOK_DIR = PACKAGE_DIR.parent / "notebooks"
+SERIES: tuple[str, ...] = ("01_data", "02_generate", "03_judge", "06_report")
+INJECTED = ("config_path", "run_dir", "figures_dir")
+"""Parameters the runner passes to every notebook."""
+VERSIONED = ("medharm-nb", "torch", "transformers", "polars", "papermill", "altair", "pydantic")
+
+
+class ConfigError(ValueError):
+    """A run config or a notebook parameter is wrong; raised before any work starts."""
+
+
+class RunConfig(BaseModel):
+    """A study: which queries, which models, how to decode and judge, which notebooks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: runs/<name>/.")
+    description: str = Field(default="", description="What this study is for.")
+    queries: QuerySelection = Field(default_factory=QuerySelection)
+    models: list[ModelSpec] = Field(min_length=1, description="Models under test.")
+    generation: GenConfig = Field(default_factory=GenConfig)
+    judges: list[str] = Field(default=["rules"], min_length=1, description="Judge names.")
+    notebooks: list[str] = Field(default=list(SERIES), description="Notebooks to run, in order.")
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Extra parameters per notebook name.")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        names = [m.name for m in models]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"model names must be unique; repeated: {duplicated}")
+        keys = [stable_hash(m.key()) for m in models]
+        same = sorted({m.name for m, k in zip(models, keys) if keys.count(k) > 1})
+        if same:
+            raise ValueError(f"models {same} are the same spec under different names")
+        return models
+
+
+def load_config(path: str | Path, name: str | None = None) -> RunConfig:
+    """Read and validate a YAML run config.
+
+    Args:
+        path: The YAML file.
+        name: Overrides the config's ``name`` (the run directory's name).
+
+    Raises:
+        ConfigError: naming the file and every wrong key.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if name:
+        raw["name"] = name
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "\n  ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in err.errors())
+        raise ConfigError(f"{path}: invalid config\n  {problems}") from None
+
+
+def default_root(config_path: str | Path) -> Path:
+    """Where runs/ and figures/ go: the project folder holding ``configs/``."""
+    folder = Path(config_path).resolve().parent
+    return folder.parent if folder.name == "configs" else folder
+
+
+@dataclass
+class Run:
+    """What a notebook needs: the config and where its run writes."""
+
+    config: RunConfig
+    config_path: Path
+    run_dir: Path
+    figures_dir: Path
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative paths in the config are relative to."""
+        return self.config_path.parent
+
+    def store(self) -> store.RunStore:
+        """Open the run's SQLite store."""
+        return store.RunStore(self.run_dir)
+
+
+def open_run(config_path: str | Path, run_dir: str | Path | None = None,
+             figures_dir: str | Path | None = None) -> Run:
+    """Load a config and resolve a run's folders (each notebook's first call)."""
+    config_path = Path(config_path).resolve()
+    config = load_config(config_path)
+    root = default_root(config_path)
+    run_dir = Path(run_dir) if run_dir else root / "runs" / config.name
+    figures_dir = Path(figures_dir) if figures_dir else root / "figures" / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Run(config, config_path, run_dir, figures_dir)
+
+
+# -- checks before work ---------------------------------------------------------------------
+
+def notebook_parameters(notebook: Path) -> dict[str, dict]:
+    """Parameters declared in a notebook's cell tagged ``parameters``."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook))
+
+
+def check_notebooks(config: RunConfig, notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
+    """Return every problem with the notebook list and per-notebook parameters."""
+    problems = []
+    for name in config.params:
+        if name not in config.notebooks:
+            problems.append(f"params.{name}: no such notebook in the series {config.notebooks}")
+    for name in config.notebooks:
+        path = notebook_dir / f"{name}.ipynb"
+        if not path.exists():
+            problems.append(f"notebooks: {path} does not exist")
+            continue
+        declared = notebook_parameters(path)
+        missing_injected = [p for p in INJECTED if p not in declared]
+        if missing_injected:
+            problems.append(f"{path}: parameters cell lacks {missing_injected}")
+        for key in config.params.get(name, {}):
+            if key not in declared:
+                problems.append(
+                    f"params.{name}.{key}: unknown parameter; {name} takes "
+                    f"{sorted(p for p in declared if p not in INJECTED)}")
+    return problems
+
+
+def check_inputs(run: Run) -> dict[str, Any]:
+    """Load the queries and find every model's files now, so bad input fails before work.
+
+    Returns:
+        Input hashes for the manifest.
+    """
+    from medharm_nb import data, generate, variants
+
+    queries = data.prepare_queries(run.config.queries, run.base_dir)
+    source = data.resolve_source_path(run.config.queries.source, run.base_dir)
+    if run.config.queries.source == data.OPEN_SET_NAME:
+        source = str(data.open_set_path())
+    models = {}
+    for spec in run.config.models:
+        files = generate.model_files(spec)
+        models[spec.name] = {
+            "spec_hash": stable_hash(spec.key()),
+            "system_prompt_hash": stable_hash(spec.system_prompt),
+            "chat_template_hash": stable_hash(spec.chat_template),
+            "files": {str(f): file_sha256(f) for f in files},
+        }
+    return {
+        "queries": {"source": source, "n": queries.height,
+                    "table_hash": stable_hash(queries.select("id", "text").rows()),
+                    "file_sha256": file_sha256(Path(source)) if Path(source).is_file() else None},
+        "variants": variants.variant_hashes(run.config.queries.variants),
+        "models": models,
+        "generation_config_hash": stable_hash(run.config.generation.key()),
+    }
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:
+    """Make relative data and model paths in a config relative to ``base_dir``.
+
+    The runner hands notebooks a copy of the config inside the run folder, so paths must not
+    depend on where that copy lives.
+    """
+    from medharm_nb.data import resolve_source_path
+
+    queries = config.queries.model_copy(
+        update={"source": resolve_source_path(config.queries.source, base_dir)})
+    models = [
+        m.model_copy(update={"source": str((base_dir / m.source).resolve())})
+        if (base_dir / m.source).exists() and not Path(m.source).is_absolute() else m
+        for m in config.models
+    ]
+    return config.model_copy(update={"queries": queries, "models": models})
+
+
+# -- manifest ---------------------------------------------------------------------------
+
+def _git_state(folder: Path) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "--verify", "--quiet", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty if commit else None}
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _device() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "cpu (torch not installed)"
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_manifest(run: Run, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The manifest written before any notebook runs (status ``started``)."""
+    started = _now()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": f"{run.config.name}-{started.replace(':', '').replace('-', '')}",
+        "name": run.config.name,
+        "status": "started",
+        "started": started,
+        "finished": None,
+        "config_path": str(run.config_path),
+        "run_dir": str(run.run_dir),
+        "figures_dir": str(run.figures_dir),
+        "config": run.config.model_dump(mode="json"),
+        "config_hash": stable_hash(run.config.model_dump(mode="json")),
+        "git": _git_state(PACKAGE_DIR.parent),
+        "versions": _versions(),
+        "device": _device(),
+        "command": sys.argv,
+        "inputs": inputs,
+        "notebooks": [],
+        "stages": {},
+        "error": None,
+    }
+
+
+# -- the runner -------------------------------------------------------------------------
+
+class RunFailed(RuntimeError):
+    """A notebook failed; the manifest says which and the executed copy shows the cell."""
+
+
+def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | None = None,
+        figures_dir: str | Path | None = None, notebook_dir: Path = NOTEBOOK_DIR,
+        log=print) -> dict[str, Any]:
+    """Validate, then execute the notebook series with papermill.
+
+    Args:
+        config_path: The YAML run config.
+        name: Run name (defaults to the config's ``name``).
+        run_dir: Where the run writes (defaults to ``runs/<name>`` beside ``configs/``).
+        figures_dir: Where figures go (defaults to ``figures/<name>``).
+        notebook_dir: The folder holding the numbered notebooks.
+        log: Where progress lines go.
+
+    Returns:
+        The finished manifest.
+
+    Raises:
+        ConfigError: the config or a notebook parameter is wrong (nothing was run).
+        RunFailed: a notebook failed (the manifest is marked ``error``).
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    config_path = Path(config_path).resolve()
+    config = absolutize(load_config(config_path, name), config_path.parent)
+    problems = check_notebooks(config, notebook_dir)
+    if problems:
+        raise ConfigError(f"{config_path}: cannot run\n  " + "\n  ".join(problems))
+    root = default_root(config_path)
+    run_dir = Path(run_dir or root / "runs" / config.name).resolve()
+    figures_dir = Path(figures_dir or root / "figures" / config.name).resolve()
+    run_ = Run(config, config_path, run_dir, figures_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    effective_config = run_dir / "config.yaml"
+    effective_config.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    manifest = new_manifest(run_, check_inputs(run_))
+    store.write_manifest(run_dir, manifest)
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(exist_ok=True)
+    log(f"run {config.name}: {len(config.notebooks)} notebooks -> {run_dir}")
+    for nb in config.notebooks:
+        output = out_dir / f"{nb}.ipynb"
+        params = {"config_path": str(effective_config), "run_dir": str(run_dir),
+                  "figures_dir": str(figures_dir), **config.params.get(nb, {})}
+        entry = {"name": nb, "output": str(output), "status": "started", "seconds": None}
+        manifest["notebooks"].append(entry)
+        store.write_manifest(run_dir, manifest)
+        began = time.perf_counter()
+        log(f"  {nb} ...")
+        try:
+            papermill.execute_notebook(
+                str(notebook_dir / f"{nb}.ipynb"), str(output), parameters=params,
+                cwd=str(notebook_dir), kernel_name="python3", progress_bar=False)
+        except PapermillExecutionError as err:
+            entry.update(status="error", seconds=round(time.perf_counter() - began, 1))
+            message = (f"notebook {nb} failed in cell {err.exec_count}: {err.ename}: "
+                       f"{err.evalue} (see {output})")
+            _finish(manifest, run_dir, "error", message)
+            raise RunFailed(message) from None
+        except Exception as err:  # kernel died, bad notebook JSON, ...
+            entry.update(status="error", seconds=round(time.perf_counter() - began, 1))
+            message = f"notebook {nb} could not run: {type(err).__name__}: {err}"
+            _finish(manifest, run_dir, "error", message)
+            raise RunFailed(message) from None
+        entry.update(status="success", seconds=round(time.perf_counter() - began, 1))
+        log(f"  {nb} done in {entry['seconds']} s")
+    _finish(manifest, run_dir, "success", None)
+    return manifest
+
+
+def _finish(manifest: dict[str, Any], run_dir: Path, status: str, error: str | None) -> None:
+    stats = store.table_path(run_dir, "generation_stats")
+    if stats.exists():
+        import polars as pl
+
+        manifest["stages"]["generate"] = pl.read_parquet(stats).to_dicts()
+    manifest.update(status=status, finished=_now(), error=error)
+    store.write_manifest(run_dir, manifest)
