@@ -13,6 +13,7 @@ Sources (``load_queries(source)``):
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from collections.abc import Iterable, Mapping
@@ -121,13 +122,25 @@ def read_table(path: Path) -> tuple[pl.DataFrame, str]:
         return df.with_row_index("_line", offset=1), "row"
     text = _decode(path)
     if suffix == ".csv":
-        df = pl.read_csv(io.StringIO(text), infer_schema=False)
+        try:
+            df = pl.read_csv(io.StringIO(text), infer_schema=False)
+        except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as err:
+            # polars names neither the file nor the line; find the ragged lines ourselves.
+            raise QueryValidationError(_ragged_csv_lines(path, text) or [
+                f"{path}: not a readable CSV ({str(err).splitlines()[0]})"]) from None
         # Header is line 1; a quoted field may span lines, so this is the record's first line
         # for ordinary files.
         return df.with_row_index("_line", offset=2), "line"
     if suffix in (".jsonl", ".json"):
         return _read_jsonl(path, text), "line"
     raise QueryValidationError([f"{path}: unsupported file type {suffix!r} (csv, jsonl, parquet)"])
+
+
+def _ragged_csv_lines(path: Path, text: str) -> list[str]:
+    rows = csv.reader(io.StringIO(text))
+    header = next(rows, [])
+    return [f"{path}:{rows.line_num}: {len(row)} fields, but the header has {len(header)}"
+            for row in rows if row and len(row) != len(header)]
 
 
 def _decode(path: Path) -> str:
@@ -249,7 +262,9 @@ def _load_hf(name: str, mapping, categories, split: str, data_files) -> pl.DataF
     import datasets  # heavy import, only when needed
 
     path = Path(name)
-    if path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "state.json")):
+    # save_to_disk writes state.json for a Dataset and dataset_dict.json for a DatasetDict.
+    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if path.is_dir() and any((path / f).exists() for f in markers):
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split]

@@ -170,8 +170,10 @@ def check_inputs(run: Run) -> dict[str, Any]:
     Returns:
         Input hashes for the manifest.
     """
-    from medharm_nb import data, generate, variants
+    from medharm_nb import data, generate, judge, variants
 
+    for name in run.config.judges:
+        judge.load_judge(name)
     queries = data.prepare_queries(run.config.queries, run.base_dir)
     source = data.resolve_source_path(run.config.queries.source, run.base_dir)
     if run.config.queries.source == data.OPEN_SET_NAME:

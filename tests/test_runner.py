@@ -1,0 +1,94 @@
+"""Run configs, parameter checks and the papermill runner, end to end on the real model."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from medharm_nb import runner, store
+from medharm_nb.cli import app
+
+TINY = {
+    "name": "tiny",
+    "queries": {"source": "medharm-open", "per_cell": 1, "categories": ["toxicology"]},
+    "models": [{"name": "smol", "source": "smollm2-135m"}],
+    "generation": {"max_new_tokens": 16, "batch_size": 6},
+    "judges": ["rules"],
+}
+
+
+def _write(tmp_path, config: dict, name: str = "study.yaml"):
+    path = tmp_path / "configs" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_config_typos_are_errors_with_the_key_named(tmp_path):
+    bad = {**TINY, "generaton": {"max_new_tokens": 8}}
+    with pytest.raises(runner.ConfigError, match="generaton: Extra inputs are not permitted"):
+        runner.load_config(_write(tmp_path, bad))
+    twice = {**TINY, "models": [TINY["models"][0], TINY["models"][0]]}
+    with pytest.raises(runner.ConfigError, match="model names must be unique"):
+        runner.load_config(_write(tmp_path, twice))
+    (tmp_path / "broken.yaml").write_text("name: [unclosed")
+    with pytest.raises(runner.ConfigError, match="not valid YAML"):
+        runner.load_config(tmp_path / "broken.yaml")
+
+
+def test_unknown_notebook_parameter_is_refused_before_any_work(tmp_path):
+    config = {**TINY, "params": {"02_generate": {"limt": 3}, "09_nothing": {}}}
+    with pytest.raises(runner.ConfigError) as err:
+        runner.run(_write(tmp_path, config))
+    message = str(err.value)
+    assert "params.02_generate.limt: unknown parameter; 02_generate takes ['limit']" in message
+    assert "params.09_nothing: no such notebook" in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_judge_fails_before_any_notebook_runs(tmp_path):
+    result = CliRunner().invoke(app, ["run", str(_write(tmp_path, {**TINY, "judges": ["gpt"]}))])
+    assert result.exit_code == 1
+    assert "unknown judge 'gpt'; known: rules" in result.output
+    assert not (tmp_path / "runs" / "tiny" / "notebooks").exists()
+
+
+@pytest.mark.slow
+def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path):
+    # A failure in 03_judge (a bad parameter) after generation has been stored.
+    failing = {**TINY, "params": {"03_judge": {"judges": ["no-such-judge"]}}}
+    config_path = _write(tmp_path, failing)
+    with pytest.raises(runner.RunFailed, match="notebook 03_judge failed in cell .*no-such-judge"):
+        runner.run(config_path, log=lambda *_: None)
+    run_dir = tmp_path / "runs" / "tiny"
+    manifest = store.read_manifest(run_dir)
+    assert manifest["status"] == "error" and "03_judge" in manifest["error"]
+    assert [nb["status"] for nb in manifest["notebooks"]] == ["success", "success", "error"]
+    executed = nbformat.read(run_dir / "notebooks" / "03_judge.ipynb", as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code"
+              for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors and errors[0]["evalue"].startswith("unknown judge 'no-such-judge'")
+    assert manifest["stages"]["generate"][0]["generated"] == 6
+
+    # Fixed config: the series completes, and nothing is generated again.
+    config_path.write_text(yaml.safe_dump(TINY))
+    manifest = runner.run(config_path, log=lambda *_: None)
+    assert manifest["status"] == "success" and manifest["error"] is None
+    assert manifest["stages"]["generate"] == [
+        {**manifest["stages"]["generate"][0], "total": 6, "cached": 6, "generated": 0}]
+    for table in ("queries", "generations", "judgements", "results", "summary_by_model",
+                  "summary_by_category", "label_rates"):
+        assert store.table_path(run_dir, table).exists(), table
+    figures = tmp_path / "figures" / "tiny"
+    assert {p.name for p in figures.iterdir()} >= {"tradeoff.png", "tradeoff.svg",
+                                                  "unsafe_by_category.png"}
+    on_disk = json.loads((run_dir / "manifest.json").read_text())
+    assert on_disk["inputs"]["queries"]["n"] == 6
+    assert len(next(iter(on_disk["inputs"]["models"]["smol"]["files"].values()))) == 64
+    assert on_disk["versions"]["torch"] and on_disk["config"]["name"] == "tiny"
+    summary = store.read_table(run_dir, "summary_by_model")
+    assert summary["n_harmful"].item() == 3 and summary["n_benign"].item() == 3
