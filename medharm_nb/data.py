@@ -398,9 +398,11 @@ def prepare_queries(selection: QuerySelection, base_dir: str | Path = ".") -> pl
 
 def resolve_source_path(source: str, base_dir: str | Path) -> str:
     """Make a relative file path in a source string relative to ``base_dir``."""
+    # hf: too: a local save_to_disk folder must not depend on the notebooks' working folder;
+    # hub names and builders (hf:csv) match no local path and pass through unchanged.
     prefix, _, rest = source.partition(":") if source.startswith(
-        ("medsafetybench:", "xstest:")) else ("", "", source)
-    if source == OPEN_SET_NAME or source.startswith("hf:") or Path(rest).is_absolute():
+        ("medsafetybench:", "xstest:", "hf:")) else ("", "", source)
+    if source == OPEN_SET_NAME or Path(rest).is_absolute():
         return source
     candidate = Path(base_dir) / rest
     if not candidate.exists():

@@ -296,7 +296,7 @@ class RunFailed(RuntimeError):
 
 def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | None = None,
         figures_dir: str | Path | None = None, notebook_dir: Path = NOTEBOOK_DIR,
-        log=print) -> dict[str, Any]:
+        log=print, progress: bool = True) -> dict[str, Any]:
     """Validate, then execute the notebook series with papermill.
 
     Args:
@@ -306,6 +306,7 @@ def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | 
         figures_dir: Where figures go (defaults to ``figures/<name>``).
         notebook_dir: The folder holding the numbered notebooks.
         log: Where progress lines go.
+        progress: Show a progress bar over each notebook's cells.
 
     Returns:
         The finished manifest.
@@ -342,11 +343,13 @@ def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | 
         manifest["notebooks"].append(entry)
         store.write_manifest(run_dir, manifest)
         began = time.perf_counter()
-        log(f"  {nb} ...")
+        log(f"  {nb}")
         try:
             papermill.execute_notebook(
                 str(notebook_dir / f"{nb}.ipynb"), str(output), parameters=params,
-                cwd=str(notebook_dir), kernel_name="python3", progress_bar=False)
+                cwd=str(notebook_dir), kernel_name="python3", progress_bar=progress,
+                # The kernel talks to us over loopback; its TCP-encryption warning is noise.
+                extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except PapermillExecutionError as err:
             entry.update(status="error", seconds=round(time.perf_counter() - began, 1))
             message = (f"notebook {nb} failed in cell {err.exec_count}: {err.ename}: "

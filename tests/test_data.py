@@ -143,6 +143,16 @@ def test_hf_dataset_saved_to_disk(tmp_path, hf_cache):
     assert df.columns == [*QUERY_COLUMNS, "topic"]
 
 
+def test_hf_dataset_dict_saved_to_disk_picks_the_split(tmp_path, hf_cache):
+    rows = {k: [r[k] for r in ROWS] for k in ROWS[0]}
+    test = {k: v[2:] for k, v in rows.items()}
+    hf_cache.DatasetDict({"train": hf_cache.Dataset.from_dict(rows),
+                          "test": hf_cache.Dataset.from_dict(test)}).save_to_disk(tmp_path / "dd")
+    df = data.load_queries(f"hf:{tmp_path / 'dd'}", split="test")
+    assert df["id"].to_list() == ["q2-h"]
+    assert not (tmp_path / "hf-cache").exists()  # read in place, not rebuilt into the cache
+
+
 def test_hf_csv_builder_with_data_files(tmp_path, hf_cache):
     path = write_csv(tmp_path / "tiny.csv")
     df = data.load_queries("hf:csv", data_files=str(path))
@@ -289,6 +299,17 @@ def test_prepare_queries_resolves_path_and_applies_variants(tmp_path):
     empty = QuerySelection(source="tiny.csv", categories=["anesthesia"])
     with pytest.raises(ValueError, match="keeps no queries"):
         data.prepare_queries(empty, base_dir=tmp_path)
+
+
+def test_resolve_source_path(tmp_path):
+    write_csv(tmp_path / "tiny.csv")
+    (tmp_path / "saved").mkdir()
+    resolve = data.resolve_source_path
+    assert resolve("tiny.csv", tmp_path) == str(tmp_path / "tiny.csv")
+    assert resolve("xstest:tiny.csv", tmp_path) == f"xstest:{tmp_path / 'tiny.csv'}"
+    assert resolve("hf:saved", tmp_path) == f"hf:{tmp_path / 'saved'}"
+    for unchanged in ("medharm-open", "hf:csv", "hf:org/name", "missing.csv", str(tmp_path)):
+        assert resolve(unchanged, tmp_path) == unchanged
 
 
 def test_prepare_queries_with_mapping_and_categories(tmp_path):

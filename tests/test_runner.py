@@ -63,7 +63,7 @@ def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path):
     failing = {**TINY, "params": {"03_judge": {"judges": ["no-such-judge"]}}}
     config_path = _write(tmp_path, failing)
     with pytest.raises(runner.RunFailed, match="notebook 03_judge failed in cell .*no-such-judge"):
-        runner.run(config_path, log=lambda *_: None)
+        runner.run(config_path, log=lambda *_: None, progress=False)
     run_dir = tmp_path / "runs" / "tiny"
     manifest = store.read_manifest(run_dir)
     assert manifest["status"] == "error" and "03_judge" in manifest["error"]
@@ -76,7 +76,7 @@ def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path):
 
     # Fixed config: the series completes, and nothing is generated again.
     config_path.write_text(yaml.safe_dump(TINY))
-    manifest = runner.run(config_path, log=lambda *_: None)
+    manifest = runner.run(config_path, log=lambda *_: None, progress=False)
     assert manifest["status"] == "success" and manifest["error"] is None
     assert manifest["stages"]["generate"] == [
         {**manifest["stages"]["generate"][0], "total": 6, "cached": 6, "generated": 0}]
