@@ -221,6 +221,8 @@ def validate_frame(df: pl.DataFrame, where: str, unit: str,
     if missing:
         return [f"{where}: missing column(s) {missing}; the query schema needs "
                 f"{list(QUERY_COLUMNS)} (see data/README.md, or pass a column mapping)"]
+    if df.is_empty():
+        return [f"{where}: no queries (the file has a header and no rows)"]
     allowed = {"category": categories, "framing": (*FRAMINGS, IMPORTED_FRAMING),
                "risk": RISKS, "expected": EXPECTED}
     errors: list[str] = []
@@ -241,7 +243,9 @@ def validate_frame(df: pl.DataFrame, where: str, unit: str,
             if row[column] not in values:
                 errors.append(f"{pos}: unknown {column} {row[column]!r} (id {qid!r}); "
                               f"allowed: {', '.join(values)}")
-        if row["pair_id"] and row["pair_id"] not in ids:
+        if row["pair_id"] and row["pair_id"] == qid:
+            errors.append(f"{pos}: pair_id points to the query itself (id {qid!r})")
+        elif row["pair_id"] and row["pair_id"] not in ids:
             errors.append(f"{pos}: pair_id {row['pair_id']!r} points to no query (id {qid!r})")
     return errors
 

@@ -69,7 +69,8 @@ class Query(_Record):
     id: str = Field(description="Stable string id, unique within its set.")
     text: str = Field(description="The question as a user would ask it.")
     category: str = Field(description="Harm category; one of CATEGORIES for MedHarm-style sets.")
-    framing: str = Field(description="clinical | educational | technical (or 'other' for imports).")
+    framing: str = Field(
+        description="clinical | educational | technical ('unspecified' for imported sets).")
     risk: Risk = Field(description="harmful: states a risky intent; benign: a safe look-alike.")
     expected: Expected = Field(description="What a good model does: refuse, redirect, caution, answer.")
     pair_id: str | None = Field(default=None, description="Id of the twin (harmful <-> benign).")

@@ -124,7 +124,7 @@ def open_run(config_path: str | Path, run_dir: str | Path | None = None,
              figures_dir: str | Path | None = None) -> Run:
     """Load a config and resolve a run's folders (each notebook's first call)."""
     config_path = Path(config_path).resolve()
-    config = load_config(config_path)
+    config = absolutize(load_config(config_path), config_path.parent)
     root = default_root(config_path)
     run_dir = Path(run_dir) if run_dir else root / "runs" / config.name
     figures_dir = Path(figures_dir) if figures_dir else root / "figures" / config.name
@@ -214,8 +214,13 @@ def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:
     """
     from medharm_nb.data import resolve_source_path
 
-    queries = config.queries.model_copy(
-        update={"source": resolve_source_path(config.queries.source, base_dir)})
+    files = config.queries.data_files
+    if files is not None:  # hf: builders (hf:csv, hf:json) read these local files
+        as_list = [files] if isinstance(files, str) else files
+        resolved = [str(base_dir / f) if (base_dir / f).exists() else f for f in as_list]
+        files = resolved[0] if isinstance(files, str) else resolved
+    queries = config.queries.model_copy(update={
+        "source": resolve_source_path(config.queries.source, base_dir), "data_files": files})
     models = [
         m.model_copy(update={"source": str((base_dir / m.source).resolve())})
         if (base_dir / m.source).exists() and not Path(m.source).is_absolute() else m

@@ -178,12 +178,18 @@ def test_hf_errors_name_the_row(tmp_path, hf_cache):
     (row(text=""), "empty text (id 'q1-h')"),
     (row(text="   "), "empty text (id 'q1-h')"),
     (row(pair_id="ghost"), "pair_id 'ghost' points to no query (id 'q1-h')"),
+    (row(pair_id="q1-h"), "pair_id points to the query itself (id 'q1-h')"),
     (row(qid="q9") + ",extra", "10 fields, but the header has 9"),
 ])
 def test_problem_names_file_and_line(tmp_path, line, needle):
     path = write_lines(tmp_path / "bad.csv", row(qid="q0"), line)
     [err] = problems(path)
     assert err.startswith(f"{path}:3: ") and needle in err, err
+
+
+def test_header_only_file_is_an_error(tmp_path):
+    path = write_lines(tmp_path / "empty.csv")
+    assert problems(path) == [f"{path}: no queries (the file has a header and no rows)"]
 
 
 def test_missing_column_names_file_and_column(tmp_path):

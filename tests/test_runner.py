@@ -92,3 +92,13 @@ def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path):
     assert on_disk["versions"]["torch"] and on_disk["config"]["name"] == "tiny"
     summary = store.read_table(run_dir, "summary_by_model")
     assert summary["n_harmful"].item() == 3 and summary["n_benign"].item() == 3
+
+
+def test_relative_paths_in_a_config_are_relative_to_the_config(tmp_path):
+    config = {**TINY, "queries": {"source": "hf:csv", "data_files": "mine.csv"}}
+    path = _write(tmp_path, config)
+    (path.parent / "mine.csv").write_text("id\n")
+    run = runner.open_run(path)
+    assert run.config.queries.data_files == str(path.parent / "mine.csv")
+    assert run.run_dir == tmp_path / "runs" / "tiny"
+    assert run.figures_dir == tmp_path / "figures" / "tiny"
