@@ -80,37 +80,56 @@ class Query(_Record):
 
 
 class GenConfig(_Record):
-    """How to decode; part of every generation's key."""
+    """How to decode. Fields marked (not keyed) change speed, never output."""
 
     max_new_tokens: int = Field(default=128, ge=1, description="Tokens to generate at most.")
     temperature: float = Field(default=0.0, ge=0.0, description="0 means greedy decoding.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int = Field(default=0, description="Sampling seed (ignored when greedy).")
+    seed: int = Field(default=0, description="Base sampling seed; sample i uses seed + i.")
+    n_samples: int = Field(
+        default=1, ge=1, description="Responses per query (use with temperature > 0).")
     batch_size: int = Field(default=8, ge=1, description="Prompts per forward batch (not keyed).")
 
     def key(self) -> dict[str, Any]:
         """Fields that change the output; batch size does not (greedy, left padding)."""
-        return self.model_dump(exclude={"batch_size"})
+        return self.model_dump(exclude={"batch_size", "n_samples"})
+
+
+Backend = Literal["hf", "openai", "replay"]
+Quantization = Literal["none", "nf4", "int8"]
 
 
 class ModelSpec(_Record):
-    """A model under test: weights, backend and the prompt it is wrapped in."""
+    """A model under test: weights (or endpoint), backend and the prompt it is wrapped in."""
 
     name: str = Field(description="Label used in tables and figures; unique within a run.")
-    backend: Literal["hf"] = Field(default="hf", description="Generation backend.")
+    backend: Backend = Field(default="hf", description="hf | openai | replay.")
     source: str = Field(
-        description="Embedded model name (see generate.EMBEDDED), hub id or local directory."
-    )
+        description="hf: embedded model name (see generate.EMBEDDED), hub id or local "
+                    "directory; openai: the server's model name; replay: a CSV/JSONL file.")
     gguf_file: str | None = Field(default=None, description="GGUF file inside source, if any.")
-    quantization: Literal["none"] = Field(default="none", description="Weight quantization.")
+    quantization: Quantization = Field(
+        default="none", description="hf only: bitsandbytes nf4 / int8, or none.")
+    adapter: str | None = Field(
+        default=None, description="hf only: PEFT/LoRA adapter (hub id or directory).")
     system_prompt: str | None = Field(default=None, description="System message, if any.")
     chat_template: str | None = Field(
         default=None, description="Jinja chat template overriding the tokenizer's."
     )
+    base_url: str | None = Field(
+        default=None, description="openai only: server URL, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str | None = Field(
+        default=None, description="openai only: NAME of the environment variable holding the "
+                                  "API key (the key itself never goes in a config).")
+    concurrency: int = Field(default=8, ge=1, description="openai only: requests in flight.")
+    timeout_s: float = Field(default=120.0, gt=0, description="openai only: per request.")
 
     def key(self) -> dict[str, Any]:
-        """Fields that change the output (the display name does not)."""
-        return self.model_dump(exclude={"name"})
+        """Fields that change the output: not the display name, nor where or how fast it is
+        served. None-valued fields are left out so adding an optional field keeps old ids."""
+        return self.model_dump(
+            exclude={"name", "base_url", "api_key_env", "concurrency", "timeout_s"},
+            exclude_none=True)
 
 
 class Generation(_Record):

@@ -81,7 +81,7 @@ def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path):
     assert manifest["stages"]["generate"] == [
         {**manifest["stages"]["generate"][0], "total": 6, "cached": 6, "generated": 0}]
     for table in ("queries", "generations", "judgements", "results", "summary_by_model",
-                  "summary_by_category", "label_rates"):
+                  "summary_by_category", "summary_by_cell", "label_rates"):
         assert store.table_path(run_dir, table).exists(), table
     figures = tmp_path / "figures" / "tiny"
     assert {p.name for p in figures.iterdir()} >= {"tradeoff.png", "tradeoff.svg",

@@ -1,0 +1,187 @@
+"""Generation: model specs -> backends -> responses, cached in the run's store.
+
+A generation's id is a hash of the model spec, the generation config, the fully rendered
+prompt (chat template and system prompt applied) and the sample index, so re-running the same
+study makes zero model calls, and changing any of them makes new records instead of
+overwriting old ones. Backends live in ``generate.backends`` behind one small protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Protocol
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from medharm_nb.generate.backends import EMBEDDED, make_backend, model_files, resolve_source
+from medharm_nb.records import GenConfig, Generation, ModelSpec, stable_hash
+from medharm_nb.store import RunStore
+
+__all__ = [
+    "EMBEDDED", "Backend", "GenStats", "Output", "Request", "build_messages",
+    "current_generations", "generate", "make_backend", "model_files", "resolve_source",
+    "run_generation",
+]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to answer: what the model sees, and the id its answer is stored under."""
+
+    gen_id: str
+    messages: list[dict[str, str]]
+    rendered: str
+    sample: int = 0
+    seed: int = 0
+
+
+@dataclass
+class Output:
+    """What a backend returns for one request; ``error`` set means no response."""
+
+    text: str | None
+    n_prompt_tokens: int = 0
+    n_new_tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+class Backend(Protocol):
+    """What every generation backend provides."""
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """Return the exact text the model sees (or a canonical form of the chat)."""
+
+    def prepare(self) -> None:
+        """Load weights or check the server (called only when there is work)."""
+
+    def generate(self, requests: Sequence[Request],
+                 config: GenConfig) -> Iterator[list[tuple[Request, Output]]]:
+        """Answer requests, yielding finished groups so the caller can save each group."""
+
+
+@dataclass
+class GenStats:
+    """Per-model counts for the manifest and the notebook."""
+
+    model: str
+    total: int = 0
+    cached: int = 0
+    generated: int = 0
+    failed: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per wall-clock second (0 when nothing was generated)."""
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        """Plain dict, tokens/s included."""
+        return {**asdict(self), "tokens_per_s": round(self.tokens_per_s, 2)}
+
+
+def build_messages(spec: ModelSpec, prompt: str) -> list[dict[str, str]]:
+    """The chat sent for one prompt: the spec's system prompt (if any), then the user turn."""
+    messages = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
+    return [*messages, {"role": "user", "content": prompt}]
+
+
+def build_requests(queries: pl.DataFrame, spec: ModelSpec, config: GenConfig,
+                   backend: Backend) -> list[tuple[Request, dict]]:
+    """One request per query and sample, with its stable generation id."""
+    out = []
+    samples = config.n_samples if config.temperature > 0 else 1
+    for q in queries.iter_rows(named=True):
+        messages = build_messages(spec, q["text"])
+        rendered = backend.render(messages)
+        for sample in range(samples):
+            gen_id = stable_hash(spec.key(), config.key(), rendered, sample)
+            out.append((Request(gen_id, messages, rendered, sample, config.seed + sample), q))
+    return out
+
+
+def generate(
+    queries: pl.DataFrame,
+    spec: ModelSpec,
+    config: GenConfig,
+    store: RunStore,
+    backend: Backend | None = None,
+    progress: bool = True,
+) -> GenStats:
+    """Generate a response to every query that the store does not hold yet.
+
+    Every finished group is written to the store at once, so an interrupted run resumes
+    where it stopped.
+
+    Args:
+        queries: Rows with ``id``, ``text`` and ``variant`` (see ``variants.apply_variants``).
+        spec: The model under test.
+        config: Decoding settings (part of every generation's id).
+        store: The run's store.
+        backend: A ready backend (defaults to ``make_backend(spec)``).
+        progress: Show a progress bar.
+    """
+    backend = backend or make_backend(spec)
+    spec_hash, config_hash = stable_hash(spec.key()), stable_hash(config.key())
+    items = build_requests(queries, spec, config, backend)
+    done = store.existing_ids("generations", [r.gen_id for r, _ in items])
+    query_of = {r.gen_id: q for r, q in items}
+    todo = [r for r, _ in items if r.gen_id not in done]
+    stats = GenStats(model=spec.name, total=len(items), cached=len(items) - len(todo))
+    if not todo:
+        return stats
+    backend.prepare()
+    bar = tqdm(total=len(todo), desc=f"generate {spec.name}", unit="resp", disable=not progress)
+    for group in backend.generate(todo, config):
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        records = [
+            Generation(
+                gen_id=req.gen_id, model=spec.name, query_id=query_of[req.gen_id]["id"],
+                variant=query_of[req.gen_id].get("variant") or "direct", sample=req.sample,
+                prompt=query_of[req.gen_id]["text"], prompt_hash=stable_hash(req.rendered),
+                spec_hash=spec_hash, config_hash=config_hash, response=out.text,
+                error=out.error, n_prompt_tokens=out.n_prompt_tokens,
+                n_new_tokens=out.n_new_tokens, seconds=round(out.seconds, 4), created=now,
+            )
+            for req, out in group
+        ]
+        store.add("generations", records)
+        stats.generated += sum(r.error is None for r in records)
+        stats.failed += sum(r.error is not None for r in records)
+        stats.new_tokens += sum(r.n_new_tokens for r in records)
+        stats.seconds += sum(out.seconds for _, out in group)
+        bar.update(len(group))
+    bar.close()
+    return stats
+
+
+def run_generation(queries: pl.DataFrame, specs: list[ModelSpec], config: GenConfig,
+                   store: RunStore, progress: bool = True) -> list[GenStats]:
+    """Generate for several model specs in turn; returns one GenStats per spec."""
+    return [generate(queries, spec, config, store, progress=progress) for spec in specs]
+
+
+def current_generations(generations: pl.DataFrame, queries: pl.DataFrame,
+                        specs: list[ModelSpec], config: GenConfig) -> pl.DataFrame:
+    """The stored generations that belong to this study: its queries, specs and config.
+
+    A store can hold generations from earlier configs (another ``max_new_tokens``, another
+    system prompt); they stay there but are not this run's results. ``model`` is set from the
+    spec, so renaming a model in the config relabels its cached generations.
+    """
+    names = {stable_hash(s.key()): s.name for s in specs}
+    # Match on the prompt text too: an edited query keeps its id but is a new question.
+    asked = queries.select(pl.col("id").alias("query_id"), pl.col("text").alias("prompt"))
+    return (
+        generations.filter(
+            pl.col("spec_hash").is_in(list(names))
+            & (pl.col("config_hash") == stable_hash(config.key())))
+        .join(asked, on=["query_id", "prompt"], how="semi")
+        .with_columns(pl.col("spec_hash").replace_strict(names).alias("model"))
+        .sort("model", "query_id", "sample")
+    )
