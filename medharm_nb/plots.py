@@ -19,6 +19,15 @@ LABEL_COLORS = {
 _LABEL_SCALE = alt.Scale(domain=list(LABELS), range=[LABEL_COLORS[x] for x in LABELS])
 
 
+def use_static_renderer(fmt: str = "svg") -> None:
+    """Show charts in notebooks as static images rendered locally by vl-convert.
+
+    Altair's default renderer loads vega from a CDN, so charts vanish offline and in
+    executed notebooks viewed elsewhere; a static SVG needs neither.
+    """
+    alt.renderers.enable(fmt)
+
+
 def label_distribution(rates: pl.DataFrame) -> alt.Chart:
     """Stacked bars: share of each label per category, one row of panels per model.
 
