@@ -42,7 +42,7 @@ def validate(
         for line in err.errors:
             typer.echo(line, err=True)
         typer.secho(f"{len(err.errors)} problem(s) found", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except FileNotFoundError as err:
         _fail(str(err))
     n_harm = df.filter(df["risk"] == "harmful").height
@@ -67,13 +67,13 @@ def run(
     figures_dir: Path | None = typer.Option(None, help="Figures (default: figures/NAME)."),
 ) -> None:
     """Validate a config, then execute the notebook series with papermill."""
-    from medharm_nb import runner
+    from medharm_nb import runner, store
 
     try:
         manifest = runner.run(config, name=name, run_dir=run_dir, figures_dir=figures_dir)
     except (runner.ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    except runner.RunFailed as err:
+    except (runner.RunFailed, store.RunLocked) as err:
         _fail(str(err))
     run_path = Path(manifest["run_dir"])
     typer.echo(f"\nrun {manifest['name']}: {manifest['status']}")
@@ -81,6 +81,41 @@ def run(
     typer.echo(f"  tables:             {run_path / 'tables'}")
     typer.echo(f"  figures:            {manifest['figures_dir']}")
     typer.echo(f"  manifest:           {run_path / 'manifest.json'}")
+
+
+@app.command("generate")
+def generate_stage(
+    config: Path = typer.Argument(..., help="The YAML run config, e.g. configs/demo.yaml."),
+    run_dir: Path | None = typer.Option(None, help="Run folder (default: runs/NAME)."),
+    limit: int | None = typer.Option(
+        None, min=1, help="First N queries only (default: the config's params.02_generate)."),
+    max_new_tokens: int | None = typer.Option(
+        None, min=1, help="Override generation.max_new_tokens."),
+) -> None:
+    """Run only the generation stage (queries, every model, tables, manifest); resumable."""
+    from medharm_nb import runner, store
+
+    try:
+        manifest = runner.generate_only(config, run_dir=run_dir, limit=limit,
+                                        max_new_tokens=max_new_tokens)
+    except (runner.ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    except (runner.RunFailed, store.RunLocked) as err:
+        _fail(str(err))
+    typer.echo(f"\ngenerate {manifest['name']}: {manifest['status']} "
+               f"in {manifest['seconds']:.0f} s")
+    failed = 0
+    for row in manifest["stages"]["generate"]:
+        failed += row["failed"]
+        typer.echo(f"  {row['model']}: total {row['total']}, cached {row['cached']}, "
+                   f"generated {row['generated']}, failed {row['failed']}, "
+                   f"{row['tokens_per_s']:.1f} tokens/s")
+    if failed:
+        typer.secho(f"  {failed} generation(s) failed: their errors are stored; run the same "
+                    f"command again to retry them", fg=typer.colors.YELLOW)
+    run_path = Path(manifest["run_dir"])
+    typer.echo(f"  tables:   {run_path / 'tables'}")
+    typer.echo(f"  manifest: {run_path / 'manifest.json'}")
 
 
 @app.command()
@@ -106,6 +141,208 @@ def variants() -> None:
     for v in VARIANTS.values():
         typer.echo(f"{v.name} ({v.version}, {v.hash}): {v.description}")
 
+
+@app.command()
+def serve(
+    model: str | None = typer.Argument(
+        None, help="Embedded model name, hub id or local directory (or use --config/--model)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; any non-loopback address "
+                                               "needs MEDHARM_SERVE_TOKEN set."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    name: str | None = typer.Option(None, help="Model id clients ask for (default: MODEL)."),
+    gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL."),
+    quantization: str = typer.Option("none", help="none | nf4 | int8 (bitsandbytes)."),
+    adapter: str | None = typer.Option(None, help="PEFT/LoRA adapter (hub id or directory)."),
+    system_prompt: str | None = typer.Option(None, help="Fixed system prompt of the model."),
+    config: Path | None = typer.Option(None, help="Serve a spec from this run config..."),
+    config_model: str | None = typer.Option(None, "--model", help="...the spec named so."),
+    max_tokens_cap: int = typer.Option(512, min=1, help="Largest max_tokens a request may ask."),
+    max_concurrency: int = typer.Option(64, min=1, help="Requests in flight; more get 503."),
+    max_body_bytes: int = typer.Option(1_000_000, min=1,
+                                       help="Largest request body; more get 413."),
+    batch_size: int = typer.Option(8, min=1, help="Concurrent requests answered in one batch."),
+) -> None:
+    """Serve a model spec over the OpenAI chat-completions protocol (/v1/chat/completions)."""
+    from pydantic import ValidationError
+
+    from medharm_nb import serve as serving
+    from medharm_nb.records import ModelSpec
+
+    try:
+        if config is not None:
+            if model is not None or config_model is None:
+                _fail("with --config, name the spec with --model NAME and give no MODEL")
+            spec = serving.spec_from_config(config, config_model)
+            if name:
+                spec = spec.model_copy(update={"name": name})
+        elif model is None:
+            _fail("give MODEL (e.g. smollm2-135m), or --config CONFIG --model NAME")
+        else:
+            spec = ModelSpec(name=name or model, source=model, gguf_file=gguf_file,
+                             quantization=quantization, adapter=adapter,
+                             system_prompt=system_prompt)
+        limits = serving.Limits(max_tokens=max_tokens_cap, max_concurrency=max_concurrency,
+                                max_body_bytes=max_body_bytes, batch_size=batch_size)
+        serving.serve(spec, host=host, port=port, limits=limits)
+    except ValidationError as err:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
+    except (FileNotFoundError, ValueError) as err:  # ConfigError and ServeError included
+        _fail(str(err))
+
+
+@app.command("judge-eval")
+def judge_eval_command(
+    judge: list[str] = typer.Option(["rules"], help="Judge name, repeatable: rules, trained, "
+                                                    "llm:MODEL, guard:NAME, panel:A+B."),
+    gold: str = typer.Option(..., help="Human labels: XSTest folder or file, run:RUN_DIR "
+                                       "(annotations), or a CSV/JSONL/Parquet file with "
+                                       "prompt, response, label."),
+    safe: Path | None = typer.Option(None, help="MedSafetyBench folder: false-alarm check."),
+    limit: int | None = typer.Option(None, min=1, help="At most N responses per group."),
+    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the CIs."),
+    out: Path | None = typer.Option(None, help="Write the tables under OUT/tables/."),
+) -> None:
+    """Agreement of judges with human labels (binary and 3-way accuracy, Cohen's kappa,
+    confusion, bootstrap CIs, unscored count) and their false-alarm rate."""
+    from medharm_nb import store
+    from medharm_nb.judge import validation
+
+    try:
+        report = validation.validate(judge, gold, safe, limit=limit, n_boot=bootstrap)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    if report.evaluation is None:
+        _fail("; ".join(report.skipped))
+    if out is not None:
+        store.write_table(out, "judge_agreement", report.evaluation.summary)
+        store.write_table(out, "judge_confusion", report.evaluation.confusion)
+        if report.false_alarm is not None:
+            store.write_table(out, "judge_false_alarms", report.false_alarm)
+    for line in validation.report_lines(report):
+        typer.echo(line)
+
+
+@app.command("judge-train")
+def judge_train(
+    gold: str = typer.Option(..., help="Human labels (as for judge-eval): XSTest's folder "
+                                       "re-makes the shipped judge."),
+    out: Path = typer.Option(..., help="Where to save; medharm_nb/assets/"
+                                       "trained_judge_v1.json re-makes the shipped judge."),
+    c: float = typer.Option(0.1, "--C", help="Inverse L2 strength of the regression."),
+    gate: float = typer.Option(0.95, help="Confidence above which it overrides the rules."),
+) -> None:
+    """Train the trained judge: cross-validate across source models (or annotators), then
+    train on all labels."""
+    from medharm_nb.judge import trained
+
+    try:
+        judge, table = trained.train(gold, C=c, gate=gate, out=out)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    if table is not None:
+        with _wide_tables():
+            typer.echo(f"train on all groups but one, test on it:\n{table}")
+    typer.echo(f"saved {judge.id} to {out}")
+
+
+@app.command("guard-eval")
+def guard_eval(
+    guard: list[str] = typer.Option(["minilm"], help="Guard name, repeatable: minilm, "
+                                                     "prompted-smollm2, llama-guard-3-1b ..."),
+    queries: str = typer.Option(..., help="Labelled queries: medharm-open, xstest:FILE ..."),
+    train: str | None = typer.Option(None, help="Labelled queries to fit minilm on "
+                                                "(default: the shipped artifact)."),
+    variants: bool = typer.Option(False, "--variants", help="Also score the variant attacks "
+                                                            "and report brittleness."),
+    limit: int | None = typer.Option(None, min=1, help="At most N harmful and N benign."),
+    threshold: float = typer.Option(0.5, help="The guards' default threshold."),
+    out: Path | None = typer.Option(None, help="Write the tables under OUT/tables/."),
+) -> None:
+    """Score prompts with guards: AUROC, catch at 5% false blocks, false blocks (with CIs)."""
+    from medharm_nb import guard as guards
+    from medharm_nb import store
+
+    try:
+        result = guards.evaluate(guard, queries, train=train, variants=variants, limit=limit,
+                                 threshold=threshold)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    if out is not None:
+        for name, table in result.items():
+            store.write_table(out, f"guard_{name}", table)
+    with _wide_tables():
+        if variants:
+            typer.echo(result["summary"].select(
+                "guard", "variant", "catch", "catch_lo", "catch_hi", "false_block",
+                "false_block_lo", "false_block_hi"))
+            typer.echo(result["brittleness"])
+    for line in guards.summary_lines(result):
+        typer.echo(line)
+
+
+bench_app = typer.Typer(help="Benchmarks: timings on this machine (never run in tests).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("generate")
+def bench_generate(
+    model: str = typer.Option("smollm2-135m", help="Embedded model name, hub id or directory."),
+    n: int = typer.Option(64, help="Number of prompts (neutral medical questions)."),
+    max_new_tokens: int = typer.Option(64, help="Tokens per answer at most."),
+    batch_size: int = typer.Option(32, help="The engine's rows per batch at most."),
+    gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL, if any."),
+    quantization: str = typer.Option("none", help="none | nf4 | int8 (bitsandbytes)."),
+) -> None:
+    """Naive loop (one prompt at a time, plain generate) against the engine on the same
+    prompts; checks the greedy outputs match; the last line is 'speedup=X.XX naive_tok_s=...
+    engine_tok_s=...'."""
+    from pydantic import ValidationError
+
+    from medharm_nb.bench import bench_generate as run_bench
+    from medharm_nb.records import ModelSpec
+
+    try:
+        spec = ModelSpec(name=model, source=model, gguf_file=gguf_file,
+                         quantization=quantization)
+        result = run_bench(spec, n=n, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           log=typer.echo)
+    except ValidationError as err:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    if result.mismatches:
+        typer.secho(f"{len(result.mismatches)} of {n} answers differ from the naive loop "
+                    f"(prompts {result.mismatches[:10]}); exact in float32, while bf16/nf4/"
+                    f"int8 batches round differently and can flip a near-tie token",
+                    fg=typer.colors.RED, err=True)
+    else:
+        typer.echo(f"outputs: all {n} identical to the naive loop")
+    typer.echo(result.summary())
+    if result.mismatches:
+        raise typer.Exit(1) from None
+
+
+
+@bench_app.command("judge")
+def bench_judge(
+    judge: str = typer.Option("rules", help="Judge name."),
+    responses: str = typer.Option(..., help="Responses to judge: any judge-eval gold "
+                                            "source or a MedSafetyBench folder."),
+    repeat: int = typer.Option(3, min=1, help="Passes; the best is reported."),
+) -> None:
+    """Responses judged per CPU-second (one core) and per wall-second; the last line is
+    'per_cpu_s=... per_wall_s=... n=...'."""
+    from medharm_nb.judge import load_judge, validation
+    from medharm_nb.judge_eval import load_responses
+
+    try:
+        frame = load_responses(responses)
+        speed = validation.throughput(load_judge(judge), frame, repeat=repeat)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"per_cpu_s={speed['per_cpu_second']:.0f} "
+               f"per_wall_s={speed['per_wall_second']:.0f} n={speed['n']}")
 
 if __name__ == "__main__":
     app()

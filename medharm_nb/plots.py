@@ -102,6 +102,62 @@ def refusal_tradeoff(summary: pl.DataFrame) -> alt.LayerChart:
         width=360, height=300, title="Safety vs helpfulness (95% CIs); lower-left is better")
 
 
+def judge_agreement(summary: pl.DataFrame, anchors: pl.DataFrame | None = None) -> alt.LayerChart:
+    """Binary accuracy of each judge against human labels per source model, with 95% CIs;
+    published baselines as black symbols.
+
+    Args:
+        summary: ``judge_eval.evaluate(...).summary``.
+        anchors: Optional ``source_model, anchor, binary_accuracy`` rows (e.g.
+            ``judge_eval.XSTEST_ANCHORS``).
+    """
+    y = alt.Y("source_model:N", title=None)
+    x = alt.X("binary_accuracy:Q", title="binary accuracy vs human labels (95% CI)",
+              axis=alt.Axis(format="%"), scale=alt.Scale(zero=False))
+    base = alt.Chart(summary).encode(y=y, yOffset="judge:N", color=alt.Color("judge:N"))
+    layers = base.mark_rule().encode(x=x, x2="binary_hi:Q") + base.mark_rule().encode(
+        x="binary_lo:Q", x2="binary_accuracy:Q") + base.mark_point(filled=True, size=60).encode(
+        x=x, tooltip=["judge", "source_model", "n", "unscored",
+                      alt.Tooltip("binary_accuracy:Q", format=".3f"),
+                      alt.Tooltip("kappa:Q", format=".3f")])
+    if anchors is not None:
+        layers += alt.Chart(anchors).mark_point(color="black", size=70, filled=True).encode(
+            y=y, x="binary_accuracy:Q", shape=alt.Shape("anchor:N", title="published baseline"),
+            tooltip=["anchor", "source_model", "binary_accuracy"])
+    return layers.properties(width=380, height=alt.Step(14),
+                             title="Judges against human labels, with published baselines")
+
+
+def guard_curves(sweep: pl.DataFrame) -> alt.Chart:
+    """Catch rate against false-block rate per guard, over all thresholds (ROC curves).
+
+    Args:
+        sweep: ``guard.evaluate(...)["sweep"]``.
+    """
+    return (
+        alt.Chart(sweep).mark_line(point=True, interpolate="step-after")
+        .encode(x=alt.X("false_block:Q", title="false blocks on benign", scale=alt.Scale(
+                    domain=[0, 1])),
+                y=alt.Y("catch:Q", title="harmful caught", scale=alt.Scale(domain=[0, 1])),
+                color="guard:N", tooltip=["guard", "threshold", "catch", "false_block"])
+        .properties(width=320, height=280, title="Guard catch vs false blocks")
+    )
+
+
+def guard_variants(summary: pl.DataFrame) -> alt.LayerChart:
+    """Catch rate per prompt variant and guard, with Wilson 95% intervals.
+
+    Args:
+        summary: ``guard.evaluate(..., variants=True)["summary"]``.
+    """
+    base = alt.Chart(summary).encode(
+        y=alt.Y("variant:N", title=None), color="guard:N", yOffset="guard:N")
+    return (base.mark_point(filled=True).encode(x=alt.X("catch:Q", title="harmful caught",
+                                                        scale=alt.Scale(domain=[0, 1])))
+            + base.mark_rule().encode(x="catch_lo:Q", x2="catch_hi:Q")
+            ).properties(width=320, title="Catch rate by prompt variant")
+
+
 def save_chart(chart: alt.TopLevelMixin, directory: str | Path, stem: str) -> list[Path]:
     """Save a chart as PNG (2x scale) and SVG, offline through vl-convert.
 

@@ -4,7 +4,8 @@
 unknown parameter is an error, not papermill's warning), writes the manifest (``started``),
 executes the series into ``runs/<name>/notebooks/`` and finishes the manifest with
 ``success`` or ``error``. Stages cache in the run's store, so re-running after a failure
-resumes without regenerating.
+resumes without regenerating. ``generate_only(config)`` (the ``medharm-nb generate``
+command) runs just the generation stage with the same checks, manifest and tables.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from medharm_nb.records import SCHEMA_VERSION, GenConfig, ModelSpec, QuerySelect
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 NOTEBOOK_DIR = PACKAGE_DIR.parent / "notebooks"
-SERIES: tuple[str, ...] = ("01_data", "02_generate", "03_judge", "06_report")
+SERIES: tuple[str, ...] = (
+    "01_data", "02_generate", "03_judge", "03b_judge_validation", "04_guardrails", "05_review",
+    "06_report")
 INJECTED = ("config_path", "run_dir", "figures_dir")
 """Parameters the runner passes to every notebook."""
 VERSIONED = ("medharm-nb", "torch", "transformers", "polars", "papermill", "altair", "pydantic")
@@ -164,22 +167,33 @@ def check_notebooks(config: RunConfig, notebook_dir: Path = NOTEBOOK_DIR) -> lis
     return problems
 
 
-def check_inputs(run: Run) -> dict[str, Any]:
+def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
     """Load the queries and find every model's files now, so bad input fails before work.
+
+    Args:
+        run: The run.
+        queries: The prepared queries, when the caller has loaded them already.
+        judges: Check the config's judges too (not needed to generate only).
 
     Returns:
         Input hashes for the manifest.
     """
-    from medharm_nb import data, generate, judge, variants
+    from medharm_nb import data, generate, variants
 
-    for name in run.config.judges:
-        judge.load_judge(name)
-    queries = data.prepare_queries(run.config.queries, run.base_dir)
+    if judges:
+        from medharm_nb import judge
+
+        for name in run.config.judges:
+            judge.load_judge(name)
+    if queries is None:
+        queries = data.prepare_queries(run.config.queries, run.base_dir)
     source = data.resolve_source_path(run.config.queries.source, run.base_dir)
     if run.config.queries.source == data.OPEN_SET_NAME:
         source = str(data.open_set_path())
     models = {}
     for spec in run.config.models:
+        if spec.backend == "openai":  # a server that is down fails here, before any work
+            generate.make_backend(spec).prepare()
         files = generate.model_files(spec)
         models[spec.name] = {
             "spec_hash": stable_hash(spec.key()),
@@ -221,11 +235,19 @@ def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:
         files = resolved[0] if isinstance(files, str) else resolved
     queries = config.queries.model_copy(update={
         "source": resolve_source_path(config.queries.source, base_dir), "data_files": files})
-    models = [
-        m.model_copy(update={"source": str((base_dir / m.source).resolve())})
-        if (base_dir / m.source).exists() and not Path(m.source).is_absolute() else m
-        for m in config.models
-    ]
+    models = []
+    for m in config.models:
+        if m.backend == "openai":  # source is the server's model name, never a local path
+            models.append(m)
+            continue
+        if m.adapter and (base_dir / m.adapter).exists() and not Path(m.adapter).is_absolute():
+            m = m.model_copy(update={"adapter": str((base_dir / m.adapter).resolve())})
+        # A replay source may end in '#prompt=COL,...': the path is what comes before it.
+        path, hash_, suffix = (m.source.partition("#") if m.backend == "replay"
+                               else (m.source, "", ""))
+        if (base_dir / path).exists() and not Path(path).is_absolute():
+            m = m.model_copy(update={"source": str((base_dir / path).resolve()) + hash_ + suffix})
+        models.append(m)
     return config.model_copy(update={"queries": queries, "models": models})
 
 
@@ -267,16 +289,24 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def new_manifest(run: Run, inputs: dict[str, Any]) -> dict[str, Any]:
-    """The manifest written before any notebook runs (status ``started``)."""
+def new_manifest(run: Run, inputs: dict[str, Any], mode: str = "series") -> dict[str, Any]:
+    """The manifest written before any work starts (status ``started``).
+
+    Args:
+        run: The run.
+        inputs: Hashes from ``check_inputs``.
+        mode: ``series`` (the notebooks) or ``generate`` (the generation stage alone).
+    """
     started = _now()
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": f"{run.config.name}-{started.replace(':', '').replace('-', '')}",
         "name": run.config.name,
+        "mode": mode,
         "status": "started",
         "started": started,
         "finished": None,
+        "seconds": None,
         "config_path": str(run.config_path),
         "run_dir": str(run.run_dir),
         "figures_dir": str(run.figures_dir),
@@ -296,7 +326,29 @@ def new_manifest(run: Run, inputs: dict[str, Any]) -> dict[str, Any]:
 # -- the runner -------------------------------------------------------------------------
 
 class RunFailed(RuntimeError):
-    """A notebook failed; the manifest says which and the executed copy shows the cell."""
+    """A stage failed; the manifest says which, and for a notebook the executed copy shows
+    the cell."""
+
+
+def _setup(config_path: str | Path, name: str | None, run_dir: str | Path | None,
+           figures_dir: str | Path | None) -> Run:
+    """Load, absolutize and place a run (no files written yet)."""
+    config_path = Path(config_path).resolve()
+    config = absolutize(load_config(config_path, name), config_path.parent)
+    root = default_root(config_path)
+    run_dir = Path(run_dir or root / "runs" / config.name).resolve()
+    figures_dir = Path(figures_dir or root / "figures" / config.name).resolve()
+    return Run(config, config_path, run_dir, figures_dir)
+
+
+def _start(run_: Run, inputs: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Write the effective config and the ``started`` manifest."""
+    run_.run_dir.mkdir(parents=True, exist_ok=True)
+    (run_.run_dir / "config.yaml").write_text(
+        yaml.safe_dump(run_.config.model_dump(mode="json"), sort_keys=False))
+    manifest = new_manifest(run_, inputs, mode)
+    store.write_manifest(run_.run_dir, manifest)
+    return manifest
 
 
 def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | None = None,
@@ -318,32 +370,30 @@ def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | 
 
     Raises:
         ConfigError: the config or a notebook parameter is wrong (nothing was run).
+        store.RunLocked: another process is generating into the run folder (nothing run).
         RunFailed: a notebook failed (the manifest is marked ``error``).
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    config_path = Path(config_path).resolve()
-    config = absolutize(load_config(config_path, name), config_path.parent)
+    run_ = _setup(config_path, name, run_dir, figures_dir)
+    config, run_dir = run_.config, run_.run_dir
     problems = check_notebooks(config, notebook_dir)
     if problems:
-        raise ConfigError(f"{config_path}: cannot run\n  " + "\n  ".join(problems))
-    root = default_root(config_path)
-    run_dir = Path(run_dir or root / "runs" / config.name).resolve()
-    figures_dir = Path(figures_dir or root / "figures" / config.name).resolve()
-    run_ = Run(config, config_path, run_dir, figures_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"{run_.config_path}: cannot run\n  " + "\n  ".join(problems))
+    inputs = check_inputs(run_)
+    # 02_generate takes the lock itself (in its kernel); refuse now, before the manifest of
+    # the process that holds it is overwritten, rather than fail at that notebook.
+    store.RunLock(run_dir).check()
+    manifest = _start(run_, inputs, "series")
     effective_config = run_dir / "config.yaml"
-    effective_config.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    manifest = new_manifest(run_, check_inputs(run_))
-    store.write_manifest(run_dir, manifest)
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(exist_ok=True)
     log(f"run {config.name}: {len(config.notebooks)} notebooks -> {run_dir}")
     for nb in config.notebooks:
         output = out_dir / f"{nb}.ipynb"
         params = {"config_path": str(effective_config), "run_dir": str(run_dir),
-                  "figures_dir": str(figures_dir), **config.params.get(nb, {})}
+                  "figures_dir": str(run_.figures_dir), **config.params.get(nb, {})}
         entry = {"name": nb, "output": str(output), "status": "started", "seconds": None}
         manifest["notebooks"].append(entry)
         store.write_manifest(run_dir, manifest)
@@ -359,24 +409,123 @@ def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | 
             entry.update(status="error", seconds=round(time.perf_counter() - began, 1))
             message = (f"notebook {nb} failed in cell {err.exec_count}: {err.ename}: "
                        f"{err.evalue} (see {output})")
-            _finish(manifest, run_dir, "error", message)
+            _finish(manifest, run_dir, "error", message, _series_stats(manifest, run_dir))
             raise RunFailed(message) from None
         except Exception as err:  # kernel died, bad notebook JSON, ...
             entry.update(status="error", seconds=round(time.perf_counter() - began, 1))
             message = f"notebook {nb} could not run: {type(err).__name__}: {err}"
-            _finish(manifest, run_dir, "error", message)
+            _finish(manifest, run_dir, "error", message, _series_stats(manifest, run_dir))
             raise RunFailed(message) from None
         entry.update(status="success", seconds=round(time.perf_counter() - began, 1))
         log(f"  {nb} done in {entry['seconds']} s")
-    _finish(manifest, run_dir, "success", None)
+    _finish(manifest, run_dir, "success", None, _series_stats(manifest, run_dir))
     return manifest
 
 
-def _finish(manifest: dict[str, Any], run_dir: Path, status: str, error: str | None) -> None:
-    stats = store.table_path(run_dir, "generation_stats")
-    if stats.exists():
-        import polars as pl
+def _series_stats(manifest: dict[str, Any], run_dir: Path) -> list[dict] | None:
+    """Generation stats written by 02_generate in this run (an older table is not ours)."""
+    if not any(nb["name"] == "02_generate" and nb["status"] == "success"
+               for nb in manifest["notebooks"]):
+        return None
+    import polars as pl
 
-        manifest["stages"]["generate"] = pl.read_parquet(stats).to_dicts()
-    manifest.update(status=status, finished=_now(), error=error)
+    path = store.table_path(run_dir, "generation_stats")
+    return pl.read_parquet(path).to_dicts() if path.exists() else None
+
+
+def generation_stage(run_: Run, queries, progress: bool = True):
+    """Ask every model of the run every query; write the ``generations`` and
+    ``generation_stats`` tables, as ``02_generate`` does.
+
+    Returns:
+        The stats table, one row per model (see ``generate.GenStats``).
+    """
+    import polars as pl
+
+    from medharm_nb import generate
+
+    with run_.store() as st:
+        stats = generate.run_generation(queries, run_.config.models, run_.config.generation,
+                                        st, progress=progress)
+        generations = generate.current_generations(
+            st.frame("generations"), queries, run_.config.models, run_.config.generation)
+    table = pl.DataFrame([s.as_dict() for s in stats])
+    store.write_table(run_.run_dir, "generation_stats", table)
+    store.write_table(run_.run_dir, "generations", generations)
+    return table
+
+
+def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
+                  limit: int | None = None, max_new_tokens: int | None = None,
+                  name: str | None = None, log=print, progress: bool = True) -> dict[str, Any]:
+    """Run the generation stage alone: what ``01_data`` and ``02_generate`` do, no notebooks.
+
+    Checks the inputs first, then holds the run folder's lock from before the manifest is
+    written until it is finished, so a second process is refused without touching anything.
+    Re-running resumes: stored answers are not asked again, stored failures are.
+
+    Args:
+        config_path: The YAML run config.
+        run_dir: Where the run writes (defaults to ``runs/<name>`` beside ``configs/``).
+        limit: Generate for the first N queries only (default: ``params.02_generate.limit``
+            of the config, else all); recorded in the manifest's config.
+        max_new_tokens: Overrides ``generation.max_new_tokens`` (part of every id).
+        name: Run name (defaults to the config's ``name``).
+        log: Where progress lines go.
+        progress: Show a progress bar per model.
+
+    Returns:
+        The finished manifest; ``stages.generate`` holds one stats row per model.
+
+    Raises:
+        ConfigError: the config or a notebook parameter is wrong (nothing was run).
+        store.RunLocked: another process is generating into the run folder (nothing run).
+        RunFailed: generation failed (the manifest is marked ``error``).
+    """
+    from medharm_nb import data
+
+    run_ = _setup(config_path, name, run_dir, None)
+    if run_.config.params:
+        problems = check_notebooks(run_.config)
+        if problems:
+            raise ConfigError(f"{run_.config_path}: cannot run\n  " + "\n  ".join(problems))
+    update: dict[str, Any] = {}
+    if max_new_tokens is not None:
+        update["generation"] = run_.config.generation.model_copy(
+            update={"max_new_tokens": max_new_tokens})
+    params = run_.config.params
+    limit = limit or params.get("02_generate", {}).get("limit")
+    if limit:
+        update["params"] = {**params, "02_generate": {**params.get("02_generate", {}),
+                                                      "limit": limit}}
+    run_.config = run_.config.model_copy(update=update)
+    store.RunLock(run_.run_dir).check()  # refuse at once, before loading anything
+    queries = data.prepare_queries(run_.config.queries, run_.base_dir)
+    inputs = check_inputs(run_, queries, judges=False)
+    with store.RunLock(run_.run_dir, purpose="generate"):
+        manifest = _start(run_, inputs, "generate")
+        asked = queries.head(limit) if limit else queries
+        log(f"generate {run_.config.name}: {asked.height} queries x "
+            f"{len(run_.config.models)} model(s) -> {run_.run_dir}")
+        try:
+            store.write_table(run_.run_dir, "queries", queries)
+            stats = generation_stage(run_, asked, progress).to_dicts()
+        except BaseException as err:  # Ctrl-C included: the manifest says it stopped
+            message = f"generation failed: {type(err).__name__}: {err}"
+            _finish(manifest, run_.run_dir, "error", message, None)
+            if isinstance(err, Exception):
+                raise RunFailed(message) from err
+            raise
+        _finish(manifest, run_.run_dir, "success", None, stats)
+    return manifest
+
+
+def _finish(manifest: dict[str, Any], run_dir: Path, status: str, error: str | None,
+            generation_stats: list[dict] | None) -> None:
+    if generation_stats is not None:
+        manifest["stages"]["generate"] = generation_stats
+    finished = _now()
+    manifest.update(status=status, finished=finished, error=error, seconds=(
+        datetime.fromisoformat(finished) - datetime.fromisoformat(manifest["started"])
+    ).total_seconds())
     store.write_manifest(run_dir, manifest)

@@ -3,34 +3,58 @@
 A run lives in ``runs/<name>/``::
 
     manifest.json        who/when/what: config, commit, versions, hashes, status per notebook
-    store.sqlite         generations and judgements, append-only, keyed by stable ids
+    store.sqlite         generations, judgements and annotations, keyed by stable ids
+    generate.lock        held (flock) by the one process generating into this folder
     tables/*.parquet     the tidy tables each stage writes (schema version in the metadata)
     notebooks/*.ipynb    executed copies of the notebook series
 
-Writes are append-only (``INSERT OR IGNORE`` on the record's id) and committed per batch, so
-a crash loses at most the batch in flight and a re-run skips everything already stored.
+Crash safety: the store is SQLite in WAL mode with ``synchronous=FULL``, and every batch is
+one transaction, so ``kill -9`` (or a power cut) at any moment loses at most the batch in
+flight and a re-run skips everything already stored. Tables and the manifest are written to
+a temporary file and renamed over the old one, so a reader never sees half a file.
+
+Writes never overwrite a result: a record whose id is stored is left alone, except a
+*failed* generation (``error`` set), which is stored so it is visible but is not done: the
+next run retries it and its success replaces the error row.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import sys
+import types
+import typing
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
-from medharm_nb.records import SCHEMA_VERSION, Generation, Judgement
+from medharm_nb.records import SCHEMA_VERSION, Annotation, Generation, Judgement
 
 STORE_FILE = "store.sqlite"
 MANIFEST_FILE = "manifest.json"
-_TABLES = {"generations": (Generation, "gen_id"), "judgements": (Judgement, "judgement_id")}
+LOCK_FILE = "generate.lock"
+_TABLES = {"generations": (Generation, "gen_id"), "judgements": (Judgement, "judgement_id"),
+           "annotations": (Annotation, "annotation_id")}
+_FAILED = {"generations": "{t}error IS NOT NULL OR {t}response IS NULL"}
+"""Rows that are stored but not done: re-runs retry them and a success replaces them."""
+_LATEST_WINS = {"annotations"}
+"""Tables where a record replaces the stored one with its id (a person's latest label)."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class RunStore:
-    """The SQLite store of one run directory (created on first use)."""
+    """The SQLite store of one run directory (created on first use, migrated on open)."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
@@ -38,7 +62,9 @@ class RunStore:
         self.path = self.run_dir / STORE_FILE
         self._conn = sqlite3.connect(self.path, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a committed batch survives an OS crash too, not only a killed process; one
+        # fsync per batch is nothing next to generating it.
+        self._conn.execute("PRAGMA synchronous=FULL")
         for table, (record, key) in _TABLES.items():
             columns = ", ".join(
                 f"{name} {'TEXT PRIMARY KEY' if name == key else ''}"
@@ -49,6 +75,32 @@ class RunStore:
         self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                            (str(SCHEMA_VERSION),))
         self._conn.commit()
+        for table, (record, _) in _TABLES.items():
+            self._add_missing_columns(table, record)
+
+    def _add_missing_columns(self, table: str, record: type[BaseModel]) -> None:
+        """Migrate a store written before a record gained fields: add them as columns.
+
+        Old rows read the field's default when it is a plain value, else NULL.
+        """
+        have = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+        for name, field in record.model_fields.items():
+            if name in have:
+                continue
+            default = field.default
+            literal = ""
+            if isinstance(default, (bool, int, float)):
+                literal = f" DEFAULT {int(default) if isinstance(default, bool) else default!r}"
+            elif isinstance(default, str):
+                literal = " DEFAULT '" + default.replace("'", "''") + "'"
+            try:
+                with self._conn:
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {name}{literal}")
+                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                       (f"added_column:{table}.{name}", _now()))
+            except sqlite3.OperationalError as err:
+                if "duplicate column" not in str(err):  # another process migrated first
+                    raise
 
     def close(self) -> None:
         """Close the database connection."""
@@ -61,61 +113,97 @@ class RunStore:
         self.close()
 
     def existing_ids(self, table: str, ids: Iterable[str]) -> set[str]:
-        """Return which of ``ids`` are already stored in ``table``."""
+        """Return which of ``ids`` are stored in ``table`` and done.
+
+        A failed generation is stored but not done, so it is not returned: the caller
+        generates it again.
+        """
         _, key = _TABLES[table]
+        done = f" AND NOT ({_FAILED[table].format(t='')})" if table in _FAILED else ""
         wanted = list(ids)
         found: set[str] = set()
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._conn.execute(
-                f"SELECT {key} FROM {table} WHERE {key} IN ({marks})", chunk)
+                f"SELECT {key} FROM {table} WHERE {key} IN ({marks}){done}", chunk)
             found.update(r[0] for r in rows)
         return found
 
     def add(self, table: str, records: Sequence[Generation | Judgement]) -> int:
-        """Append records in one transaction; ids already present are left untouched.
+        """Write records in one transaction.
+
+        A stored id is left untouched, except a failed generation, which the new record
+        replaces (a retry that succeeded, or failed again with a newer error), and an
+        annotation (the person's latest label wins).
 
         Returns:
-            How many rows were new.
+            How many rows were written (new, or replacing a failure).
         """
-        record, _ = _TABLES[table]
+        record, key = _TABLES[table]
         fields = list(record.model_fields)
         rows = [tuple(_to_sql(getattr(r, f)) for f in fields) for r in records]
+        insert = (f"INSERT INTO {table} ({', '.join(fields)}) "
+                  f"VALUES ({', '.join('?' * len(fields))}) ")
+        if table in _FAILED:
+            updates = ", ".join(f"{f} = excluded.{f}" for f in fields if f != key)
+            failed = _FAILED[table].format(t=f"{table}.")
+            sql = insert + f"ON CONFLICT({key}) DO UPDATE SET {updates} WHERE ({failed})"
+        else:
+            verb = "INSERT OR REPLACE" if table in _LATEST_WINS else "INSERT OR IGNORE"
+            sql = insert.replace("INSERT", verb, 1)
         before = self._conn.total_changes
         with self._conn:
-            self._conn.executemany(
-                f"INSERT OR IGNORE INTO {table} ({', '.join(fields)}) "
-                f"VALUES ({', '.join('?' * len(fields))})", rows)
+            self._conn.executemany(sql, rows)
         return self._conn.total_changes - before
 
+    def upsert_annotation(self, record: Annotation) -> None:
+        """Save a person's label, replacing their earlier one for the same generation."""
+        self.add("annotations", [record])
+
     def frame(self, table: str) -> pl.DataFrame:
-        """Return a whole table as a DataFrame with the record's column types."""
+        """Return a whole table as a DataFrame with the record's columns and types."""
         record, _ = _TABLES[table]
-        cursor = self._conn.execute(f"SELECT * FROM {table}")
-        names = [d[0] for d in cursor.description]
-        rows = cursor.fetchall()
-        schema = {n: _polars_type(record, n) for n in names}
-        return pl.DataFrame(rows, schema=schema, orient="row")
+        names = list(record.model_fields)
+        rows = self._conn.execute(f"SELECT {', '.join(names)} FROM {table}").fetchall()
+        types_ = {n: _polars_type(record.model_fields[n].annotation) for n in names}
+        nested = [i for i, n in enumerate(names) if types_[n] is None]
+        if nested:  # lists and dicts are stored as JSON text
+            rows = [tuple(json.loads(v) if i in nested and v is not None else v
+                          for i, v in enumerate(row)) for row in rows]
+        return pl.DataFrame(
+            rows, schema=names, orient="row", infer_schema_length=None,
+            schema_overrides={n: t for n, t in types_.items() if t is not None})
 
 
 def _to_sql(value: Any) -> Any:
-    return int(value) if isinstance(value, bool) else value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return value
 
 
-def _polars_type(record, name: str) -> pl.DataType:
-    annotation = str(record.model_fields[name].annotation)
-    if "bool" in annotation:
-        return pl.Boolean
-    if "int" in annotation:
-        return pl.Int64
-    if "float" in annotation:
-        return pl.Float64
-    return pl.String
+def _polars_type(annotation: Any) -> pl.DataType | None:
+    """Polars type of a scalar record field (optional or not); None for lists and dicts."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(inner) != 1:
+            return None
+        annotation = inner[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        annotation = type(typing.get_args(annotation)[0])
+    return {bool: pl.Boolean, int: pl.Int64, float: pl.Float64, str: pl.String}.get(annotation)
 
 
 def load_generations(run_dir: str | Path) -> pl.DataFrame:
-    """Return every generation stored in a run directory."""
+    """Return every generation stored in a run directory, failed ones included.
+
+    Columns are ``Generation``'s fields: ``gen_id``, ``model``, ``query_id``, ``variant``,
+    ``sample``, ``response`` (None when failed), ``error`` (None when not), ...
+    """
     with RunStore(run_dir) as store:
         return store.frame("generations")
 
@@ -126,6 +214,107 @@ def load_judgements(run_dir: str | Path) -> pl.DataFrame:
         return store.frame("judgements")
 
 
+# -- the lock -----------------------------------------------------------------------------
+
+class RunLocked(RuntimeError):
+    """Another process holds the run directory's lock; the message names it."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the process generating into it.
+
+    It is an ``flock`` on ``<run_dir>/generate.lock``: the kernel releases it when the holder
+    exits, however it exits, so a lock left by a killed process never blocks. The file holds
+    who took it (pid, host, time, command) for the message a refused process prints. Taking
+    it again in the same process nests (the command, then ``run_generation``, then
+    ``generate`` each take it). POSIX only.
+
+    Use as a context manager::
+
+        with RunLock(run_dir):
+            ...  # raises RunLocked on entry while another process holds it
+    """
+
+    _held: dict[Path, list] = {}  # lock file -> [fd, depth, pid], this process's locks
+
+    def __init__(self, run_dir: str | Path, purpose: str = "generate"):
+        self.path = (Path(run_dir) / LOCK_FILE).resolve()
+        self.purpose = purpose
+
+    def acquire(self) -> RunLock:
+        """Take the lock without waiting.
+
+        Raises:
+            RunLocked: another process holds it; the message names pid, host and start.
+        """
+        import fcntl
+
+        held = self._held.get(self.path)
+        if held and held[2] == os.getpid():
+            held[1] += 1
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunLocked(_locked_message(self.path.parent, holder)) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(),
+                "purpose": self.purpose, "command": " ".join(sys.argv)}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError:  # the note is for messages only; never keep a lock we can't track
+            os.close(fd)
+            raise
+        self._held[self.path] = [fd, 1, os.getpid()]
+        return self
+
+    def check(self) -> None:
+        """Raise ``RunLocked`` if another process holds the lock; take it not, create nothing."""
+        if self.path.exists():
+            with self:
+                pass
+
+    def release(self) -> None:
+        """Release one level of the lock (the last one unlocks the file)."""
+        import fcntl
+
+        held = self._held.get(self.path)
+        if not held or held[2] != os.getpid():
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del self._held[self.path]
+            os.ftruncate(held[0], 0)  # an empty file: nobody holds it
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            os.close(held[0])
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _locked_message(run_dir: Path, holder: dict[str, Any]) -> str:
+    who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+           if holder else "a process that is still starting")
+    command = f" ({holder['command']})" if holder.get("command") else ""
+    return (f"{run_dir} is in use: another process is generating into it: {who}{command}. "
+            f"Wait for it to finish or stop it, then run again; nothing was written. "
+            f"(A lock left by a killed process frees itself.)")
+
+
 # -- tables -----------------------------------------------------------------------------
 
 def table_path(run_dir: str | Path, name: str) -> Path:
@@ -134,13 +323,23 @@ def table_path(run_dir: str | Path, name: str) -> Path:
 
 
 def write_table(run_dir: str | Path, name: str, df: pl.DataFrame) -> Path:
-    """Write a table as Parquet, with the schema version in its metadata."""
+    """Write a table as Parquet, with the schema version in its metadata.
+
+    The file is written beside the target and renamed over it, so a crash leaves the old
+    table or the new one, never half of one.
+    """
     path = table_path(run_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrow = df.to_arrow()
     meta = dict(arrow.schema.metadata or {})
     meta[b"medharm_nb.schema_version"] = str(SCHEMA_VERSION).encode()
-    pq.write_table(arrow.replace_schema_metadata(meta), path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+        _fsync(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -152,6 +351,14 @@ def read_table(run_dir: str | Path, name: str) -> pl.DataFrame:
             f"{path} does not exist yet: run the notebook that writes '{name}' first "
             f"(or the whole series with `medharm-nb run CONFIG`)")
     return pl.read_parquet(path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # -- manifest ---------------------------------------------------------------------------
@@ -166,7 +373,11 @@ def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Write the manifest atomically (a crash never leaves half a file)."""
     path = Path(run_dir) / MANIFEST_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+        _fsync(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -21,3 +21,22 @@ def external_dir() -> Path:
             pytest.fail(f"{reason} (CI is set, so this is an error)")
         pytest.skip(reason)
     return EXTERNAL_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch thread, here and in child processes (OMP_NUM_THREADS): the tests' models are
+    tiny, and on a busy 2-core machine two spinning threads make CPU generation up to ~15x
+    slower. Changes the tests' CPU time, never their results."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(before)
+    if previous is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = previous

@@ -88,3 +88,15 @@ def test_model_errors_are_clear():
         generate.resolve_source(ModelSpec(name="x", source="./no/such/model"))
     with pytest.raises(FileNotFoundError, match="no-such.gguf"):
         generate.resolve_source(ModelSpec(name="x", source=".", gguf_file="no-such.gguf"))
+
+
+def test_samples_are_seeded_and_reproducible(tmp_path):
+    hot = CONFIG.model_copy(update={"temperature": 1.0, "n_samples": 2, "max_new_tokens": 6})
+    frames = []
+    for run in ("a", "b"):
+        with RunStore(tmp_path / run) as st:
+            generate.generate(QUERIES.head(2), PLAIN, hot, st, progress=False)
+            frames.append(st.frame("generations").sort("gen_id"))
+    first, second = frames
+    assert first.height == 4 and sorted(first["sample"].to_list()) == [0, 0, 1, 1]
+    assert first["response"].to_list() == second["response"].to_list()  # same seeds

@@ -65,7 +65,8 @@ def test_label_rates_lists_every_label_even_when_absent():
 
 
 def test_results_table_joins_verdicts_to_queries():
-    queries = pl.DataFrame({"id": ["q1", "q2"], "category": ["toxicology"] * 2,
+    queries = pl.DataFrame({"id": ["q1", "q2"], "text": ["a?", "b?"],
+                            "category": ["toxicology"] * 2,
                             "framing": ["clinical"] * 2, "risk": ["harmful", "benign"],
                             "expected": ["refuse", "answer"], "pair_id": ["q2", "q1"]})
     gens = pl.DataFrame({"gen_id": ["g1", "g2", "g3"], "model": ["m"] * 3,
@@ -77,4 +78,4 @@ def test_results_table_joins_verdicts_to_queries():
     out = metrics.results_table(queries, gens, judgements)
     assert out.height == 2  # g3 failed: no judgement, no row
     assert out.filter(pl.col("gen_id") == "g1")["refused"].item() is True
-    assert out["base_id"].to_list() == ["q1", "q2"]
+    assert out["base_id"].to_list() == ["q1", "q2"] and out["text"].to_list() == ["a?", "b?"]

@@ -58,10 +58,15 @@ def test_unknown_judge_fails_before_any_notebook_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path):
+def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path, one_torch_thread):
     # A failure in 03_judge (a bad parameter) after generation has been stored.
     failing = {**TINY, "params": {"03_judge": {"judges": ["no-such-judge"]}}}
     config_path = _write(tmp_path, failing)
+    # The generation stage alone first (in this process, which may hold the model already):
+    # the series then finds every answer in the store, as after a crash or on a GPU box.
+    generated = CliRunner().invoke(app, ["generate", str(config_path)])
+    assert generated.exit_code == 0, generated.output
+    assert "smol: total 6, cached 0, generated 6, failed 0" in generated.output
     with pytest.raises(runner.RunFailed, match="notebook 03_judge failed in cell .*no-such-judge"):
         runner.run(config_path, log=lambda *_: None, progress=False)
     run_dir = tmp_path / "runs" / "tiny"
@@ -72,7 +77,9 @@ def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path):
     errors = [o for c in executed.cells if c.cell_type == "code"
               for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert errors and errors[0]["evalue"].startswith("unknown judge 'no-such-judge'")
-    assert manifest["stages"]["generate"][0]["generated"] == 6
+    assert manifest["mode"] == "series"
+    assert manifest["stages"]["generate"] == [
+        {**manifest["stages"]["generate"][0], "total": 6, "cached": 6, "generated": 0}]
 
     # Fixed config: the series completes, and nothing is generated again.
     config_path.write_text(yaml.safe_dump(TINY))
@@ -102,3 +109,70 @@ def test_relative_paths_in_a_config_are_relative_to_the_config(tmp_path):
     assert run.config.queries.data_files == str(path.parent / "mine.csv")
     assert run.run_dir == tmp_path / "runs" / "tiny"
     assert run.figures_dir == tmp_path / "figures" / "tiny"
+
+
+def _replay_study(tmp_path) -> dict:
+    answers = tmp_path / "answers.jsonl"
+    questions = ["What is the capital of France?", "Name one symptom of dehydration.",
+                 "How many legs does a spider have?"]
+    queries = tmp_path / "configs" / "queries.csv"
+    queries.parent.mkdir(parents=True, exist_ok=True)
+    queries.write_text("id,text,category,framing,risk,expected,pair_id,source\n" + "".join(
+        f"b{i},{q},toxicology,educational,benign,answer,,mine\n" for i, q in enumerate(questions)))
+    answers.write_text("".join(json.dumps({"prompt": q, "response": f"Answer {i}."}) + "\n"
+                               for i, q in enumerate(questions[:2])))
+    return {"name": "recorded", "queries": {"source": "queries.csv"},
+            "models": [{"name": "old-answers", "backend": "replay", "source": str(answers)}],
+            "params": {"02_generate": {"limit": 3}}}
+
+
+def test_generate_command_prints_counts_and_writes_tables_and_manifest(tmp_path):
+    path = _write(tmp_path, _replay_study(tmp_path))
+    first = CliRunner().invoke(app, ["generate", str(path), "--limit", "2"])
+    assert first.exit_code == 0, first.output
+    assert "old-answers: total 2, cached 0, generated 2, failed 0, 0.0 tokens/s" in first.output
+    run_dir = tmp_path / "runs" / "recorded"
+    manifest = store.read_manifest(run_dir)
+    assert manifest["status"] == "success" and manifest["mode"] == "generate"
+    assert manifest["config"]["params"]["02_generate"]["limit"] == 2  # --limit is recorded
+    assert manifest["stages"]["generate"][0]["generated"] == 2
+    assert manifest["inputs"]["queries"]["n"] == 3
+    assert store.read_table(run_dir, "queries").height == 3
+    assert store.read_table(run_dir, "generations").height == 2
+
+    # Without --limit the config's own limit (params.02_generate.limit) applies.
+    second = CliRunner().invoke(app, ["generate", str(path)])
+    assert second.exit_code == 0, second.output
+    assert "old-answers: total 3, cached 2, generated 0, failed 1" in second.output
+    assert "1 generation(s) failed: their errors are stored" in second.output
+    generations = store.load_generations(run_dir)
+    assert {"model", "query_id", "variant", "sample", "response", "error"} <= set(
+        generations.columns)
+    assert generations.filter(generations["error"].is_not_null())["response"].to_list() == [None]
+
+
+def test_generate_command_marks_the_manifest_error_when_generation_fails(tmp_path, monkeypatch):
+    from medharm_nb import generate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the backend fell over")
+
+    monkeypatch.setattr(generate, "run_generation", broken)
+    result = CliRunner().invoke(app, ["generate", str(_write(tmp_path, _replay_study(tmp_path)))])
+    assert result.exit_code == 1
+    assert "generation failed: RuntimeError: the backend fell over" in result.output
+    manifest = store.read_manifest(tmp_path / "runs" / "recorded")
+    assert manifest["status"] == "error" and "fell over" in manifest["error"]
+    assert manifest["finished"] and "generate" not in manifest["stages"]
+
+
+def test_generate_command_refuses_bad_input_before_any_work(tmp_path):
+    study = _replay_study(tmp_path)
+    study["models"][0]["source"] += "#response=answer"
+    result = CliRunner().invoke(app, ["generate", str(_write(tmp_path, study))])
+    assert result.exit_code == 1
+    assert "has no column(s) ['answer']; it has ['prompt', 'response']" in result.output
+    assert not (tmp_path / "runs").exists()
+    typo = {**_replay_study(tmp_path), "params": {"02_generate": {"limt": 3}}}
+    result = CliRunner().invoke(app, ["generate", str(_write(tmp_path, typo))])
+    assert result.exit_code == 1 and "params.02_generate.limt: unknown parameter" in result.output

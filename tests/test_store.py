@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 
 import polars as pl
@@ -9,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from medharm_nb import store
-from medharm_nb.records import SCHEMA_VERSION, Generation, Judgement
+from medharm_nb.records import SCHEMA_VERSION, Annotation, Generation, Judgement
 
 
 def _gen(gen_id: str, response: str | None = "ok", error: str | None = None) -> Generation:
@@ -70,3 +72,104 @@ def test_manifest_roundtrip(tmp_path):
     store.write_manifest(tmp_path, {"status": "success", "n": 2})
     assert store.read_manifest(tmp_path) == {"status": "success", "n": 2}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_failure_is_visible_but_not_done_and_a_success_replaces_it(tmp_path):
+    with store.RunStore(tmp_path) as st:
+        st.add("generations", [_gen("a", response=None, error="timeout"), _gen("b")])
+        frame = st.frame("generations").sort("gen_id")
+        assert frame["error"].to_list() == ["timeout", None]
+        assert frame["response"].to_list() == [None, "ok"]
+        # Stored, but only the success counts as done: a re-run asks "a" again.
+        assert st.existing_ids("generations", ["a", "b"]) == {"b"}
+        # The retry's success replaces the error row; a success is never overwritten.
+        assert st.add("generations", [_gen("a", response="fixed"),
+                                      _gen("b", response=None, error="late failure")]) == 1
+        frame = st.frame("generations").sort("gen_id")
+    assert frame.height == 2
+    assert frame["response"].to_list() == ["fixed", "ok"]
+    assert frame["error"].to_list() == [None, None]
+
+
+def test_store_is_crash_safe_by_configuration(tmp_path):
+    with store.RunStore(tmp_path) as st:
+        assert st._conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert st._conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+
+
+class _JudgementV2(Judgement):
+    """Judgement as it will look after gaining fields (a checklist, a version string)."""
+
+    checklist: dict[str, bool] | None = None
+    checklist_version: str = "none"
+
+
+def test_an_old_store_gains_new_record_fields_on_open(tmp_path, monkeypatch):
+    # A store written by an older version: fewer columns in both tables.
+    con = sqlite3.connect(tmp_path / store.STORE_FILE)
+    con.execute("CREATE TABLE generations (gen_id TEXT PRIMARY KEY, model, query_id, prompt, "
+                "prompt_hash, spec_hash, config_hash, response, error, created)")
+    con.execute("INSERT INTO generations VALUES ('g1', 'm', 'q1', 'p', 'h', 's', 'c', 'ok', "
+                "NULL, '2025-01-01T00:00:00')")
+    con.execute("CREATE TABLE judgements (judgement_id TEXT PRIMARY KEY, gen_id, judge, label)")
+    con.execute("INSERT INTO judgements VALUES ('j1', 'g1', 'rules-v1', 'full_refusal')")
+    con.commit()
+    con.close()
+    monkeypatch.setitem(store._TABLES, "judgements", (_JudgementV2, "judgement_id"))
+
+    with store.RunStore(tmp_path) as st:
+        old = st.frame("generations")
+        assert old["variant"].to_list() == ["direct"] and old["sample"].to_list() == [0]
+        assert old["n_new_tokens"].to_list() == [0] and old["response"].to_list() == ["ok"]
+        st.add("generations", [_gen("g2")])
+        st.add("judgements", [_JudgementV2(
+            judgement_id="j2", gen_id="g2", judge="rules-v2", label="partial",
+            checklist={"names_agent": False, "gives_dose": True}, checklist_version="v1")])
+        judgements = st.frame("judgements").sort("judgement_id")
+    assert judgements["checklist_version"].to_list() == ["none", "v1"]
+    assert judgements["checklist"].to_list()[0] is None
+    assert judgements["checklist"].to_list()[1] == {"names_agent": False, "gives_dose": True}
+    assert judgements["unsafe"].to_list() == [None, None]
+    assert store.load_generations(tmp_path).height == 2
+    con = sqlite3.connect(tmp_path / store.STORE_FILE)
+    added = {k for (k,) in con.execute("SELECT key FROM meta WHERE key LIKE 'added_column:%'")}
+    con.close()
+    assert "added_column:judgements.checklist" in added
+    assert "added_column:generations.n_new_tokens" in added
+
+
+def test_a_table_write_that_fails_leaves_the_old_table(tmp_path, monkeypatch):
+    store.write_table(tmp_path, "things", pl.DataFrame({"a": [1]}))
+
+    def broken(table, where):
+        open(where, "wb").write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store.pq, "write_table", broken)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_table(tmp_path, "things", pl.DataFrame({"a": [2]}))
+    assert store.read_table(tmp_path, "things")["a"].to_list() == [1]
+    assert [p.name for p in (tmp_path / "tables").iterdir()] == ["things.parquet"]
+
+
+def test_the_lock_nests_within_a_process_and_frees_on_release(tmp_path):
+    with store.RunLock(tmp_path) as lock:
+        with store.RunLock(tmp_path):  # e.g. the command, then run_generation
+            pass
+        holder = json.loads((tmp_path / store.LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] and holder["since"]
+        assert lock.path in store.RunLock._held
+    assert (tmp_path / store.LOCK_FILE).read_text() == ""
+    assert not store.RunLock._held
+
+
+def test_an_annotators_latest_label_wins(tmp_path):
+    def label(name: str, note: str) -> Annotation:
+        return Annotation(annotation_id="a1", gen_id="g1", annotator="ann", label=name,
+                          note=note, created="2026-01-01T00:00:00")
+
+    with store.RunStore(tmp_path) as st:
+        st.upsert_annotation(label("partial", "first look"))
+        st.upsert_annotation(label("full_refusal", "on reflection"))
+        saved = st.frame("annotations")
+    assert saved.select("label", "note").rows() == [("full_refusal", "on reflection")]

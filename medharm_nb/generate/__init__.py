@@ -4,10 +4,16 @@ A generation's id is a hash of the model spec, the generation config, the fully 
 prompt (chat template and system prompt applied) and the sample index, so re-running the same
 study makes zero model calls, and changing any of them makes new records instead of
 overwriting old ones. Backends live in ``generate.backends`` behind one small protocol.
+
+Never lose, never repeat: each finished group is committed to the store at once; a failed
+request is stored with its ``error`` (never as an empty response) and generated again on
+the next run; and only one process at a time generates into a run directory
+(``store.RunLock``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -18,7 +24,7 @@ from tqdm.auto import tqdm
 
 from medharm_nb.generate.backends import EMBEDDED, make_backend, model_files, resolve_source
 from medharm_nb.records import GenConfig, Generation, ModelSpec, stable_hash
-from medharm_nb.store import RunStore
+from medharm_nb.store import RunLock, RunStore
 
 __all__ = [
     "EMBEDDED", "Backend", "GenStats", "Output", "Request", "build_messages",
@@ -65,7 +71,11 @@ class Backend(Protocol):
 
 @dataclass
 class GenStats:
-    """Per-model counts for the manifest and the notebook."""
+    """Per-model counts for the manifest and the notebook.
+
+    ``cached`` counts stored successes only: an earlier failure is generated again and
+    counts as ``generated`` or ``failed`` this time.
+    """
 
     model: str
     total: int = 0
@@ -74,11 +84,15 @@ class GenStats:
     failed: int = 0
     new_tokens: int = 0
     seconds: float = 0.0
+    wall_seconds: float = 0.0
+    load_seconds: float = 0.0
 
     @property
     def tokens_per_s(self) -> float:
-        """Generated tokens per wall-clock second (0 when nothing was generated)."""
-        return self.new_tokens / self.seconds if self.seconds else 0.0
+        """Generated tokens per wall-clock second of generating (weights loading excluded);
+        0 when nothing was generated."""
+        elapsed = self.wall_seconds or self.seconds
+        return self.new_tokens / elapsed if elapsed else 0.0
 
     def as_dict(self) -> dict:
         """Plain dict, tokens/s included."""
@@ -116,7 +130,8 @@ def generate(
     """Generate a response to every query that the store does not hold yet.
 
     Every finished group is written to the store at once, so an interrupted run resumes
-    where it stopped.
+    where it stopped. Stored failures are tried again. The run directory's lock is held
+    throughout, so a second process generating into it is refused.
 
     Args:
         queries: Rows with ``id``, ``text`` and ``variant`` (see ``variants.apply_variants``).
@@ -125,45 +140,64 @@ def generate(
         store: The run's store.
         backend: A ready backend (defaults to ``make_backend(spec)``).
         progress: Show a progress bar.
+
+    Raises:
+        RunLocked: another process is generating into the same run directory.
     """
-    backend = backend or make_backend(spec)
-    spec_hash, config_hash = stable_hash(spec.key()), stable_hash(config.key())
-    items = build_requests(queries, spec, config, backend)
-    done = store.existing_ids("generations", [r.gen_id for r, _ in items])
-    query_of = {r.gen_id: q for r, q in items}
-    todo = [r for r, _ in items if r.gen_id not in done]
-    stats = GenStats(model=spec.name, total=len(items), cached=len(items) - len(todo))
-    if not todo:
+    with RunLock(store.run_dir):
+        backend = backend or make_backend(spec)
+        items = build_requests(queries, spec, config, backend)
+        done = store.existing_ids("generations", [r.gen_id for r, _ in items])
+        query_of = {r.gen_id: q for r, q in items}
+        # One request per id: two identical prompts are one generation, asked once.
+        todo = list({r.gen_id: r for r, _ in items if r.gen_id not in done}.values())
+        stats = GenStats(model=spec.name, total=len(items),
+                         cached=sum(r.gen_id in done for r, _ in items))
+        if not todo:
+            return stats
+        began = time.perf_counter()
+        backend.prepare()
+        stats.load_seconds = round(time.perf_counter() - began, 3)
+        began = time.perf_counter()
+        bar = tqdm(total=len(todo), desc=f"generate {spec.name}", unit="resp",
+                   disable=not progress)
+        for group in backend.generate(todo, config):
+            records = [_record(spec, config, req, out, query_of[req.gen_id])
+                       for req, out in group]
+            store.add("generations", records)
+            stats.generated += sum(r.error is None for r in records)
+            stats.failed += sum(r.error is not None for r in records)
+            stats.new_tokens += sum(r.n_new_tokens for r in records if r.error is None)
+            stats.seconds += sum(out.seconds for _, out in group)
+            bar.update(len(group))
+        bar.close()
+        stats.wall_seconds = round(time.perf_counter() - began, 3)
         return stats
-    backend.prepare()
-    bar = tqdm(total=len(todo), desc=f"generate {spec.name}", unit="resp", disable=not progress)
-    for group in backend.generate(todo, config):
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        records = [
-            Generation(
-                gen_id=req.gen_id, model=spec.name, query_id=query_of[req.gen_id]["id"],
-                variant=query_of[req.gen_id].get("variant") or "direct", sample=req.sample,
-                prompt=query_of[req.gen_id]["text"], prompt_hash=stable_hash(req.rendered),
-                spec_hash=spec_hash, config_hash=config_hash, response=out.text,
-                error=out.error, n_prompt_tokens=out.n_prompt_tokens,
-                n_new_tokens=out.n_new_tokens, seconds=round(out.seconds, 4), created=now,
-            )
-            for req, out in group
-        ]
-        store.add("generations", records)
-        stats.generated += sum(r.error is None for r in records)
-        stats.failed += sum(r.error is not None for r in records)
-        stats.new_tokens += sum(r.n_new_tokens for r in records)
-        stats.seconds += sum(out.seconds for _, out in group)
-        bar.update(len(group))
-    bar.close()
-    return stats
+
+
+def _record(spec: ModelSpec, config: GenConfig, req: Request, out: Output,
+            query: dict) -> Generation:
+    """The stored record of one answer; a failure keeps its error and no response."""
+    error = out.error or (None if out.text is not None else "backend returned no text")
+    return Generation(
+        gen_id=req.gen_id, model=spec.name, query_id=query["id"],
+        variant=query.get("variant") or "direct", sample=req.sample, prompt=query["text"],
+        prompt_hash=stable_hash(req.rendered), spec_hash=stable_hash(spec.key()),
+        config_hash=stable_hash(config.key()), response=None if error else out.text,
+        error=error, n_prompt_tokens=out.n_prompt_tokens,
+        n_new_tokens=0 if error else out.n_new_tokens, seconds=round(out.seconds, 4),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def run_generation(queries: pl.DataFrame, specs: list[ModelSpec], config: GenConfig,
                    store: RunStore, progress: bool = True) -> list[GenStats]:
-    """Generate for several model specs in turn; returns one GenStats per spec."""
-    return [generate(queries, spec, config, store, progress=progress) for spec in specs]
+    """Generate for several model specs in turn; returns one GenStats per spec.
+
+    Holds the run directory's lock for all of them (see ``generate``).
+    """
+    with RunLock(store.run_dir):
+        return [generate(queries, spec, config, store, progress=progress) for spec in specs]
 
 
 def current_generations(generations: pl.DataFrame, queries: pl.DataFrame,

@@ -1,0 +1,286 @@
+"""The hf engine: batching, early exit, OOM backoff, sampling, quantization, adapters, errors.
+
+Uses the real embedded model (SmolLM2-135M GGUF), its safetensors conversion (cached in the
+user cache, ``$MEDHARM_CACHE``), bitsandbytes on CPU and a tiny LoRA adapter made here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from medharm_nb.bench import naive_answer
+from medharm_nb.generate import Request, build_messages
+from medharm_nb.generate import convert as conv
+from medharm_nb.generate.backends import hf
+from medharm_nb.records import GenConfig, ModelSpec
+
+PLAIN = ModelSpec(name="plain", source="smollm2-135m")
+PROMPTS = [
+    "Say hello.",
+    "What is the capital of France?",
+    "How should medicines be stored safely in a home with young children? Please answer "
+    "in two sentences for a parent.",
+    "Name one symptom of dehydration.",
+    "What does a pharmacist do?",
+]
+
+
+def _requests(backend, prompts=PROMPTS, seeds=None):
+    seeds = seeds or [0] * len(prompts)
+    return [Request(gen_id=str(i), messages=[], sample=0, seed=seed,
+                    rendered=backend.render(build_messages(backend.spec, p)))
+            for i, (p, seed) in enumerate(zip(prompts, seeds))]
+
+
+def _answers(backend, requests, config) -> dict[str, str]:
+    return {r.gen_id: o.text for group in backend.generate(requests, config) for r, o in group}
+
+
+# --- no model needed -------------------------------------------------------------------
+
+def test_pick_is_greedy_or_seeded_nucleus_sampling():
+    logits = torch.tensor([[0.0, 4.0, 1.0, 0.5], [3.0, 0.0, 0.0, 2.9]])
+    greedy = GenConfig(temperature=0.0)
+    assert hf._pick(logits, greedy, []).tolist() == [1, 0]
+    hot = GenConfig(temperature=1.0)
+
+    def draw(seed):
+        gens = [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)]
+        return [tuple(hf._pick(logits, hot, gens).tolist()) for _ in range(20)]
+
+    assert draw(3) == draw(3)  # each row's generator makes it reproducible
+    assert draw(3) != draw(4)
+    assert {0, 3} <= {row[1] for row in draw(3)}  # both near-equal tokens get drawn
+    nucleus = GenConfig(temperature=1.0, top_p=0.5)  # token 1 alone holds > 0.5 of row 0
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    assert all(hf._pick(logits, nucleus, gens)[0] == 1 for _ in range(20))
+
+
+def test_converted_folder_is_keyed_by_the_gguf_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDHARM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a.gguf").write_bytes(b"one")
+    first = conv.converted_dir(tmp_path, "a.gguf")
+    assert first.parent == tmp_path / "cache" / "converted" and first.name.startswith("a-")
+    (tmp_path / "a.gguf").write_bytes(b"two")  # same name, new content: a new folder
+    assert conv.converted_dir(tmp_path, "a.gguf") != first
+
+
+def test_unknown_quantization_and_missing_packages_fail_before_work(monkeypatch):
+    with pytest.raises(ValueError, match="quantization"):  # pydantic names the field
+        ModelSpec(name="x", source="smollm2-135m", quantization="q3")
+    odd = ModelSpec.model_construct(**{**PLAIN.model_dump(), "quantization": "q3"})
+    with pytest.raises(ValueError, match=r"unknown quantization 'q3'; known: none, nf4, int8"):
+        hf.check_spec(odd)
+    real = hf.importlib.util.find_spec
+    monkeypatch.setattr(hf.importlib.util, "find_spec",
+                        lambda name: None if name in ("bitsandbytes", "peft") else real(name))
+    with pytest.raises(ValueError, match="needs bitsandbytes: pip install bitsandbytes"):
+        hf.check_spec(PLAIN.model_copy(update={"quantization": "nf4"}))
+    with pytest.raises(ValueError, match="needs peft"):
+        hf.check_spec(PLAIN.model_copy(update={"adapter": "some/adapter"}))
+
+
+def test_gguf_that_cannot_be_converted_fails_before_work(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(tmp_path / "odd.gguf"), "not-an-architecture")
+    writer.add_tensor("token_embd.weight", torch.zeros(4, 4).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    spec = ModelSpec(name="odd", source=str(tmp_path), gguf_file="odd.gguf", quantization="nf4")
+    with pytest.raises(ValueError, match="needs a conversion, which is not possible.*"
+                                         "not-an-architecture"):
+        hf.check_spec(spec)
+    hf.check_spec(spec.model_copy(update={"quantization": "none"}))  # fine unquantized
+
+
+def test_missing_files_are_named(tmp_path):
+    spec = PLAIN.model_copy(update={"adapter": str(tmp_path / "no-such-adapter")})
+    with pytest.raises(FileNotFoundError, match="no-such-adapter"):
+        hf.check_spec(spec)
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'config.json'} does not exist"):
+        hf.check_spec(ModelSpec(name="empty", source=str(tmp_path)))
+
+
+# --- conversion, adapters, quantization -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def converted():
+    folder, gguf_file = hf.resolve_source(PLAIN)
+    return conv.convert_gguf(folder, gguf_file)
+
+
+def _make_adapter(base_folder, out, nonzero: bool):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(str(base_folder))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                      init_lora_weights=not nonzero)  # default init: B = 0, a no-op
+    get_peft_model(base, lora).save_pretrained(str(out))
+    return out
+
+
+@pytest.mark.slow
+def test_lora_adapter_changes_answers_only_when_nonzero(converted, tmp_path):
+    config = GenConfig(max_new_tokens=6, batch_size=8)
+    base_spec = ModelSpec(name="base", source=str(converted))
+    prompts = PROMPTS[1:3]
+    base = _answers(hf.HFBackend(base_spec), _requests(hf.HFBackend(base_spec), prompts), config)
+    for nonzero in (False, True):
+        adapter = _make_adapter(converted, tmp_path / f"lora-{nonzero}", nonzero)
+        spec = base_spec.model_copy(update={"adapter": str(adapter)})
+        backend = hf.HFBackend(spec)
+        assert type(backend.model).__name__.startswith("Peft")
+        answers = _answers(backend, _requests(backend, prompts), config)
+        assert (answers != base) is nonzero
+        assert str(adapter / "adapter_model.safetensors") in map(str, hf.model_files(spec))
+    # The base model in the cache was not changed by loading adapters on top of it.
+    backend = hf.HFBackend(base_spec)
+    assert _answers(backend, _requests(backend, prompts), config) == base
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantization, layer", [("nf4", "Linear4bit"), ("int8", "Linear8bitLt")])
+def test_quantized_gguf_is_converted_and_answers(converted, quantization, layer):
+    spec = PLAIN.model_copy(update={"name": quantization, "quantization": quantization})
+    backend = hf.HFBackend(spec)
+    model = backend.model
+    assert model.name_or_path == str(converted)  # the GGUF went through the conversion
+    assert type(model.model.layers[0].mlp.up_proj).__name__ == layer
+    assert model.config._attn_implementation == "sdpa"
+    if quantization == "nf4":
+        q = model.config.quantization_config
+        assert q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
+        assert q.bnb_4bit_compute_dtype == torch.bfloat16
+    answers = _answers(backend, _requests(backend, PROMPTS[1:3]), GenConfig(max_new_tokens=8))
+    assert "Paris" in answers["0"] and answers["1"].strip()
+
+
+@pytest.mark.slow
+def test_model_without_chat_template_is_refused_before_loading(converted, tmp_path):
+    folder = tmp_path / "base-model"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(converted / name, folder / name)
+    with pytest.raises(FileNotFoundError, match=r"no weights \(\*\.safetensors"):
+        hf.HFBackend(ModelSpec(name="base", source=str(folder)))
+    (folder / "model.safetensors").symlink_to(converted / "model.safetensors")
+    tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tok_config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    spec = ModelSpec(name="base", source=str(folder))
+    with pytest.raises(ValueError, match=rf"model 'base' \({folder}\) has no chat template.*"
+                                         r"set chat_template"):
+        hf.HFBackend(spec)
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    backend = hf.HFBackend(spec.model_copy(update={"chat_template": template}))
+    assert backend.render([{"role": "user", "content": "Hi"}]) == "user: Hi\n"
+
+
+@pytest.mark.slow
+def test_conversion_is_complete_and_equals_the_gguf(converted):
+    assert conv.convert_gguf(*hf.resolve_source(PLAIN)) == converted  # once, then cached
+    config = json.loads((converted / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert (converted / "model.safetensors").is_file()
+    config = GenConfig(max_new_tokens=6, batch_size=8)
+    spec = ModelSpec(name="converted", source=str(converted))
+    backend = hf.HFBackend(spec)  # tokenizer and chat template came along
+    gguf = hf.HFBackend(PLAIN)
+    assert _answers(backend, _requests(backend, PROMPTS[:3]), config) == _answers(
+        gguf, _requests(gguf, PROMPTS[:3]), config)
+
+
+# --- the engine on the embedded GGUF model ----------------------------------------------
+
+@pytest.mark.slow
+def test_engine_greedy_equals_one_at_a_time_with_early_exit():
+    # 5 rows < COMPACT_EVERY: each finished row leaves the batch at once.
+    backend = hf.HFBackend(PLAIN)
+    requests = _requests(backend)
+    rows: list[int] = []
+    hook = backend.model.register_forward_pre_hook(
+        lambda _m, _a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        outputs = {r.gen_id: o for group in backend.generate(requests, GenConfig(
+            max_new_tokens=10, batch_size=8)) for r, o in group}
+    finally:
+        hook.remove()
+    assert rows[0] == len(PROMPTS) and min(rows) < len(PROMPTS)  # finished rows left
+    assert any(o.n_new_tokens < 10 for o in outputs.values())  # some stopped at EOS
+    tok = backend.tokenizer
+    for r in requests:
+        single = naive_answer(backend, r.rendered, 10)  # plain model.generate, one prompt
+        assert outputs[r.gen_id].text == tok.decode(single, skip_special_tokens=True).strip()
+        assert outputs[r.gen_id].n_new_tokens == len(single)
+    assert "Paris" in outputs["1"].text
+
+
+@pytest.mark.slow
+def test_token_budget_sizes_batches_by_prompt_length():
+    backend = hf.HFBackend(PLAIN)
+    long = ("I am writing a short health leaflet for a community centre. It should be "
+            "friendly, factual and suitable for adults of all ages, and it must not replace "
+            "advice from a doctor or pharmacist. ")
+    prompts = [long + "What is asthma?", "Say hi.", "Say yes.", long + "What is a fever?",
+               "Say no.", "Say ok."]
+    requests = _requests(backend, prompts)
+    lengths = [len(backend.tokenizer(r.rendered, add_special_tokens=False)["input_ids"])
+               for r in requests]
+    # Room for two rows of the long prompts, and for at least four of the short ones.
+    backend.token_budget = 2 * (max(lengths) + 2)
+    assert backend.token_budget >= 4 * (max(lengths[1], lengths[2], lengths[4], lengths[5]) + 2)
+    groups = [sorted(r.gen_id for r, _ in g) for g in backend.generate(
+        requests, GenConfig(max_new_tokens=2, batch_size=16))]
+    assert groups == [["0", "3"], ["1", "2", "4", "5"]]  # long ones first, two at a time
+
+
+@pytest.mark.slow
+def test_out_of_memory_halves_the_batch_and_loses_nothing():
+    config = GenConfig(max_new_tokens=4, batch_size=8)
+    reference = _answers(hf.HFBackend(PLAIN), _requests(hf.HFBackend(PLAIN)), config)
+    backend = hf.HFBackend(PLAIN, inject_oom_above=2)
+    with pytest.warns(RuntimeWarning, match="out of memory with 5 prompts; retrying 2"):
+        groups = list(backend.generate(_requests(backend), config))
+    assert [len(g) for g in groups] == [2, 2, 1]
+    assert {r.gen_id: o.text for g in groups for r, o in g} == reference
+    # Even one prompt does not fit: every request comes back, as an error.
+    backend.inject_oom_above = 0
+    with pytest.warns(RuntimeWarning):
+        outputs = [o for g in backend.generate(_requests(backend), config) for _, o in g]
+    assert len(outputs) == 5 and all(o.text is None for o in outputs)
+    assert all(o.error.startswith("OutOfMemoryError") for o in outputs)
+
+
+@pytest.mark.slow
+def test_sampling_is_seeded_per_request_and_independent_of_batching():
+    backend = hf.HFBackend(PLAIN)
+    prompt = "Give one tip for staying healthy."
+    requests = _requests(backend, [prompt] * 3, seeds=[1, 2, 1])
+    hot = GenConfig(max_new_tokens=6, temperature=1.0, batch_size=3)
+    together = _answers(backend, requests, hot)
+    alone = _answers(backend, requests, hot.model_copy(update={"batch_size": 1}))
+    assert together == alone
+    assert together["0"] == together["2"] != together["1"]  # same seed, same sample
+
+
+@pytest.mark.slow
+def test_bench_cli_prints_the_summary_line():
+    from typer.testing import CliRunner
+
+    from medharm_nb.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "generate", "--n", "3", "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert "all 3 identical" in lines[-2]
+    assert re.fullmatch(r"speedup=\d+\.\d\d naive_tok_s=\d+\.\d engine_tok_s=\d+\.\d",
+                        lines[-1])
