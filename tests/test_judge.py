@@ -325,14 +325,13 @@ def test_guard_judge(kind):
     assert all(v.judge == judge.id for v in out)
 
 
-def test_guard_by_name_needs_the_guardrail_stage():
-    try:
-        import medharm_nb.guard  # noqa: F401
-    except ImportError:
-        with pytest.raises(ValueError, match="needs medharm_nb.guard"):
-            load_judge("guard:minilm")
-    else:
-        pytest.skip("the guardrail stage is installed; its own tests load guards")
+def test_guard_judge_by_name_uses_the_real_minilm_guard():
+    judge = load_judge("guard:minilm")
+    assert judge.id.startswith("guard-minilm@0.5+rules")
+    [empty, refusal] = judge.judge_many([PROMPT] * 2, ["", REFUSAL])
+    assert (empty.label, empty.unsafe) == ("unscored", None)
+    assert refusal.label == "full_refusal" and refusal.unsafe in (True, False)
+    assert refusal.rationale.startswith("guard minilm: P(unsafe)=")
 
 
 def test_disagreements_list_disputed_responses():

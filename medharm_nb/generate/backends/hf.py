@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -192,8 +193,8 @@ def _load_model(source: str, gguf_file: str | None, quantization: str = "none",
         kwargs["dtype"] = "auto"
     if quantization != "none":
         kwargs["quantization_config"] = _bnb_config(quantization)
-    if quantization == "int8":  # bitsandbytes says so on every call, not once
-        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    if quantization == "int8":
+        _quiet_int8_cast_notice()
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -403,6 +404,18 @@ def _default_token_budget(model) -> int:
     per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * elem  # keys and values
     free, _ = torch.cuda.mem_get_info(model.device)
     return max(4096, int(GPU_MEMORY_SHARE * free / per_token))
+
+
+def _is_cast_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _quiet_int8_cast_notice() -> None:
+    # bitsandbytes logs this on every int8 matrix product (every layer, every step), which
+    # buries everything else; drop that one message only.
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if _is_cast_notice not in logger.filters:
+        logger.addFilter(_is_cast_notice)
 
 
 def _free_gpu_memory() -> None:
