@@ -194,6 +194,10 @@ def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
     for spec in run.config.models:
         if spec.backend == "openai":  # a server that is down fails here, before any work
             generate.make_backend(spec).prepare()
+        if spec.backend == "hf":  # files, packages, quantization, adapter: no weights loaded
+            from medharm_nb.generate.backends.hf import check_spec
+
+            check_spec(spec)
         files = generate.model_files(spec)
         models[spec.name] = {
             "spec_hash": stable_hash(spec.key()),

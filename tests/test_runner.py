@@ -50,6 +50,14 @@ def test_unknown_notebook_parameter_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_bad_model_spec_fails_before_any_notebook_runs(tmp_path):
+    spec = {"name": "smol", "source": "smollm2-135m", "adapter": "./no-such-adapter"}
+    result = CliRunner().invoke(app, ["run", str(_write(tmp_path, {**TINY, "models": [spec]}))])
+    assert result.exit_code == 1
+    assert "no-such-adapter has no adapter_config.json" in result.output
+    assert not (tmp_path / "runs" / "tiny" / "notebooks").exists()
+
+
 def test_unknown_judge_fails_before_any_notebook_runs(tmp_path):
     result = CliRunner().invoke(app, ["run", str(_write(tmp_path, {**TINY, "judges": ["gpt"]}))])
     assert result.exit_code == 1
