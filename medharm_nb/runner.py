@@ -10,7 +10,6 @@ command) runs just the generation stage with the same checks, manifest and table
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import subprocess
 import sys
@@ -203,25 +202,17 @@ def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
             "spec_hash": stable_hash(spec.key()),
             "system_prompt_hash": stable_hash(spec.system_prompt),
             "chat_template_hash": stable_hash(spec.chat_template),
-            "files": {str(f): file_sha256(f) for f in files},
+            "files": {str(f): store.file_sha256(f) for f in files},
         }
     return {
         "queries": {"source": source, "n": queries.height,
                     "table_hash": stable_hash(queries.select("id", "text").rows()),
-                    "file_sha256": file_sha256(Path(source)) if Path(source).is_file() else None},
+                    "file_sha256": (store.file_sha256(source) if Path(source).is_file()
+                                    else None)},
         "variants": variants.variant_hashes(run.config.queries.variants),
         "models": models,
         "generation_config_hash": stable_hash(run.config.generation.key()),
     }
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:

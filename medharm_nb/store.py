@@ -20,6 +20,7 @@ next run retries it and its success replaces the error row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -29,6 +30,7 @@ import types
 import typing
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -381,3 +383,19 @@ def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, memoised per path, size and modification time (model files
+    are hashed for every manifest and cache key; reading 100 MB once per process is enough)."""
+    stat = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

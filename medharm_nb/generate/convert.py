@@ -9,12 +9,12 @@ the GGUF file's hash: an edited or replaced file gets a new folder, never a stal
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-from functools import lru_cache
 from pathlib import Path
+
+from medharm_nb.store import file_sha256
 
 MARKER = "medharm-convert.json"
 """Written last into a converted folder: its presence means the conversion finished."""
@@ -25,25 +25,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("MEDHARM_CACHE") or "~/.cache/medharm-nb").expanduser()
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (memoised per path, size and modification time)."""
-    stat = Path(path).stat()
-    return _digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=32)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def converted_dir(folder: str | Path, gguf_file: str) -> Path:
     """Where the conversion of ``folder/gguf_file`` lives (whether it exists yet or not)."""
     path = Path(folder) / gguf_file
-    return cache_root() / "converted" / f"{path.stem}-{file_digest(path)[:16]}"
+    return cache_root() / "converted" / f"{path.stem}-{file_sha256(path)[:16]}"
 
 
 def is_converted(folder: str | Path, gguf_file: str) -> bool:
@@ -113,7 +98,7 @@ def convert_gguf(folder: str | Path, gguf_file: str) -> Path:
         AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file).save_pretrained(tmp)
         gguf_path = Path(folder) / gguf_file
         (tmp / MARKER).write_text(json.dumps(
-            {"gguf": str(gguf_path), "sha256": file_digest(gguf_path)}, indent=2))
+            {"gguf": str(gguf_path), "sha256": file_sha256(gguf_path)}, indent=2))
         try:
             tmp.rename(target)
         except OSError:  # another process finished first: keep its folder

