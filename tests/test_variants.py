@@ -6,7 +6,14 @@ import polars as pl
 import pytest
 
 from medharm_nb import data
-from medharm_nb.variants import VARIANTS, Variant, apply_variants, get_variant, variant_hashes
+from medharm_nb.variants import (
+    VARIANTS,
+    Variant,
+    apply_variants,
+    char_noise,
+    get_variant,
+    variant_hashes,
+)
 
 QUERIES = pl.DataFrame({
     "id": ["q1-h", "q1-b", "q2-h"],
@@ -26,6 +33,7 @@ PINNED = {
     "professional": "4cf3442898abf7b6",
     "hypothetical": "7994f228fe94ee55",
     "indirect": "23959722e22f7010",
+    "char-noise": "2e0b524e8e4d7a4c",
 }
 """Template hashes as released. A failure here means a template changed: give it a new
 version (or name) and update this table on purpose, never silently."""
@@ -85,3 +93,15 @@ def test_every_template_has_one_slot():
     for v in VARIANTS.values():
         assert v.template.count("{text}") == 1, v.name
         assert v.apply("<Q>").count("<Q>") == 1
+
+
+def test_char_noise_is_deterministic_and_only_swaps_letters():
+    text = "What does a routine toxicology screen detect?"
+    noisy = char_noise(text)
+    assert noisy == char_noise(text) != text and sorted(noisy) == sorted(text)
+    # Swaps stay inside words: every word keeps its letters and its place.
+    assert [sorted(w) for w in noisy.split()] == [sorted(w) for w in text.split()]
+    assert char_noise(text, rate=0.0) == text
+    v = get_variant("char-noise")
+    assert v.apply(text) == noisy and v.hash != get_variant("direct").hash
+    assert v.model_copy(update={"noise": 0.1}).hash != v.hash

@@ -176,11 +176,13 @@ def _bnb_config(quantization: str):
 
 @lru_cache(maxsize=2)
 def _load_model(source: str, gguf_file: str | None, quantization: str = "none",
-                adapter: str | None = None):
+                adapter: str | None = None, image_text: bool = False):
     # Two specs on the same weights (e.g. with and without a safety system prompt) share one
     # loaded model. An adapter is part of the key: peft changes the base model in place.
+    # ``image_text``: checkpoints published as image-text-to-text models (Llama Guard 4),
+    # whose language model AutoModelForCausalLM does not load.
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     if gguf_file and quantization != "none":
         from medharm_nb.generate.convert import convert_gguf
@@ -197,7 +199,8 @@ def _load_model(source: str, gguf_file: str | None, quantization: str = "none",
         _quiet_int8_cast_notice()
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    auto = AutoModelForImageTextToText if image_text else AutoModelForCausalLM
+    model = auto.from_pretrained(source, **kwargs)
     if adapter:
         from peft import PeftModel
 

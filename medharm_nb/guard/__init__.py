@@ -1,0 +1,100 @@
+"""Guardrails: guards that score prompts or responses as P(unsafe), and their evaluation.
+
+One interface for every guard: ``score(items, target="prompt" | "response")`` takes dicts
+with ``prompt`` (and ``response``) and returns one ``GuardScore`` (``p_unsafe``, optional
+``category``) per item. Three kinds, all reduced to a probability:
+
+- ``VerdictGuard`` (``verdict``): a guard model that answers with a verdict token (Llama
+  Guard's ``unsafe``, ShieldGemma's ``Yes`` ...); P(unsafe) is read from the next-token logits
+  after the guard's exact prompt. ``specs.GUARD_SPECS`` carries each named guard's published
+  prompt format, labels and categories.
+- The same class with a policy prompt on any chat model (``prompted-smollm2``).
+- ``EmbeddingGuard`` (``minilm``): all-MiniLM-L6-v2 embeddings + logistic regression trained
+  on labelled queries; the shipped artifact is trained on MedHarm-Open.
+
+Around them: ``evaluate`` (sweeps, operating points, brittleness under prompt variants) and
+``pipeline`` (input guard -> model -> output guard on stored results).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+from medharm_nb.guard.base import GuardScore, Target
+from medharm_nb.guard.evaluate import ATTACKS, brittleness, evaluate, summary_lines
+from medharm_nb.guard.minilm import MINILM_PATH, EmbeddingGuard, labelled_queries, train_minilm
+from medharm_nb.guard.pipeline import (
+    apply_pipeline,
+    guard_stored,
+    pipeline_comparison,
+    pipeline_rates,
+)
+from medharm_nb.guard.specs import GUARD_SPECS, PROMPTED_POLICY, GuardSpec
+from medharm_nb.guard.verdict import VerdictGuard
+
+__all__ = ["ATTACKS", "GUARD_SPECS", "PROMPTED_POLICY", "EmbeddingGuard", "GuardScore",
+           "GuardSpec", "Target", "VerdictGuard", "apply_pipeline", "brittleness", "evaluate",
+           "guard_stored", "labelled_queries", "load_guard", "pipeline_comparison",
+           "pipeline_rates", "score_items", "score_queries", "summary_lines", "train_minilm"]
+
+
+@lru_cache(maxsize=8)
+def load_guard(name: str, train: str | None = None):
+    """A guard by name: ``minilm`` (shipped, or fitted on ``train``), a ``GUARD_SPECS`` name,
+    or ``minilm:PATH`` for a saved embedding guard.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    from medharm_nb.guard.minilm import training_hash
+
+    if name == "minilm":
+        if train in (None, "medharm-open") and MINILM_PATH.exists():
+            shipped = EmbeddingGuard.load(MINILM_PATH)
+            # The shipped artifact stands for "trained on medharm-open" only while the data
+            # it was trained on is unchanged; otherwise fit afresh (~15 s on a CPU).
+            if shipped.params["train_sha256"] == training_hash(labelled_queries("medharm-open")):
+                return shipped
+        return train_minilm(train or "medharm-open")
+    if name.startswith("minilm:"):
+        return EmbeddingGuard.load(name.split(":", 1)[1])
+    if name in GUARD_SPECS:
+        return VerdictGuard(GUARD_SPECS[name])
+    raise ValueError(f"unknown guard {name!r}; known: minilm, {', '.join(GUARD_SPECS)}")
+
+
+def score_items(guard, items, target: Target = "prompt"):
+    """Score a table of items with one guard.
+
+    Args:
+        guard: Any guard (``load_guard``).
+        items: A DataFrame with ``text`` (the prompt) and, for ``target="response"``,
+            ``response``.
+        target: What is judged: the prompt, or the response in the prompt's context.
+
+    Returns:
+        ``items`` with ``p_unsafe``, ``guard_category`` (the guard's own, when it names one),
+        ``guard`` and ``guard_ms`` (mean latency per item, weights already loaded: the
+        guard's added cost).
+    """
+    import polars as pl
+
+    prompts = items["text"].to_list()
+    responses = (items["response"].fill_null("").to_list() if target == "response"
+                 else [None] * len(prompts))
+    if hasattr(guard, "warm"):
+        guard.warm()  # loading weights is not per-item latency
+    start = time.perf_counter()
+    scores = guard.score([{"prompt": p, "response": r} for p, r in zip(prompts, responses)],
+                         target=target)
+    ms = 1000 * (time.perf_counter() - start) / max(len(scores), 1)
+    return items.with_columns(
+        pl.Series("p_unsafe", [s.p_unsafe for s in scores], dtype=pl.Float64),
+        pl.Series("guard_category", [s.category for s in scores], dtype=pl.String),
+        pl.lit(ms).alias("guard_ms"), pl.lit(getattr(guard, "name", "guard")).alias("guard"))
+
+
+def score_queries(guard, queries):
+    """Score each query's ``text`` as a prompt (see ``score_items``)."""
+    return score_items(guard, queries, target="prompt")
