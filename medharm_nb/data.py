@@ -107,7 +107,7 @@ def load_queries(
 
 # -- files in our schema -------------------------------------------------------------------
 
-def read_table(path: Path) -> tuple[pl.DataFrame, str]:
+def read_query_file(path: Path) -> tuple[pl.DataFrame, str]:
     """Read a CSV / JSONL / Parquet file as strings, with a ``_line`` column for error messages.
 
     Returns:
@@ -176,7 +176,7 @@ def _read_jsonl(path: Path, text: str) -> pl.DataFrame:
 
 
 def _load_file(path: Path, mapping: Mapping[str, str] | None, categories: Iterable[str]):
-    df, unit = read_table(path)
+    df, unit = read_query_file(path)
     df = apply_mapping(df, mapping, where=str(path))
     if "source" not in df.columns:
         df = df.with_columns(pl.lit(path.stem).alias("source"))

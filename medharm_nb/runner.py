@@ -10,13 +10,8 @@ command) runs just the generation stage with the same checks, manifest and table
 
 from __future__ import annotations
 
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medharm_nb import store
-from medharm_nb.records import SCHEMA_VERSION, GenConfig, ModelSpec, QuerySelection, stable_hash
+from medharm_nb.manifest import finish_manifest, new_manifest
+from medharm_nb.records import GenConfig, ModelSpec, QuerySelection, stable_hash
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 NOTEBOOK_DIR = PACKAGE_DIR.parent / "notebooks"
@@ -33,7 +29,6 @@ SERIES: tuple[str, ...] = (
     "06_report")
 INJECTED = ("config_path", "run_dir", "figures_dir")
 """Parameters the runner passes to every notebook."""
-VERSIONED = ("medharm-nb", "torch", "transformers", "polars", "papermill", "altair", "pydantic")
 
 
 class ConfigError(ValueError):
@@ -246,78 +241,6 @@ def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:
     return config.model_copy(update={"queries": queries, "models": models})
 
 
-# -- manifest ---------------------------------------------------------------------------
-
-def _git_state(folder: Path) -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    try:
-        commit = git("rev-parse", "--verify", "--quiet", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit or None, "dirty": dirty if commit else None}
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _device() -> str:
-    try:
-        import torch
-    except ImportError:
-        return "cpu (torch not installed)"
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def new_manifest(run: Run, inputs: dict[str, Any], mode: str = "series") -> dict[str, Any]:
-    """The manifest written before any work starts (status ``started``).
-
-    Args:
-        run: The run.
-        inputs: Hashes from ``check_inputs``.
-        mode: ``series`` (the notebooks) or ``generate`` (the generation stage alone).
-    """
-    started = _now()
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": f"{run.config.name}-{started.replace(':', '').replace('-', '')}",
-        "name": run.config.name,
-        "mode": mode,
-        "status": "started",
-        "started": started,
-        "finished": None,
-        "seconds": None,
-        "config_path": str(run.config_path),
-        "run_dir": str(run.run_dir),
-        "figures_dir": str(run.figures_dir),
-        "config": run.config.model_dump(mode="json"),
-        "config_hash": stable_hash(run.config.model_dump(mode="json")),
-        "git": _git_state(PACKAGE_DIR.parent),
-        "versions": _versions(),
-        "device": _device(),
-        "command": sys.argv,
-        "inputs": inputs,
-        "notebooks": [],
-        "stages": {},
-        "error": None,
-    }
-
-
 # -- the runner -------------------------------------------------------------------------
 
 class RunFailed(RuntimeError):
@@ -404,16 +327,16 @@ def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | 
             entry.update(status="error", seconds=round(time.perf_counter() - began, 1))
             message = (f"notebook {nb} failed in cell {err.exec_count}: {err.ename}: "
                        f"{err.evalue} (see {output})")
-            _finish(manifest, run_dir, "error", message, _series_stats(manifest, run_dir))
+            finish_manifest(manifest, run_dir, "error", message, _series_stats(manifest, run_dir))
             raise RunFailed(message) from None
         except Exception as err:  # kernel died, bad notebook JSON, ...
             entry.update(status="error", seconds=round(time.perf_counter() - began, 1))
             message = f"notebook {nb} could not run: {type(err).__name__}: {err}"
-            _finish(manifest, run_dir, "error", message, _series_stats(manifest, run_dir))
+            finish_manifest(manifest, run_dir, "error", message, _series_stats(manifest, run_dir))
             raise RunFailed(message) from None
         entry.update(status="success", seconds=round(time.perf_counter() - began, 1))
         log(f"  {nb} done in {entry['seconds']} s")
-    _finish(manifest, run_dir, "success", None, _series_stats(manifest, run_dir))
+    finish_manifest(manifest, run_dir, "success", None, _series_stats(manifest, run_dir))
     return manifest
 
 
@@ -507,20 +430,9 @@ def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
             stats = generation_stage(run_, asked, progress).to_dicts()
         except BaseException as err:  # Ctrl-C included: the manifest says it stopped
             message = f"generation failed: {type(err).__name__}: {err}"
-            _finish(manifest, run_.run_dir, "error", message, None)
+            finish_manifest(manifest, run_.run_dir, "error", message, None)
             if isinstance(err, Exception):
                 raise RunFailed(message) from err
             raise
-        _finish(manifest, run_.run_dir, "success", None, stats)
+        finish_manifest(manifest, run_.run_dir, "success", None, stats)
     return manifest
-
-
-def _finish(manifest: dict[str, Any], run_dir: Path, status: str, error: str | None,
-            generation_stats: list[dict] | None) -> None:
-    if generation_stats is not None:
-        manifest["stages"]["generate"] = generation_stats
-    finished = _now()
-    manifest.update(status=status, finished=finished, error=error, seconds=(
-        datetime.fromisoformat(finished) - datetime.fromisoformat(manifest["started"])
-    ).total_seconds())
-    store.write_manifest(run_dir, manifest)

@@ -51,7 +51,8 @@ _LATEST_WINS = {"annotations"}
 """Tables where a record replaces the stored one with its id (a person's latest label)."""
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time now, UTC, ISO 8601 to the second (manifests, locks, migrations)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -99,7 +100,7 @@ class RunStore:
                 with self._conn:
                     self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {name}{literal}")
                     self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                       (f"added_column:{table}.{name}", _now()))
+                                       (f"added_column:{table}.{name}", utc_now()))
             except sqlite3.OperationalError as err:
                 if "duplicate column" not in str(err):  # another process migrated first
                     raise
@@ -263,7 +264,7 @@ class RunLock:
             holder = _read_holder(fd)
             os.close(fd)
             raise RunLocked(_locked_message(self.path.parent, holder)) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(),
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(),
                 "purpose": self.purpose, "command": " ".join(sys.argv)}
         try:
             os.ftruncate(fd, 0)

@@ -165,6 +165,12 @@ def test_guard_eval_command(tmp_path):
     assert last.startswith("minilm: auroc=") and "catch_at_5fb=" in last
     assert "false_block=" in last
     assert (tmp_path / "tables" / "guard_brittleness.parquet").exists()
+    described = pl.read_parquet(tmp_path / "tables" / "guard_guards.parquet").row(0, named=True)
+    assert described["guard"] == "minilm" and described["kind"] == "embedding"
+    assert "held-out AUROC" in described["reference"] and len(described["hash"]) == 16
+    prompted = guard.describe(guard.load_guard("prompted-smollm2"))
+    assert prompted["kind"] == "prompted" and prompted["hash"] == guard.GUARD_SPECS[
+        "prompted-smollm2"].hash
 
 
 def test_guarded_pipeline_blocks_become_refusals():

@@ -34,8 +34,8 @@ from medharm_nb.guard.specs import GUARD_SPECS, PROMPTED_POLICY, GuardSpec
 from medharm_nb.guard.verdict import VerdictGuard
 
 __all__ = ["ATTACKS", "GUARD_SPECS", "PROMPTED_POLICY", "EmbeddingGuard", "GuardScore",
-           "GuardSpec", "Target", "VerdictGuard", "apply_pipeline", "brittleness", "evaluate",
-           "guard_stored", "labelled_queries", "load_guard", "pipeline_comparison",
+           "GuardSpec", "Target", "VerdictGuard", "apply_pipeline", "brittleness", "describe",
+           "evaluate", "guard_stored", "labelled_queries", "load_guard", "pipeline_comparison",
            "pipeline_rates", "score_items", "score_queries", "summary_lines", "train_minilm"]
 
 
@@ -62,6 +62,22 @@ def load_guard(name: str, train: str | None = None):
     if name in GUARD_SPECS:
         return VerdictGuard(GUARD_SPECS[name])
     raise ValueError(f"unknown guard {name!r}; known: minilm, {', '.join(GUARD_SPECS)}")
+
+
+def describe(guard) -> dict[str, str]:
+    """What a guard is, for tables and manifests: name, kind, weights or training data, a
+    hash of everything that changes its scores, and where its format comes from."""
+    if isinstance(guard, VerdictGuard):
+        s = guard.spec
+        return {"guard": s.name, "kind": "prompted" if s.system_prompt else "verdict-token",
+                "source": s.source, "quantization": s.quantization, "hash": s.hash,
+                "reference": s.reference}
+    p = guard.params
+    return {"guard": guard.name, "kind": "embedding", "source": f"trained on "
+            f"{p['train_source']} ({p['n_train']} queries)", "quantization": "none",
+            "hash": p["train_sha256"][:16],
+            "reference": f"held-out AUROC {p['heldout_auroc']:.3f} ({p['heldout_folds']} folds "
+                         f"grouped by twin pair)"}
 
 
 def score_items(guard, items, target: Target = "prompt"):

@@ -51,11 +51,12 @@ def evaluate(guards: list[str], queries: str, train: str | None = None,
     Returns:
         ``scored`` (one row per guard x query), ``summary`` (per guard and variant),
         ``by_category`` (per guard and category, direct only), ``sweep`` (ROC points,
-        direct only) and, with variants, ``brittleness``.
+        direct only), ``guards`` (``describe`` per guard: kind, source, hash, reference)
+        and, with variants, ``brittleness``.
     """
     import polars as pl
 
-    from medharm_nb.guard import labelled_queries, load_guard, score_queries
+    from medharm_nb.guard import describe, labelled_queries, load_guard, score_queries
     from medharm_nb.metrics import guard_summary, guard_sweep
     from medharm_nb.variants import apply_variants
 
@@ -64,8 +65,9 @@ def evaluate(guards: list[str], queries: str, train: str | None = None,
         q = pl.concat([q.filter(pl.col("risk") == r).sort("id").head(limit)
                        for r in ("harmful", "benign")])
     q = apply_variants(q, ATTACKS if variants else ("direct",))
-    scored = pl.concat([score_queries(load_guard(g, train if g == "minilm" else None), q)
-                        .with_columns(pl.lit(g).alias("guard")) for g in guards])
+    loaded = {g: load_guard(g, train if g == "minilm" else None) for g in guards}
+    scored = pl.concat([score_queries(guard, q).with_columns(pl.lit(g).alias("guard"))
+                        for g, guard in loaded.items()])
     direct = scored.filter(pl.col("variant") == "direct")
     summary = guard_summary(scored, ("guard", "variant"), threshold, budget)
     sweeps = []
@@ -74,7 +76,9 @@ def evaluate(guards: list[str], queries: str, train: str | None = None,
         neg = part.filter(pl.col("risk") == "benign")["p_unsafe"].to_list()
         sweeps.append(guard_sweep(pos, neg).with_columns(pl.lit(g).alias("guard")))
     out = {"scored": scored, "summary": summary, "sweep": pl.concat(sweeps),
-           "by_category": guard_summary(direct, ("guard", "category"), threshold, budget)}
+           "by_category": guard_summary(direct, ("guard", "category"), threshold, budget),
+           "guards": pl.DataFrame([{**describe(guard), "guard": g}
+                                   for g, guard in loaded.items()])}
     if variants:
         out["brittleness"] = brittleness(summary)
     return out

@@ -59,12 +59,12 @@ def read_responses(spec: ModelSpec) -> dict[str, list[str | None]]:
         FileNotFoundError: the file does not exist.
         ValueError: a named column is missing (the message lists the file's columns).
     """
-    from medharm_nb.data import read_table
+    from medharm_nb.data import read_query_file
 
     path, columns = parse_source(spec.source)
     if not path.is_file():
         raise FileNotFoundError(f"model {spec.name!r}: replay file {path} does not exist")
-    df, _ = read_table(path)
+    df, _ = read_query_file(path)
     missing = [c for c in columns.values() if c not in df.columns]
     if missing:
         raise ValueError(
