@@ -40,7 +40,7 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 lint: setup
-	$(BIN)/ruff check medharm_nb tests
+	$(BIN)/ruff check medharm_nb tests notebooks benchmarks
 
 clean:
 	rm -rf $(VENV) runs

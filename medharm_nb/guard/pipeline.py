@@ -112,11 +112,15 @@ def guard_stored(results, queries, guard_name: str, stages=("input", "output"),
                           name=f"{guard_name}:{'+'.join(stages)}")
 
 
-def pipeline_comparison(results, queries, guard_name: str, threshold: float = 0.5):
-    """``pipeline_rates`` for no guard, ``guard_name`` on inputs, and on inputs and outputs."""
+def pipeline_comparison(results, queries, guard_name: str, threshold: float = 0.5,
+                        by=("pipeline", "model", "judge")):
+    """``pipeline_rates`` for no guard, ``guard_name`` on inputs, and on inputs and outputs.
+
+    ``by`` groups the rates (add ``category`` for per-category rates); the guarded rows
+    themselves are ``guard_stored``'s, concatenated."""
     import polars as pl
 
     guarded = [apply_pipeline(results, name="none"),
                guard_stored(results, queries, guard_name, ("input",), threshold),
                guard_stored(results, queries, guard_name, ("input", "output"), threshold)]
-    return pipeline_rates(pl.concat(guarded, how="diagonal_relaxed"))
+    return pipeline_rates(pl.concat(guarded, how="diagonal_relaxed"), by)
