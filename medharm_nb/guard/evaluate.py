@@ -24,7 +24,7 @@ def brittleness(summary) -> Any:
         if others.is_empty():
             continue
         worst = others.row(0, named=True)
-        d = worst["drop"]
+        d = worst["drop"] + 0.0  # no drop reads 0.0, not -0.0
         lo = d - ((direct["catch"] - direct["catch_lo"]) ** 2
                   + (worst["catch_hi"] - worst["catch"]) ** 2) ** 0.5
         hi = d + ((direct["catch_hi"] - direct["catch"]) ** 2

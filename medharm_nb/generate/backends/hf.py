@@ -413,12 +413,22 @@ def _is_cast_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
 
 
+def _is_cpu_kernel_notice(record: logging.LogRecord) -> bool:
+    return "from kernels-community" not in record.getMessage()
+
+
 def _quiet_int8_cast_notice() -> None:
     # bitsandbytes logs this on every int8 matrix product (every layer, every step), which
     # buries everything else; drop that one message only.
     logger = logging.getLogger("bitsandbytes.autograd._functions")
     if _is_cast_notice not in logger.filters:
         logger.addFilter(_is_cast_notice)
+
+
+# On a CPU, importing bitsandbytes (which transformers does when loading any model) warns
+# that an optional `kernels` package is missing: nothing is wrong, and users read it as an
+# error. Its 4-bit CPU path works without it (measured in benchmarks/RESULTS.md).
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_is_cpu_kernel_notice)
 
 
 def _free_gpu_memory() -> None:
