@@ -140,6 +140,17 @@ def test_guard_judge_uses_minilm():
 def test_unknown_guard():
     with pytest.raises(ValueError, match="known: minilm"):
         guard.load_guard("no-such-guard")
+    with pytest.raises(ValueError, match="unknown quantization 'int4'; known: nf4, int8"):
+        guard.load_guard("prompted-smollm2@int4")
+
+
+def test_guard_loads_quantized():
+    # bitsandbytes nf4 runs on a CPU too; the spec (and its hash) says so.
+    g = guard.load_guard("prompted-smollm2@nf4")
+    assert g.name == "prompted-smollm2@nf4" and g.model_spec.quantization == "nf4"
+    assert g.spec.hash != guard.GUARD_SPECS["prompted-smollm2"].hash
+    assert 0.0 < g.score(ITEMS[:1])[0].p_unsafe < 1.0
+    assert "nf4" in str(g._model().config.quantization_config.to_dict())
 
 
 # -- metrics, variants, command line ----------------------------------------------------------

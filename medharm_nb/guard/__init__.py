@@ -18,6 +18,7 @@ Around them: ``evaluate`` (sweeps, operating points, brittleness under prompt va
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from functools import lru_cache
 
@@ -42,10 +43,11 @@ __all__ = ["ATTACKS", "GUARD_SPECS", "PROMPTED_POLICY", "EmbeddingGuard", "Guard
 @lru_cache(maxsize=8)
 def load_guard(name: str, train: str | None = None):
     """A guard by name: ``minilm`` (shipped, or fitted on ``train``), a ``GUARD_SPECS`` name,
-    or ``minilm:PATH`` for a saved embedding guard.
+    optionally quantized (``llama-guard-3-8b@nf4``, ``@int8``: bitsandbytes, as for any model
+    spec), or ``minilm:PATH`` for a saved embedding guard.
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name or quantization.
     """
     from medharm_nb.guard.minilm import training_hash
 
@@ -59,9 +61,17 @@ def load_guard(name: str, train: str | None = None):
         return train_minilm(train or "medharm-open")
     if name.startswith("minilm:"):
         return EmbeddingGuard.load(name.split(":", 1)[1])
-    if name in GUARD_SPECS:
-        return VerdictGuard(GUARD_SPECS[name])
-    raise ValueError(f"unknown guard {name!r}; known: minilm, {', '.join(GUARD_SPECS)}")
+    base, _, quantization = name.partition("@")
+    if base in GUARD_SPECS:
+        spec = GUARD_SPECS[base]
+        if quantization:
+            if quantization not in ("nf4", "int8"):
+                raise ValueError(f"guard {name!r}: unknown quantization {quantization!r}; "
+                                 f"known: nf4, int8")
+            spec = dataclasses.replace(spec, name=name, quantization=quantization)
+        return VerdictGuard(spec)
+    raise ValueError(f"unknown guard {name!r}; known: minilm, {', '.join(GUARD_SPECS)} "
+                     f"(add @nf4 or @int8 to quantize a guard model)")
 
 
 def describe(guard) -> dict[str, str]:
