@@ -24,7 +24,13 @@ from functools import lru_cache
 
 from medharm_nb.guard.base import GuardScore, Target
 from medharm_nb.guard.evaluate import ATTACKS, brittleness, evaluate, summary_lines
-from medharm_nb.guard.minilm import MINILM_PATH, EmbeddingGuard, labelled_queries, train_minilm
+from medharm_nb.guard.minilm import (
+    MINILM_PATH,
+    EmbeddingGuard,
+    labelled_queries,
+    train_minilm,
+    training_hash,
+)
 from medharm_nb.guard.pipeline import (
     apply_pipeline,
     guard_stored,
@@ -49,8 +55,6 @@ def load_guard(name: str, train: str | None = None):
     Raises:
         ValueError: unknown name or quantization.
     """
-    from medharm_nb.guard.minilm import training_hash
-
     if name == "minilm":
         if train in (None, "medharm-open") and MINILM_PATH.exists():
             shipped = EmbeddingGuard.load(MINILM_PATH)
