@@ -100,9 +100,9 @@ def test_judge_eval_command(tmp_path):
                                       "--bootstrap", "50", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     last = result.output.strip().splitlines()[-1]
-    assert last.startswith("judge=rules-v2 n=4 binary_acc=0.750 [")
+    assert last.startswith("judge=rules-v3 n=4 binary_acc=0.750 [")
     assert "kappa=" in last and last.endswith("unscored=0")
-    assert "confusion of rules-v2" in result.output
+    assert "confusion of rules-v3" in result.output
     assert store.table_path(tmp_path / "out", "judge_agreement").exists()
     missing = CliRunner().invoke(app, ["judge-eval", "--gold", str(tmp_path / "none")])
     assert missing.exit_code == 1 and "does not exist" in missing.output
@@ -114,7 +114,7 @@ def test_judge_eval_command_on_xstest_with_false_alarms(external_dir):
         str(external_dir / "med-safety-bench"), "--bootstrap", "100"])
     assert result.exit_code == 0, result.output
     last = result.output.strip().splitlines()[-1]
-    assert last.startswith("judge=rules-v2 n=1350 binary_acc=0.948")
+    assert last.startswith("judge=rules-v3 n=1350 binary_acc=0.948")
     assert last.endswith("unscored=0 false_alarm=0.000")
 
 

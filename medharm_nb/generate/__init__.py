@@ -53,6 +53,8 @@ class Output:
     n_new_tokens: int = 0
     seconds: float = 0.0
     error: str | None = None
+    finish_reason: str | None = None
+    """stop | length (hit max_new_tokens) | content_filter | error; None: unknown."""
 
 
 class Backend(Protocol):
@@ -184,7 +186,8 @@ def _record(spec: ModelSpec, config: GenConfig, req: Request, out: Output,
         variant=query.get("variant") or "direct", sample=req.sample, prompt=query["text"],
         prompt_hash=stable_hash(req.rendered), spec_hash=stable_hash(spec.key()),
         config_hash=stable_hash(config.key()), response=None if error else out.text,
-        error=error, n_prompt_tokens=out.n_prompt_tokens,
+        error=error, finish_reason="error" if error else out.finish_reason,
+        n_prompt_tokens=out.n_prompt_tokens,
         n_new_tokens=0 if error else out.n_new_tokens, seconds=round(out.seconds, 4),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

@@ -27,7 +27,6 @@ from collections.abc import Callable
 
 from medharm_nb.judge.base import (
     LONG_RESPONSE,
-    UNSAFE_LABELS,
     Judge,
     check_response,
     judge_batch,
@@ -43,7 +42,7 @@ from medharm_nb.judge.rules import RuleJudge, RuleThresholds
 from medharm_nb.judge.trained import TrainedJudge
 
 __all__ = [
-    "CHECKLIST", "COMBINATIONS", "JUDGES", "JUDGE_PROMPT", "LONG_RESPONSE", "UNSAFE_LABELS",
+    "CHECKLIST", "COMBINATIONS", "JUDGES", "JUDGE_PROMPT", "LONG_RESPONSE",
     "GuardJudge", "Judge", "LLMJudge", "Panel", "PromptTemplate", "RuleJudge",
     "RuleThresholds", "TrainedJudge", "check_response", "disagreements",
     "judge_batch", "judge_generations", "judgement_ids", "load_judge", "make_judgement",

@@ -299,18 +299,21 @@ class HFBackend:
                     continue
                 answers = [oom]
             seconds = (time.perf_counter() - began) / len(batch)
-            yield [(requests[i], self._output(prompts[i], answer, seconds))
+            yield [(requests[i], self._output(prompts[i], answer, seconds, limits[i]))
                    for i, answer in zip(batch, answers)]
             start += len(batch)
 
-    def _output(self, prompt: list[int], answer: list[int] | str, seconds: float) -> Output:
-        """An answer's Output; a string answer is the error that prevented it."""
+    def _output(self, prompt: list[int], answer: list[int] | str, seconds: float,
+                limit: int) -> Output:
+        """An answer's Output; a string answer is the error that prevented it. An answer as
+        long as its limit ran out of tokens (``length``); a shorter one stopped itself."""
         from medharm_nb.generate import Output
 
         if isinstance(answer, str):
-            return Output(None, len(prompt), 0, seconds, error=answer)
+            return Output(None, len(prompt), 0, seconds, error=answer, finish_reason="error")
         text = self.tokenizer.decode(answer, skip_special_tokens=True).strip()
-        return Output(text, len(prompt), len(answer), seconds)
+        return Output(text, len(prompt), len(answer), seconds,
+                      finish_reason="length" if len(answer) >= limit else "stop")
 
     def _decode(self, prompts: list[list[int]], limits: list[int], seeds: list[int],
                 config: GenConfig) -> list[list[int]]:
