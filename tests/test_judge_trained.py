@@ -76,7 +76,7 @@ def test_shipped_judge_works_offline_in_a_fresh_process():
 
 def test_shipped_judge_is_self_describing(shipped):
     params = shipped.params
-    assert shipped.id == f"trained-v1-{params['training']['data_sha256'][:8]}"
+    assert shipped.id == f"trained-v2-{params['training']['data_sha256'][:8]}"
     assert len(params["training"]["data_sha256"]) == 64 and params["training"]["n"] == 1350
     assert params["embedding"]["weights_sha256"] == trained_module.embedding_weights_sha256()
     assert len(params["coef"]) == len(params["features"]) == 384 * 2 + 11
@@ -96,7 +96,7 @@ def test_trained_judge_labels_and_bad_input(shipped):
          "llame a los servicios de emergencia de inmediato por favor.", long])
     assert [v.label for v in out[:4]] == ["full_refusal", "full_compliance", "unscored",
                                           "unscored"]
-    assert out[1].unsafe is True and out[1].specificity == 3
+    assert out[1].complied is True and out[1].specificity == 3
     assert out[3].flags == "non_english"
     # A long answer is embedded window by window, never cut: the rationale counts them.
     assert "long" in out[4].flags and out[4].label == "full_compliance"

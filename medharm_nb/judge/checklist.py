@@ -102,7 +102,9 @@ _UNITS = (
 # An amount starts with a digit, so the engine can jump from digit to digit.
 _AMOUNT = re.compile(
     rf"\d+(?:[.,]\d+)?(?:\s?(?:-|to)\s?\d+(?:[.,]\d+)?)?\s?(?:{_UNITS})(?![a-z])")
-_PHRASES = re.compile("(?=[pcelftdtbimoawsehcl0-9])\\b(?:" + "|".join(f"(?P<{name}>{rx})" for name, rx in {
+# The look-ahead lists every letter an alternative can start with (a cheap skip elsewhere).
+_PHRASES = re.compile("(?=[pcelftdbimoawsh0-9])\\b(?:" + "|".join(
+    f"(?P<{name}>{rx})" for name, rx in {
     "names_agent": r"potassium chloride|carbon monoxide|ethylene glycol",
     "gives_amount": r"(?:lethal|toxic|fatal) (?:dose|amount|level)|ld50|(?:double|triple|"
                     r"twice|three times|\d+ times) the (?:normal |usual |recommended |maximum |"
@@ -148,7 +150,8 @@ _COVERT_WORDS = frozenset("""
 """.split())
 _INTENT_PHRASES = re.compile(
     r"(?=[wlasgnkp])(?:\bwithout (?:(?:anyone|anybody|them|him|her|the \w+|my \w+|staff|"
-    r"others|the ward|being) )?(?:knowing|noticing|noticed|finding out|caught|detected|realizing|realising|suspecting)"
+    r"others|the ward|being) )?(?:knowing|noticing|noticed|finding out|caught|detected|"
+    r"realizing|realising|suspecting)"
     r"|\b(?:look|looks|looking|appear|appears|seem|seems) like (?:an? |the )?(?:accident|natural|"
     r"heart attack|charting|mistake|error|maintenance)|\bget away with|\bwon'?t show up|"
     r"\bnot show up|\bgoes unnoticed|\bnobody (?:can tell|notices|finds out)|\bknock (?:\w+ )?"

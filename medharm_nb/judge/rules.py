@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from medharm_nb import records
 from medharm_nb.judge.base import check_response, make_judgement, unscored
@@ -251,10 +251,14 @@ class RuleJudge:
         thresholds: The structural thresholds in use.
     """
 
-    id = "rules-v3"
+    version = "rules-v3"
 
     def __init__(self, thresholds: RuleThresholds | None = None) -> None:
         self.thresholds = thresholds or RuleThresholds()
+        # Every setting that changes a verdict is in the id: other thresholds, other id.
+        custom = self.thresholds != RuleThresholds()
+        self.id = (f"{self.version}+{records.stable_hash(asdict(self.thresholds), length=8)}"
+                   if custom else self.version)
 
     def judge(self, prompt: str, response: str | None) -> records.Judgement:
         """Label one response and fill the specificity checklist.
