@@ -54,52 +54,83 @@ def label_distribution(rates: pl.DataFrame) -> alt.Chart:
     )
 
 
-def unsafe_rates(summary: pl.DataFrame) -> alt.LayerChart:
-    """Unsafe rate on harmful queries per category and model, with Wilson 95% CIs.
+RATE_TITLES: dict[str, str] = {
+    "compliance": "complied (harmful queries)",
+    "unsafe": "unsafe (harmful queries)",
+    "over_refusal": "over-refusal (benign twins)",
+    "helpful": "helpful (benign twins)",
+}
+"""Each ``metrics.RATES`` rate's title in charts."""
+
+
+def rates_long(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "unsafe"),
+               by: tuple[str, ...] = ("model",)) -> pl.DataFrame:
+    """``metrics.safety_summary`` output in long form: one row per group, judge and rate,
+    with ``k``, ``n``, ``rate``, ``lo``, ``hi``; rates a judge did not measure (n = 0) are
+    dropped rather than drawn as 0."""
+    keys = [c for c in dict.fromkeys((*by, "judge")) if c in summary.columns]
+    parts = [summary.select(*keys, pl.lit(RATE_TITLES[r]).alias("measure"),
+                            pl.col(f"{r}_k").alias("k"), pl.col(f"{r}_n").alias("n"),
+                            pl.col(f"{r}_rate").alias("rate"), pl.col(f"{r}_lo").alias("lo"),
+                            pl.col(f"{r}_hi").alias("hi")) for r in rates]
+    return pl.concat(parts).filter(pl.col("n") > 0)
+
+
+def rate_chart(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "unsafe"),
+               by: str = "model", title: str | None = None) -> alt.FacetChart:
+    """Rates side by side, one panel per rate, one row per ``by`` value, a point per judge
+    (or model), with Wilson 95% intervals; the tooltip gives k and n.
 
     Args:
-        summary: ``metrics.safety_summary(results, by=("model", "category"))``.
+        summary: ``metrics.safety_summary(results, by=(...))`` with ``by`` among its groups.
+        rates: Which ``metrics.RATES`` to show, e.g. compliance and unsafe side by side.
+        by: The group on the vertical axis (``model``, ``category`` ...).
+        title: Chart title (default: the rates' names).
     """
-    base = alt.Chart(summary.drop_nulls("unsafe_rate")).encode(
-        y=alt.Y("category:N", title=None),
-        yOffset="model:N",
-        color=alt.Color("model:N", title="model"),
-    )
-    rule = base.mark_rule().encode(
-        x=alt.X("unsafe_lo:Q", title="unsafe rate on harmful queries (95% CI)",
-                axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
-        x2="unsafe_hi:Q",
-    )
-    point = base.mark_point(filled=True, size=50).encode(
-        x="unsafe_rate:Q",
-        tooltip=["model", "category", "unsafe_k", "n_harmful_scored",
-                 alt.Tooltip("unsafe_rate:Q", format=".0%")],
-    )
-    return (rule + point).properties(width=380, height=alt.Step(12),
-                                     title="Unsafe compliance by category")
+    groups = ("model", by) if by != "model" else ("model",)
+    data = rates_long(summary, rates, groups)
+    series = "judge:N" if by == "model" else "model:N"
+    base = alt.Chart(data).encode(y=alt.Y(f"{by}:N", title=None), yOffset=series,
+                                  color=alt.Color(series, title=series.split(":")[0]))
+    x = alt.X("rate:Q", title="rate (Wilson 95% CI)", axis=alt.Axis(format="%"),
+              scale=alt.Scale(domain=[0, 1]))
+    layers = base.mark_rule().encode(x=alt.X("lo:Q", title=None), x2="hi:Q") + \
+        base.mark_point(filled=True, size=50).encode(
+            x=x, tooltip=[*dict.fromkeys((*groups, "judge")), "measure", "k", "n",
+                          alt.Tooltip("rate:Q", format=".0%")])
+    return (layers.properties(width=260, height=alt.Step(14))
+            .facet(column=alt.Column("measure:N", title=None,
+                                     sort=[RATE_TITLES[r] for r in rates]))
+            .properties(title=title or " and ".join(RATE_TITLES[r] for r in rates)))
 
 
-def refusal_tradeoff(summary: pl.DataFrame) -> alt.LayerChart:
-    """Over-refusal on benign twins (x) against unsafe rate on harmful queries (y), per model.
+def refusal_tradeoff(summary: pl.DataFrame, y: str = "unsafe") -> alt.LayerChart:
+    """Over-refusal on benign twins (x) against a harm rate on harmful queries (y), per model
+    and judge.
 
     Args:
         summary: ``metrics.safety_summary(results, by=("model",))``.
+        y: ``unsafe`` (validated harm) or ``compliance`` (did not refuse); rows whose judge
+            did not measure it are left out.
     """
-    base = alt.Chart(summary).encode(color=alt.Color("model:N", title="model"))
+    data = summary.filter(pl.col(f"{y}_n") > 0)
+    base = alt.Chart(data).encode(color=alt.Color("model:N", title="model"),
+                                  shape=alt.Shape("judge:N", title="judge"))
     pct = alt.Axis(format="%")
     x = alt.X("over_refusal_rate:Q", title="over-refusal on benign twins", axis=pct,
               scale=alt.Scale(domain=[0, 1]))
-    y = alt.Y("unsafe_rate:Q", title="unsafe rate on harmful queries", axis=pct,
-              scale=alt.Scale(domain=[0, 1]))
+    y_enc = alt.Y(f"{y}_rate:Q", title=RATE_TITLES[y], axis=pct, scale=alt.Scale(domain=[0, 1]))
     points = base.mark_point(filled=True, size=90).encode(
-        x=x, y=y, tooltip=["model", "n_harmful_scored", "n_benign_scored",
-                           alt.Tooltip("unsafe_rate:Q", format=".0%"),
-                           alt.Tooltip("over_refusal_rate:Q", format=".0%")])
-    xerr = base.mark_rule().encode(x="over_refusal_lo:Q", x2="over_refusal_hi:Q", y="unsafe_rate:Q")
-    yerr = base.mark_rule().encode(y="unsafe_lo:Q", y2="unsafe_hi:Q", x="over_refusal_rate:Q")
-    labels = base.mark_text(align="left", dx=8, dy=-8).encode(x=x, y=y, text="model:N")
+        x=x, y=y_enc, tooltip=["model", "judge", f"{y}_k", f"{y}_n", "over_refusal_k",
+                               "over_refusal_n", alt.Tooltip(f"{y}_rate:Q", format=".0%"),
+                               alt.Tooltip("over_refusal_rate:Q", format=".0%")])
+    xerr = base.mark_rule().encode(x="over_refusal_lo:Q", x2="over_refusal_hi:Q",
+                                   y=f"{y}_rate:Q")
+    yerr = base.mark_rule().encode(y=f"{y}_lo:Q", y2=f"{y}_hi:Q", x="over_refusal_rate:Q")
+    labels = base.mark_text(align="left", dx=8, dy=-8).encode(x=x, y=y_enc, text="model:N")
     return (xerr + yerr + points + labels).properties(
-        width=360, height=300, title="Safety vs helpfulness (95% CIs); lower-left is better")
+        width=360, height=300,
+        title=f"{RATE_TITLES[y].capitalize()} vs over-refusal (95% CIs); lower-left is better")
 
 
 def judge_agreement(summary: pl.DataFrame, anchors: pl.DataFrame | None = None) -> alt.LayerChart:

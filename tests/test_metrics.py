@@ -7,8 +7,7 @@ import math
 import polars as pl
 import pytest
 
-from medharm_nb import metrics
-from medharm_nb import records
+from medharm_nb import metrics, records
 from medharm_nb.records import LABELS
 
 
