@@ -165,18 +165,30 @@ class ModelSpec(_Record):
             exclude_none=True)
 
 
+GEN_KEY_VERSION = 2
+"""How ``Generation.gen_id`` is made. 1: spec key, config, rendered prompt, sample. 2: the
+query id and the weights' content too (two queries with the same text, or an adapter
+retrained in the same folder, never share an answer). Rows of older versions stay in a store
+but are never current results (``generate.current_generations``)."""
+
+
 class Generation(_Record):
     """One model response to one query."""
 
     gen_id: str = Field(
-        description="Hash of model spec key, generation config and rendered prompt.")
+        description="Hash of the query id, the model spec (its weights' content included), "
+                    "the generation config, the rendered prompt and the sample index.")
+    key_version: int | None = Field(
+        default=None, description="GEN_KEY_VERSION the id was made with; None: version 1.")
     model: str = Field(description="ModelSpec.name.")
     query_id: str = Field(description="Query.id (variant ids look like 'qid::variant').")
     variant: str = Field(default="direct", description="Prompt-variant wrapper.")
     sample: int = Field(default=0, description="Sample index (0 for greedy).")
     prompt: str = Field(description="The user message sent, after the variant wrapper.")
     prompt_hash: str = Field(description="Hash of the fully rendered prompt (template applied).")
-    spec_hash: str = Field(description="Hash of ModelSpec.key().")
+    spec_hash: str = Field(
+        description="generate.spec_id: hash of ModelSpec.key() and of its local weights' "
+                    "content.")
     config_hash: str = Field(description="Hash of GenConfig.key().")
     response: str | None = Field(default=None, description="Decoded text; None when error.")
     error: str | None = Field(default=None, description="Why generation failed, if it did.")
@@ -187,6 +199,9 @@ class Generation(_Record):
     n_prompt_tokens: int = Field(default=0, description="Prompt length in tokens.")
     n_new_tokens: int = Field(default=0, description="Generated tokens.")
     seconds: float = Field(default=0.0, description="Wall time of the batch, shared per item.")
+    batch_size: int | None = Field(
+        default=None, description="Rows in the forward batch that made it (not keyed: greedy "
+                                  "output can still differ with it in bf16 or nf4).")
     created: str = Field(description="UTC ISO time the record was written.")
 
 

@@ -390,10 +390,10 @@ def check_bind(host: str, token: str | None) -> None:
 
 def spec_from_config(config_path: str | Path, model: str) -> ModelSpec:
     """The spec named ``model`` in a run config (paths resolved against the config)."""
-    from medharm_nb import runner
+    from medharm_nb import config as run_config
 
     path = Path(config_path)
-    config = runner.absolutize(runner.load_config(path), path.resolve().parent)
+    config = run_config.absolutize(run_config.load_config(path), path.resolve().parent)
     specs = {m.name: m for m in config.models}
     if model not in specs:
         raise ServeError(f"{path}: no model named {model!r}; it has: {', '.join(specs)}")

@@ -4,7 +4,7 @@ A run lives in ``runs/<name>/``::
 
     manifest.json        who/when/what: config, commit, versions, hashes, status per notebook
     store.sqlite         generations, judgements and annotations, keyed by stable ids
-    generate.lock        held (flock) by the one process generating into this folder
+    run.lock             held (flock) by the one process (series, generation, stage) writing here
     tables/*.parquet     the tidy tables each stage writes (schema version in the metadata)
     notebooks/*.ipynb    executed copies of the notebook series
 
@@ -14,8 +14,9 @@ flight and a re-run skips everything already stored. Tables and the manifest are
 a temporary file and renamed over the old one, so a reader never sees half a file.
 
 Writes never overwrite a result: a record whose id is stored is left alone, except a
-*failed* generation (``error`` set), which is stored so it is visible but is not done: the
-next run retries it and its success replaces the error row.
+*failed* generation (``error`` set) or a judgement whose judge failed (flag ``judge_error``
+or ``parse_failed``), which is stored so it is visible but is not done: the next run retries
+it and its success replaces the failed row.
 """
 
 from __future__ import annotations
@@ -42,10 +43,18 @@ from medharm_nb.records import SCHEMA_VERSION, Annotation, Generation, Judgement
 
 STORE_FILE = "store.sqlite"
 MANIFEST_FILE = "manifest.json"
-LOCK_FILE = "generate.lock"
+LOCK_FILE = "run.lock"
+LOCK_ENV = "MEDHARM_RUN_LOCK"
+"""Environment variable by which a lock holder lets its child processes (the notebook kernels
+of a ``medharm-nb run``) work inside its lock."""
 _TABLES = {"generations": (Generation, "gen_id"), "judgements": (Judgement, "judgement_id"),
            "annotations": (Annotation, "annotation_id")}
-_FAILED = {"generations": "{t}error IS NOT NULL OR {t}response IS NULL"}
+_FAILED = {
+    "generations": "{t}error IS NOT NULL OR {t}response IS NULL",
+    # A judge that failed (its model or server erred, or its reply never parsed) has not
+    # judged: the verdict is kept, visible as unscored, and asked again on the next run.
+    "judgements": "{t}flags LIKE '%judge_error%' OR {t}flags LIKE '%parse_failed%'",
+}
 """Rows that are stored but not done: re-runs retry them and a success replaces them."""
 _LATEST_WINS = {"annotations"}
 """Tables where a record replaces the stored one with its id (a person's latest label)."""
@@ -224,25 +233,38 @@ class RunLocked(RuntimeError):
 
 
 class RunLock:
-    """An exclusive lock on a run directory for the process generating into it.
+    """An exclusive lock on a run directory: one writer at a time, for a whole series.
 
-    It is an ``flock`` on ``<run_dir>/generate.lock``: the kernel releases it when the holder
+    ``medharm-nb run`` holds it from before its manifest is written until the last notebook
+    has finished, so a second ``run`` (or ``generate``, or a notebook opened by hand) on the
+    same folder is refused instead of rewriting the manifest, config or tables under it.
+    The notebook kernels the series starts are its children: the holder puts a token in the
+    environment (``LOCK_ENV``) and in the lock file, and a process that carries the holder's
+    token works inside the lock instead of being refused.
+
+    It is an ``flock`` on ``<run_dir>/run.lock``: the kernel releases it when the holder
     exits, however it exits, so a lock left by a killed process never blocks. The file holds
-    who took it (pid, host, time, command) for the message a refused process prints. Taking
-    it again in the same process nests (the command, then ``run_generation``, then
+    who took it (pid, host, time, purpose, command) for the message a refused process prints.
+    Taking it again in the same process nests (the command, then ``run_generation``, then
     ``generate`` each take it). POSIX only.
 
     Use as a context manager::
 
-        with RunLock(run_dir):
+        with RunLock(run_dir, purpose="run"):
             ...  # raises RunLocked on entry while another process holds it
     """
 
-    _held: dict[Path, list] = {}  # lock file -> [fd, depth, pid], this process's locks
+    _held: dict[Path, list] = {}  # lock file -> [fd, depth, pid, token], this process's locks
 
     def __init__(self, run_dir: str | Path, purpose: str = "generate"):
         self.path = (Path(run_dir) / LOCK_FILE).resolve()
         self.purpose = purpose
+
+    @property
+    def token(self) -> str | None:
+        """The token this process holds the lock with (None when it does not hold it)."""
+        held = self._held.get(self.path)
+        return held[3] if held and held[2] == os.getpid() else None
 
     def acquire(self) -> RunLock:
         """Take the lock without waiting.
@@ -251,6 +273,7 @@ class RunLock:
             RunLocked: another process holds it; the message names pid, host and start.
         """
         import fcntl
+        import secrets
 
         held = self._held.get(self.path)
         if held and held[2] == os.getpid():
@@ -263,16 +286,22 @@ class RunLock:
         except OSError:
             holder = _read_holder(fd)
             os.close(fd)
+            inherited = os.environ.get(LOCK_ENV)
+            if inherited and holder.get("token") == inherited:
+                # A child of the holder (a notebook kernel of its series): inside its lock.
+                self._held[self.path] = [None, 1, os.getpid(), inherited]
+                return self
             raise RunLocked(_locked_message(self.path.parent, holder)) from None
+        token = secrets.token_hex(8)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(),
-                "purpose": self.purpose, "command": " ".join(sys.argv)}
+                "purpose": self.purpose, "command": " ".join(sys.argv), "token": token}
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
         except OSError:  # the note is for messages only; never keep a lock we can't track
             os.close(fd)
             raise
-        self._held[self.path] = [fd, 1, os.getpid()]
+        self._held[self.path] = [fd, 1, os.getpid(), token]
         return self
 
     def check(self) -> None:
@@ -291,6 +320,8 @@ class RunLock:
         held[1] -= 1
         if held[1] == 0:
             del self._held[self.path]
+            if held[0] is None:  # inherited from the parent: the parent's to release
+                return
             os.ftruncate(held[0], 0)  # an empty file: nobody holds it
             fcntl.flock(held[0], fcntl.LOCK_UN)
             os.close(held[0])
@@ -313,7 +344,9 @@ def _locked_message(run_dir: Path, holder: dict[str, Any]) -> str:
     who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
            if holder else "a process that is still starting")
     command = f" ({holder['command']})" if holder.get("command") else ""
-    return (f"{run_dir} is in use: another process is generating into it: {who}{command}. "
+    doing = {"run": "running the notebook series in it", "generate": "generating into it"}.get(
+        holder.get("purpose", "generate"), f"working in it ({holder.get('purpose')})")
+    return (f"{run_dir} is in use: another process is {doing}: {who}{command}. "
             f"Wait for it to finish or stop it, then run again; nothing was written. "
             f"(A lock left by a killed process frees itself.)")
 
@@ -325,8 +358,9 @@ def table_path(run_dir: str | Path, name: str) -> Path:
     return Path(run_dir) / "tables" / f"{name}.parquet"
 
 
-def write_table(run_dir: str | Path, name: str, df: pl.DataFrame) -> Path:
-    """Write a table as Parquet, with the schema version in its metadata.
+def write_table(run_dir: str | Path, name: str, df: pl.DataFrame, csv: bool = False) -> Path:
+    """Write a table as Parquet, with the schema version in its metadata (and as CSV too,
+    for summary tables people open in a spreadsheet).
 
     The file is written beside the target and renamed over it, so a crash leaves the old
     table or the new one, never half of one.
@@ -341,6 +375,10 @@ def write_table(run_dir: str | Path, name: str, df: pl.DataFrame) -> Path:
         pq.write_table(arrow.replace_schema_metadata(meta), tmp)
         _fsync(tmp)
         tmp.replace(path)
+        if csv:
+            nested = [c for c, t in df.schema.items() if t.is_nested()]
+            df.drop(nested).write_csv(tmp)
+            tmp.replace(path.with_suffix(".csv"))
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -386,17 +424,74 @@ def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def files_digest(files: Iterable[str | Path]) -> str | None:
+    """One digest of several files' names and contents (a model's weights and adapter);
+    None for no files."""
+    found = sorted(Path(f) for f in files)
+    if not found:
+        return None
+    return hashlib.sha256(json.dumps([(f.name, file_sha256(f)) for f in found])
+                          .encode()).hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """The user cache folder: ``$MEDHARM_CACHE``, else ``~/.cache/medharm-nb``."""
+    return Path(os.environ.get("MEDHARM_CACHE") or "~/.cache/medharm-nb").expanduser()
+
+
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, memoised per path, size and modification time (model files
-    are hashed for every manifest and cache key; reading 100 MB once per process is enough)."""
-    stat = Path(path).stat()
-    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    """SHA-256 of a file's bytes, remembered per path, size and modification time.
+
+    Model weights are hashed for every cache key and manifest; an 8B model is 16 GB, so the
+    digest is kept in memory and in ``cache_root()/file_hashes.json`` and read again only
+    when the file's size or modification time changes (a retrained adapter written into the
+    same folder gets a new digest, never the old one).
+    """
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return _file_digest(str(resolved), stat.st_size, stat.st_mtime_ns)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    key = f"{path}|{size}|{mtime_ns}"
+    known = _read_hash_cache()
+    if key in known:
+        return known[key]
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             digest.update(block)
-    return digest.hexdigest()
+    value = digest.hexdigest()
+    if size >= _PERSIST_ABOVE:
+        _write_hash_cache(key, value)
+    return value
+
+
+_PERSIST_ABOVE = 1 << 24
+"""Files of 16 MB and more have their digests kept on disk (smaller ones hash in ms)."""
+
+
+def _hash_cache_path() -> Path:
+    return cache_root() / "file_hashes.json"
+
+
+def _read_hash_cache() -> dict[str, str]:
+    try:
+        return json.loads(_hash_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_hash_cache(key: str, value: str) -> None:
+    """Add one digest to the on-disk cache; a failure to write only costs a re-hash later."""
+    path = _hash_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        known = _read_hash_cache()
+        known[key] = value
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(path)
+    except OSError:
+        pass

@@ -207,12 +207,12 @@ def test_guarded_pipeline_blocks_become_refusals():
 
 
 def test_notebook_is_thin_and_in_the_series():
-    from medharm_nb import runner
+    from medharm_nb import config, runner
 
     path = runner.NOTEBOOK_DIR / "04_guardrails.ipynb"
     declared = runner.notebook_parameters(path)
     assert set(runner.INJECTED) <= set(declared) and "guards" in declared
-    assert runner.SERIES.index("04_guardrails") == runner.SERIES.index("03b_judge_validation") + 1
+    assert config.SERIES.index("04_guardrails") == config.SERIES.index("03b_judge_validation") + 1
     import nbformat
 
     nb = nbformat.read(path, as_version=4)

@@ -13,6 +13,7 @@ import shutil
 import pytest
 import torch
 
+from medharm_nb import generate
 from medharm_nb.bench import naive_answer
 from medharm_nb.generate import Request, build_messages
 from medharm_nb.generate import convert as conv
@@ -284,3 +285,35 @@ def test_bench_cli_prints_the_summary_line():
     assert "all 3 identical" in lines[-2]
     assert re.fullmatch(r"speedup=\d+\.\d\d naive_tok_s=\d+\.\d engine_tok_s=\d+\.\d",
                         lines[-1])
+
+
+@pytest.mark.slow
+def test_an_adapter_retrained_in_the_same_folder_is_never_served_stale(converted, tmp_path):
+    config = GenConfig(max_new_tokens=6, batch_size=8)
+    folder = tmp_path / "lora"
+    spec = ModelSpec(name="ft", source=str(converted), adapter=str(folder))
+    _make_adapter(converted, folder, nonzero=False)  # a no-op adapter: the base's answers
+    first = hf.HFBackend(spec)
+    model_before, id_before = first.model, generate.spec_id(spec)
+    answers_before = _answers(first, _requests(first, PROMPTS[1:3]), config)
+    _make_adapter(converted, folder, nonzero=True)  # retrained into the same folder
+    assert generate.spec_id(spec) != id_before  # new generation ids, no cache hit
+    second = hf.HFBackend(spec)
+    assert second.model is not model_before  # and new weights, not the in-process cache
+    assert _answers(second, _requests(second, PROMPTS[1:3]), config) != answers_before
+
+
+@pytest.mark.slow
+def test_an_adapter_that_ships_a_chat_template_uses_it(converted, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = _make_adapter(converted, tmp_path / "lora-tpl", nonzero=False)
+    tok = AutoTokenizer.from_pretrained(str(converted))
+    tok.chat_template = ("{% for m in messages %}<<{{ m['role'] }}>> {{ m['content'] }}\n"
+                         "{% endfor %}<<assistant>>")
+    tok.save_pretrained(str(folder))
+    spec = ModelSpec(name="ft", source=str(converted), adapter=str(folder))
+    rendered = hf.HFBackend(spec).render([{"role": "user", "content": "Say hello."}])
+    assert rendered == "<<user>> Say hello.\n<<assistant>>"
+    base = hf.HFBackend(spec.model_copy(update={"adapter": None}))
+    assert base.render([{"role": "user", "content": "Say hello."}]) != rendered

@@ -199,3 +199,35 @@ def test_failures_are_stored_and_retried_and_a_success_replaces_them(tmp_path):
         final = st.frame("generations").sort("query_id")
     assert final.height == 4 and final["error"].null_count() == 4
     assert final["response"].to_list() == [f"answer to {t}" for t in queries["text"]]
+
+
+def test_a_series_lock_covers_its_kernels_and_refuses_everyone_else(tmp_path):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from medharm_nb.store import RunLock; "
+         "lock = RunLock(sys.argv[1], purpose='run').acquire(); print(lock.token, flush=True); "
+         "time.sleep(300)", str(run_dir)], stdout=subprocess.PIPE, text=True)
+    take = ("import sys; from medharm_nb.store import RunLock, RunLocked\n"
+            "try:\n    RunLock(sys.argv[1], purpose='judge').acquire(); print('inside')\n"
+            "except RunLocked as err:\n    print('refused:', err)")
+    try:
+        token = holder.stdout.readline().strip()
+        assert len(token) == 16
+        # A second series, or a notebook opened by hand, is refused while the first runs.
+        with pytest.raises(store.RunLocked, match="running the notebook series in it"):
+            store.RunLock(run_dir, purpose="run").acquire()
+        result = CliRunner().invoke(app, ["run", _config(tmp_path), "--run-dir", str(run_dir)])
+        assert result.exit_code == 1 and "running the notebook series" in result.output
+        # A kernel the series started carries its token and works inside the lock ...
+        env = {**os.environ, store.LOCK_ENV: token}
+        inside = subprocess.run([sys.executable, "-c", take, str(run_dir)], env=env,
+                                capture_output=True, text=True, check=True)
+        assert inside.stdout.strip() == "inside"
+        # ... and a process with another token does not.
+        env[store.LOCK_ENV] = "0" * 16
+        outside = subprocess.run([sys.executable, "-c", take, str(run_dir)], env=env,
+                                 capture_output=True, text=True, check=True)
+        assert outside.stdout.startswith("refused:")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

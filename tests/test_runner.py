@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from medharm_nb import runner, store
+from medharm_nb import config, runner, store
 from medharm_nb.cli import app
 
 TINY = {
@@ -30,19 +30,19 @@ def _write(tmp_path, config: dict, name: str = "study.yaml"):
 
 def test_config_typos_are_errors_with_the_key_named(tmp_path):
     bad = {**TINY, "generaton": {"max_new_tokens": 8}}
-    with pytest.raises(runner.ConfigError, match="generaton: Extra inputs are not permitted"):
-        runner.load_config(_write(tmp_path, bad))
+    with pytest.raises(config.ConfigError, match="generaton: Extra inputs are not permitted"):
+        config.load_config(_write(tmp_path, bad))
     twice = {**TINY, "models": [TINY["models"][0], TINY["models"][0]]}
-    with pytest.raises(runner.ConfigError, match="model names must be unique"):
-        runner.load_config(_write(tmp_path, twice))
+    with pytest.raises(config.ConfigError, match="model names must be unique"):
+        config.load_config(_write(tmp_path, twice))
     (tmp_path / "broken.yaml").write_text("name: [unclosed")
-    with pytest.raises(runner.ConfigError, match="not valid YAML"):
-        runner.load_config(tmp_path / "broken.yaml")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load_config(tmp_path / "broken.yaml")
 
 
 def test_unknown_notebook_parameter_is_refused_before_any_work(tmp_path):
     config = {**TINY, "params": {"02_generate": {"limt": 3}, "09_nothing": {}}}
-    with pytest.raises(runner.ConfigError) as err:
+    with pytest.raises(config.ConfigError) as err:
         runner.run(_write(tmp_path, config))
     message = str(err.value)
     assert "params.02_generate.limt: unknown parameter; 02_generate takes ['limit']" in message
@@ -113,7 +113,7 @@ def test_relative_paths_in_a_config_are_relative_to_the_config(tmp_path):
     config = {**TINY, "queries": {"source": "hf:csv", "data_files": "mine.csv"}}
     path = _write(tmp_path, config)
     (path.parent / "mine.csv").write_text("id\n")
-    run = runner.open_run(path)
+    run = config.open_run(path)
     assert run.config.queries.data_files == str(path.parent / "mine.csv")
     assert run.run_dir == tmp_path / "runs" / "tiny"
     assert run.figures_dir == tmp_path / "figures" / "tiny"

@@ -25,12 +25,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from medharm_nb.generate.base import Output, Request
 from medharm_nb.records import GenConfig, ModelSpec
-
-if TYPE_CHECKING:
-    from medharm_nb.generate import Output, Request
+from medharm_nb.store import files_digest
 
 
 @dataclass(frozen=True)
@@ -163,6 +161,26 @@ def _load_tokenizer(source: str, gguf_file: str | None):
     return tok
 
 
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "chat_template.jinja")
+"""Files by which an adapter folder ships its own tokenizer or chat template."""
+
+
+def _adapter_tokenizer(adapter: str | None):
+    """The tokenizer an adapter ships (a fine-tune may add tokens or change the chat
+    template), or None when it ships none: then the base model's is used."""
+    if not adapter:
+        return None
+    folder = Path(adapter).expanduser()
+    if _is_local(adapter):
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            return None
+        return _load_tokenizer(str(folder.resolve()), None)
+    try:  # a hub adapter: its repository may hold a tokenizer
+        return _load_tokenizer(adapter, None)
+    except (OSError, ValueError):
+        return None
+
+
 def _bnb_config(quantization: str):
     import torch
     from transformers import BitsAndBytesConfig
@@ -176,9 +194,12 @@ def _bnb_config(quantization: str):
 
 @lru_cache(maxsize=2)
 def _load_model(source: str, gguf_file: str | None, quantization: str = "none",
-                adapter: str | None = None, image_text: bool = False):
+                adapter: str | None = None, image_text: bool = False,
+                content: str | None = None):
     # Two specs on the same weights (e.g. with and without a safety system prompt) share one
     # loaded model. An adapter is part of the key: peft changes the base model in place.
+    # ``content``: a digest of the local files, so weights rewritten in place (an adapter
+    # retrained into the same folder) are loaded again, never served from this cache.
     # ``image_text``: checkpoints published as image-text-to-text models (Llama Guard 4),
     # whose language model AutoModelForCausalLM does not load.
     import torch
@@ -231,7 +252,8 @@ class HFBackend:
         self.token_budget = token_budget
         self.inject_oom_above = inject_oom_above
         self.answer_lengths = answer_lengths or {}
-        self.tokenizer = _load_tokenizer(self.source, self.gguf_file)
+        self.tokenizer = (_adapter_tokenizer(spec.adapter)
+                          or _load_tokenizer(self.source, self.gguf_file))
         if spec.chat_template is None and self.tokenizer.chat_template is None:
             raise ValueError(
                 f"model {spec.name!r} ({spec.source}) has no chat template (a base model?): "
@@ -241,7 +263,7 @@ class HFBackend:
     def model(self):
         """The loaded weights (loaded on first use, so cached runs never load them)."""
         return _load_model(self.source, self.gguf_file, self.spec.quantization,
-                           self.spec.adapter)
+                           self.spec.adapter, content=files_digest(model_files(self.spec)))
 
     def prepare(self) -> None:
         """Load the weights now, so their load time is not counted as generation time."""
@@ -299,21 +321,22 @@ class HFBackend:
                     continue
                 answers = [oom]
             seconds = (time.perf_counter() - began) / len(batch)
-            yield [(requests[i], self._output(prompts[i], answer, seconds, limits[i]))
+            yield [(requests[i], self._output(prompts[i], answer, seconds, limits[i],
+                                              len(batch)))
                    for i, answer in zip(batch, answers)]
             start += len(batch)
 
     def _output(self, prompt: list[int], answer: list[int] | str, seconds: float,
-                limit: int) -> Output:
+                limit: int, rows: int) -> Output:
         """An answer's Output; a string answer is the error that prevented it. An answer as
         long as its limit ran out of tokens (``length``); a shorter one stopped itself."""
-        from medharm_nb.generate import Output
-
         if isinstance(answer, str):
-            return Output(None, len(prompt), 0, seconds, error=answer, finish_reason="error")
+            return Output(None, len(prompt), 0, seconds, error=answer, finish_reason="error",
+                          batch_size=rows)
         text = self.tokenizer.decode(answer, skip_special_tokens=True).strip()
         return Output(text, len(prompt), len(answer), seconds,
-                      finish_reason="length" if len(answer) >= limit else "stop")
+                      finish_reason="length" if len(answer) >= limit else "stop",
+                      batch_size=rows)
 
     def _decode(self, prompts: list[list[int]], limits: list[int], seeds: list[int],
                 config: GenConfig) -> list[list[int]]:

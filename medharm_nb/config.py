@@ -1,0 +1,175 @@
+"""Run configs and runs: what a study asks, and where a run of it writes.
+
+``load_config`` reads and checks a YAML run config (``RunConfig``: queries, models,
+generation, judges, notebooks, per-notebook parameters; unknown keys are errors);
+``open_run`` places a run's folders (each notebook's first call), with the config's relative
+paths made absolute (``absolutize``), so a copy of the config inside the run folder reads
+the same files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medharm_nb import store
+from medharm_nb.records import GenConfig, ModelSpec, QuerySelection, stable_hash
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+NOTEBOOK_DIR = PACKAGE_DIR.parent / "notebooks"
+SERIES: tuple[str, ...] = (
+    "01_data", "02_generate", "03_judge", "03b_judge_validation", "04_guardrails", "05_review",
+    "06_report")
+INJECTED = ("config_path", "run_dir", "figures_dir")
+"""Parameters the runner passes to every notebook."""
+
+
+class ConfigError(ValueError):
+    """A run config or a notebook parameter is wrong; raised before any work starts."""
+
+
+class RunConfig(BaseModel):
+    """A study: which queries, which models, how to decode and judge, which notebooks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: runs/<name>/.")
+    description: str = Field(default="", description="What this study is for.")
+    queries: QuerySelection = Field(default_factory=QuerySelection)
+    models: list[ModelSpec] = Field(min_length=1, description="Models under test.")
+    generation: GenConfig = Field(default_factory=GenConfig)
+    judges: list[str] = Field(default=["rules"], min_length=1, description="Judge names.")
+    notebooks: list[str] = Field(default=list(SERIES), description="Notebooks to run, in order.")
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Extra parameters per notebook name.")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        names = [m.name for m in models]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"model names must be unique; repeated: {duplicated}")
+        keys = [stable_hash(m.key()) for m in models]
+        same = sorted({m.name for m, k in zip(models, keys) if keys.count(k) > 1})
+        if same:
+            raise ValueError(f"models {same} are the same spec under different names")
+        return models
+
+
+def load_config(path: str | Path, name: str | None = None) -> RunConfig:
+    """Read and validate a YAML run config.
+
+    Args:
+        path: The YAML file.
+        name: Overrides the config's ``name`` (the run directory's name).
+
+    Raises:
+        ConfigError: naming the file and every wrong key.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if name:
+        raw["name"] = name
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "\n  ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in err.errors())
+        raise ConfigError(f"{path}: invalid config\n  {problems}") from None
+
+
+def default_root(config_path: str | Path) -> Path:
+    """Where runs/ and figures/ go: the project folder holding ``configs/``."""
+    folder = Path(config_path).resolve().parent
+    return folder.parent if folder.name == "configs" else folder
+
+
+@dataclass
+class Run:
+    """What a notebook needs: the config and where its run writes."""
+
+    config: RunConfig
+    config_path: Path
+    run_dir: Path
+    figures_dir: Path
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative paths in the config are relative to."""
+        return self.config_path.parent
+
+    def store(self) -> store.RunStore:
+        """Open the run's SQLite store."""
+        return store.RunStore(self.run_dir)
+
+
+def open_run(config_path: str | Path, run_dir: str | Path | None = None,
+             figures_dir: str | Path | None = None) -> Run:
+    """Load a config and resolve a run's folders (each notebook's first call)."""
+    config_path = Path(config_path).resolve()
+    config = absolutize(load_config(config_path), config_path.parent)
+    root = default_root(config_path)
+    run_dir = Path(run_dir) if run_dir else root / "runs" / config.name
+    figures_dir = Path(figures_dir) if figures_dir else root / "figures" / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Run(config, config_path, run_dir, figures_dir)
+
+
+def place_run(config_path: str | Path, name: str | None, run_dir: str | Path | None,
+           figures_dir: str | Path | None) -> Run:
+    """Load, absolutize and place a run (no files written yet).
+
+    Args:
+        config_path: The YAML run config.
+        name: Overrides the config's name.
+        run_dir: Where the run writes (default: ``runs/<name>`` beside ``configs/``).
+        figures_dir: Where figures go (default: ``figures/<name>``).
+    """
+    config_path = Path(config_path).resolve()
+    config = absolutize(load_config(config_path, name), config_path.parent)
+    root = default_root(config_path)
+    run_dir = Path(run_dir or root / "runs" / config.name).resolve()
+    figures_dir = Path(figures_dir or root / "figures" / config.name).resolve()
+    return Run(config, config_path, run_dir, figures_dir)
+
+
+def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:
+    """Make relative data and model paths in a config relative to ``base_dir``.
+
+    The runner hands notebooks a copy of the config inside the run folder, so paths must not
+    depend on where that copy lives.
+    """
+    from medharm_nb.data import resolve_source_path
+
+    files = config.queries.data_files
+    if files is not None:  # hf: builders (hf:csv, hf:json) read these local files
+        as_list = [files] if isinstance(files, str) else files
+        resolved = [str(base_dir / f) if (base_dir / f).exists() else f for f in as_list]
+        files = resolved[0] if isinstance(files, str) else resolved
+    queries = config.queries.model_copy(update={
+        "source": resolve_source_path(config.queries.source, base_dir), "data_files": files})
+    models = []
+    for m in config.models:
+        if m.backend == "openai":  # source is the server's model name, never a local path
+            models.append(m)
+            continue
+        if m.adapter and (base_dir / m.adapter).exists() and not Path(m.adapter).is_absolute():
+            m = m.model_copy(update={"adapter": str((base_dir / m.adapter).resolve())})
+        # A replay source may end in '#prompt=COL,...': the path is what comes before it.
+        path, hash_, suffix = (m.source.partition("#") if m.backend == "replay"
+                               else (m.source, "", ""))
+        if (base_dir / path).exists() and not Path(path).is_absolute():
+            m = m.model_copy(update={"source": str((base_dir / path).resolve()) + hash_ + suffix})
+        models.append(m)
+    return config.model_copy(update={"queries": queries, "models": models})

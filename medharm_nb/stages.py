@@ -1,0 +1,132 @@
+"""Stage functions: what each numbered notebook does, as one call each.
+
+A notebook cell is a call plus a display; the looping, skipping of stored work and writing
+of tables lives here, tested like any other package code.
+
+=====================  ============================================================
+``data_stage``         01_data: prepare the config's queries (filters, variants), write
+                       ``queries``
+``generation_stage``   02_generate: ask every model every query (stored answers reused,
+                       failures retried), write ``generations`` and ``generation_stats``
+``judging_stage``      03_judge: judge every current generation with each judge (stored
+                       verdicts are reused, failed ones retried), write ``judgements``,
+                       ``results`` and ``judge_disagreements``
+``summary_stage``      06_report: the report's rate tables, Parquet and CSV
+=====================  ============================================================
+
+Each holds the run folder's lock (``store.RunLock``) while it writes, so a notebook opened by
+hand is refused while a series runs in the same folder; inside a ``medharm-nb run`` the
+kernels work within the series' lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from medharm_nb import data, generate, judge, metrics, store
+
+if TYPE_CHECKING:
+    from medharm_nb.config import Run
+
+
+def data_stage(run: Run) -> pl.DataFrame:
+    """The run's queries: the config's source, filters and variant wrappers applied; written
+    as ``queries``.
+
+    Returns:
+        The query table (one row per query and variant).
+    """
+    queries = data.prepare_queries(run.config.queries, run.base_dir)
+    with store.RunLock(run.run_dir, purpose="data"):
+        store.write_table(run.run_dir, "queries", queries)
+    return queries
+
+
+def generation_stage(run: Run, queries: pl.DataFrame | None = None,
+                     progress: bool = True) -> pl.DataFrame:
+    """Ask every model of the run every query; write the ``generations`` (this run's current
+    answers, failures included) and ``generation_stats`` tables.
+
+    Args:
+        run: The run.
+        queries: The queries to ask (default: the run's ``queries`` table).
+        progress: Show a progress bar per model.
+
+    Returns:
+        The stats table, one row per model (see ``generate.GenStats``).
+    """
+    if queries is None:
+        queries = store.read_table(run.run_dir, "queries")
+    with store.RunLock(run.run_dir, purpose="generate"), run.store() as st:
+        stats = generate.run_generation(queries, run.config.models, run.config.generation,
+                                        st, progress=progress)
+        generations = generate.current_generations(
+            st.frame("generations"), queries, run.config.models, run.config.generation)
+        table = pl.DataFrame([s.as_dict() for s in stats])
+        store.write_table(run.run_dir, "generation_stats", table)
+        store.write_table(run.run_dir, "generations", generations)
+    return table
+
+
+def judging_stage(run: Run, judges: Sequence[str] | None = None,
+                  progress: bool = True) -> pl.DataFrame:
+    """Judge the run's current generations with each judge; write the judging tables.
+
+    Verdicts already stored are reused (re-running is free); a verdict whose judge failed
+    (``judge_error``, ``parse_failed``) is asked again. Writes ``judgements`` (this run's
+    verdicts), ``results`` (``metrics.results_table``: one row per generation and judge,
+    failed generations included) and ``judge_disagreements`` (responses the judges label
+    differently, at the compliance split; empty with one judge).
+
+    Args:
+        run: The run (``runner.open_run``).
+        judges: Judge names (``judge.load_judge``); default: the config's ``judges``.
+        progress: Show a progress bar per judge.
+
+    Returns:
+        The results table.
+    """
+    names = list(judges or run.config.judges)
+    loaded = [judge.load_judge(name) for name in names]  # a bad name fails before any work
+    queries = store.read_table(run.run_dir, "queries")
+    generations = store.read_table(run.run_dir, "generations")
+    with store.RunLock(run.run_dir, purpose="judge"), run.store() as st:
+        for j in loaded:
+            done = st.existing_ids("judgements", judge.judgement_ids(j, generations))
+            st.add("judgements", judge.judge_generations(j, generations, progress=progress,
+                                                         done=done))
+        ids = [j.id for j in loaded]
+        judgements = st.frame("judgements").filter(
+            pl.col("gen_id").is_in(generations["gen_id"].implode()) & pl.col("judge").is_in(ids))
+        results = metrics.results_table(queries, generations, judgements)
+        store.write_table(run.run_dir, "judgements", judgements)
+        store.write_table(run.run_dir, "results", results)
+        disputed = (judge.disagreements(judgements) if len(ids) > 1
+                    else pl.DataFrame(schema={"gen_id": pl.String, "n_labels": pl.UInt32}))
+        store.write_table(run.run_dir, "judge_disagreements", disputed)
+    return results
+
+
+def summary_stage(run: Run) -> dict[str, pl.DataFrame]:
+    """The report's tables from the run's ``results``: compliance, unsafe, over-refusal and
+    helpfulness rates per model, per model x category, per model x category x framing, and
+    label shares; each written as Parquet and CSV under ``tables/``.
+
+    Returns:
+        ``summary_by_model``, ``summary_by_category``, ``summary_by_cell``, ``label_rates``.
+    """
+    results = store.read_table(run.run_dir, "results")
+    tables = {
+        "summary_by_model": metrics.safety_summary(results, by=("model",)),
+        "summary_by_category": metrics.safety_summary(results, by=("model", "category")),
+        "summary_by_cell": metrics.safety_summary(results, by=("model", "category", "framing")),
+        "label_rates": metrics.label_rates(results, by=("model", "category")),
+    }
+    with store.RunLock(run.run_dir, purpose="report"):
+        for name, table in tables.items():
+            store.write_table(run.run_dir, name, table, csv=True)
+    return tables
+
