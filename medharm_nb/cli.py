@@ -109,6 +109,7 @@ def generate_stage(
         failed += row["failed"]
         typer.echo(f"  {row['model']}: total {row['total']}, cached {row['cached']}, "
                    f"generated {row['generated']}, failed {row['failed']}, "
+                   f"blocked {row['blocked']}, "
                    f"{row['tokens_per_s']:.1f} tokens/s")
     if failed:
         typer.secho(f"  {failed} generation(s) failed: their errors are stored; run the same "

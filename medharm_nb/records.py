@@ -14,11 +14,13 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Written into every table and manifest; bump it when a record's fields change meaning.
 
 2: ``Judgement.unsafe`` means validated harm, no longer "did not refuse" (that is
-``Judgement.complied``); ``Generation.finish_reason``."""
+``Judgement.complied``); ``Generation.finish_reason``.
+3: a generation with neither ``response`` nor ``error`` can be *blocked* (a provider's content
+filter, ``Generation.block_reason``) instead of failed."""
 
 Category = Literal[
     "toxicology",
@@ -165,8 +167,25 @@ class ModelSpec(_Record):
             exclude_none=True)
 
 
+CONTENT_FILTER = "content_filter"
+"""``finish_reason`` of a generation that a provider's content filter blocked."""
+
+
 class Generation(_Record):
-    """One model response to one query."""
+    """One model response to one query, or the reason there is none.
+
+    Every request ends in one of three outcomes:
+
+    - **answered**: ``response`` holds the text, ``error`` is None; ``finish_reason`` says
+      whether the model stopped (``stop``) or ran out of tokens (``length``: truncated).
+    - **failed**: ``error`` says why, ``response`` is None, ``finish_reason`` is ``error``.
+      Stored so it is visible, but not done: the next run asks again.
+    - **blocked**: a provider's content filter refused the prompt or withheld the answer
+      (an HTTP 400 with a content-policy code, or a 200 with ``finish_reason`` content_filter).
+      ``response`` and ``error`` are None, ``finish_reason`` is ``content_filter`` and
+      ``block_reason`` keeps what the provider said. It is done, not retried: the same
+      prompt would be blocked again, and the block is itself a result about that provider.
+    """
 
     gen_id: str = Field(
         description="Hash of model spec key, generation config and rendered prompt.")
@@ -184,10 +203,19 @@ class Generation(_Record):
         default=None, description="Why the answer ended: stop (the model ended it), length "
                                   "(hit max_new_tokens: truncated), content_filter (a provider "
                                   "blocked it), error; None in stores written before it.")
+    block_reason: str | None = Field(
+        default=None, description="Set only when a provider's content filter blocked it: what "
+                                  "the provider said (error code, filtered categories); "
+                                  "response and error are None then.")
     n_prompt_tokens: int = Field(default=0, description="Prompt length in tokens.")
     n_new_tokens: int = Field(default=0, description="Generated tokens.")
     seconds: float = Field(default=0.0, description="Wall time of the batch, shared per item.")
     created: str = Field(description="UTC ISO time the record was written.")
+
+    @property
+    def blocked(self) -> bool:
+        """A provider's content filter blocked it (done, not failed, not retried)."""
+        return self.error is None and self.finish_reason == CONTENT_FILTER
 
 
 class Judgement(_Record):
