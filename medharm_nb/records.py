@@ -160,11 +160,21 @@ class ModelSpec(_Record):
     timeout_s: float = Field(default=120.0, gt=0, description="openai only: per request.")
 
     def key(self) -> dict[str, Any]:
-        """Fields that change the output: not the display name, nor where or how fast it is
-        served. None-valued fields are left out so adding an optional field keeps old ids."""
-        return self.model_dump(
-            exclude={"name", "base_url", "api_key_env", "concurrency", "timeout_s"},
-            exclude_none=True)
+        """Fields that change the output: not the display name, the key's variable or how
+        fast it is served. None-valued fields are left out so adding an optional field keeps
+        old ids.
+
+        For ``openai`` the server (``base_url``, trailing ``/`` ignored) is in the key: a
+        model name says nothing about the weights behind it, so a base model and its
+        fine-tune served under one name on two servers must not share answers.
+        """
+        exclude = {"name", "api_key_env", "concurrency", "timeout_s"}
+        if self.backend != "openai":
+            exclude.add("base_url")
+        key = self.model_dump(exclude=exclude, exclude_none=True)
+        if "base_url" in key:
+            key["base_url"] = key["base_url"].rstrip("/")
+        return key
 
 
 CONTENT_FILTER = "content_filter"

@@ -17,6 +17,7 @@ from medharm_nb import generate
 from medharm_nb.generate import Request, make_backend
 from medharm_nb.generate.backends.openai import OpenAIBackend
 from medharm_nb.records import GenConfig, ModelSpec
+from medharm_nb.runner import RunConfig
 from medharm_nb.store import RunStore
 
 FAKE_KEY = "sk-medharm-test-0123456789abcdef"
@@ -371,3 +372,20 @@ def test_content_filter_blocks_are_stored_once_as_blocked_and_not_retried(tmp_pa
     assert reasons[2].startswith("HTTP 400 content_policy_violation: Your request was rejected")
     assert stored["block_reason"][3] is None and stored["response"][3] == "Re: Say hello."
 
+
+def test_openai_specs_on_two_servers_do_not_share_answers(tmp_path):
+    with FakeServer() as base, FakeServer() as tuned, RunStore(tmp_path) as st:
+        # A base model and its fine-tune, both served as "fake-model".
+        specs = [spec_for(base.url), spec_for(tuned.url + "/").model_copy(update={"name": "ft"})]
+        RunConfig(name="study", models=specs)  # two models, not one spec named twice
+        stats = generate.run_generation(queries("Say hello."), specs, CONFIG, st,
+                                        progress=False)
+        frame = st.frame("generations")
+        # Where it is served from is part of the id; a trailing "/" is not.
+        same = spec_for(tuned.url).model_copy(update={"name": "ft-again"})
+        again = generate.generate(queries("Say hello."), same, CONFIG, st, progress=False)
+    assert [s.generated for s in stats] == [1, 1] and again.cached == 1
+    assert frame.height == 2 and frame["spec_hash"].n_unique() == 2
+    assert base.calls["Say hello."] == tuned.calls["Say hello."] == 1
+    hf = ModelSpec(name="a", source="smollm2-135m")
+    assert hf.key() == hf.model_copy(update={"base_url": "http://elsewhere/v1"}).key()
