@@ -109,6 +109,7 @@ def generate_stage(
         failed += row["failed"]
         typer.echo(f"  {row['model']}: total {row['total']}, cached {row['cached']}, "
                    f"generated {row['generated']}, failed {row['failed']}, "
+                   f"blocked {row['blocked']}, "
                    f"{row['tokens_per_s']:.1f} tokens/s")
     if failed:
         typer.secho(f"  {failed} generation(s) failed: their errors are stored; run the same "
@@ -161,6 +162,10 @@ def serve(
     max_body_bytes: int = typer.Option(1_000_000, min=1,
                                        help="Largest request body; more get 413."),
     batch_size: int = typer.Option(8, min=1, help="Concurrent requests answered in one batch."),
+    allow_host: list[str] = typer.Option(
+        [], metavar="NAME",
+        help="A name clients reach the server by, repeatable (loopback names and --host are "
+             "always served; a request for any other Host gets 421)."),
 ) -> None:
     """Serve a model spec over the OpenAI chat-completions protocol (/v1/chat/completions)."""
     from pydantic import ValidationError
@@ -183,7 +188,7 @@ def serve(
                              system_prompt=system_prompt)
         limits = serving.Limits(max_tokens=max_tokens_cap, max_concurrency=max_concurrency,
                                 max_body_bytes=max_body_bytes, batch_size=batch_size)
-        serving.serve(spec, host=host, port=port, limits=limits)
+        serving.serve(spec, host=host, port=port, limits=limits, allow_hosts=allow_host)
     except ValidationError as err:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
     except (FileNotFoundError, ValueError) as err:  # ConfigError and ServeError included

@@ -54,11 +54,28 @@ class RunConfig(BaseModel):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"model names must be unique; repeated: {duplicated}")
-        keys = [stable_hash(m.key()) for m in models]
-        same = sorted({m.name for m, k in zip(models, keys) if keys.count(k) > 1})
-        if same:
-            raise ValueError(f"models {same} are the same spec under different names")
+        groups: dict[str, list[ModelSpec]] = {}
+        for m in models:
+            groups.setdefault(stable_hash(m.key()), []).append(m)
+        clashes = [_same_answers(group) for group in groups.values() if len(group) > 1]
+        if clashes:
+            raise ValueError("; ".join(clashes))
         return models
+
+
+def _same_answers(specs: list[ModelSpec]) -> str:
+    """Why specs with one key clash, and what to change (``ModelSpec.key`` decides)."""
+    names = " and ".join(repr(s.name) for s in specs)
+    shared = ", ".join(f"{k}={v!r}" for k, v in specs[0].key().items())
+    differ = [f for f in ModelSpec.model_fields
+              if len({repr(getattr(s, f)) for s in specs}) > 1]
+    change = ("source, base_url (another server) or system_prompt"
+              if specs[0].backend == "openai" else
+              "source, gguf_file, quantization, adapter, system_prompt or chat_template")
+    return (f"models {names} would get the same generation ids and so share every answer: "
+            f"they agree on every field that changes the output ({shared}) and differ only "
+            f"in {', '.join(differ)}, which do not change a generation's id. Remove all but "
+            f"one, or make them differ in {change}")
 
 
 def load_config(path: str | Path, name: str | None = None) -> RunConfig:

@@ -14,11 +14,13 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Written into every table and manifest; bump it when a record's fields change meaning.
 
 2: ``Judgement.unsafe`` means validated harm, no longer "did not refuse" (that is
-``Judgement.complied``); ``Generation.finish_reason``."""
+``Judgement.complied``); ``Generation.finish_reason``.
+3: a generation with neither ``response`` nor ``error`` can be *blocked* (a provider's content
+filter, ``Generation.block_reason``) instead of failed."""
 
 Category = Literal[
     "toxicology",
@@ -158,11 +160,25 @@ class ModelSpec(_Record):
     timeout_s: float = Field(default=120.0, gt=0, description="openai only: per request.")
 
     def key(self) -> dict[str, Any]:
-        """Fields that change the output: not the display name, nor where or how fast it is
-        served. None-valued fields are left out so adding an optional field keeps old ids."""
-        return self.model_dump(
-            exclude={"name", "base_url", "api_key_env", "concurrency", "timeout_s"},
-            exclude_none=True)
+        """Fields that change the output: not the display name, the key's variable or how
+        fast it is served. None-valued fields are left out so adding an optional field keeps
+        old ids.
+
+        For ``openai`` the server (``base_url``, trailing ``/`` ignored) is in the key: a
+        model name says nothing about the weights behind it, so a base model and its
+        fine-tune served under one name on two servers must not share answers.
+        """
+        exclude = {"name", "api_key_env", "concurrency", "timeout_s"}
+        if self.backend != "openai":
+            exclude.add("base_url")
+        key = self.model_dump(exclude=exclude, exclude_none=True)
+        if "base_url" in key:
+            key["base_url"] = key["base_url"].rstrip("/")
+        return key
+
+
+CONTENT_FILTER = "content_filter"
+"""``finish_reason`` of a generation that a provider's content filter blocked."""
 
 
 GEN_KEY_VERSION = 2
@@ -173,7 +189,20 @@ but are never current results (``generate.current_generations``)."""
 
 
 class Generation(_Record):
-    """One model response to one query."""
+    """One model response to one query, or the reason there is none.
+
+    Every request ends in one of three outcomes:
+
+    - **answered**: ``response`` holds the text, ``error`` is None; ``finish_reason`` says
+      whether the model stopped (``stop``) or ran out of tokens (``length``: truncated).
+    - **failed**: ``error`` says why, ``response`` is None, ``finish_reason`` is ``error``.
+      Stored so it is visible, but not done: the next run asks again.
+    - **blocked**: a provider's content filter refused the prompt or withheld the answer
+      (an HTTP 400 with a content-policy code, or a 200 with ``finish_reason`` content_filter).
+      ``response`` and ``error`` are None, ``finish_reason`` is ``content_filter`` and
+      ``block_reason`` keeps what the provider said. It is done, not retried: the same
+      prompt would be blocked again, and the block is itself a result about that provider.
+    """
 
     gen_id: str = Field(
         description="Hash of the query id, the model spec (its weights' content included), "
@@ -196,6 +225,10 @@ class Generation(_Record):
         default=None, description="Why the answer ended: stop (the model ended it), length "
                                   "(hit max_new_tokens: truncated), content_filter (a provider "
                                   "blocked it), error; None in stores written before it.")
+    block_reason: str | None = Field(
+        default=None, description="Set only when a provider's content filter blocked it: what "
+                                  "the provider said (error code, filtered categories); "
+                                  "response and error are None then.")
     n_prompt_tokens: int = Field(default=0, description="Prompt length in tokens.")
     n_new_tokens: int = Field(default=0, description="Generated tokens.")
     seconds: float = Field(default=0.0, description="Wall time of the batch, shared per item.")
@@ -203,6 +236,11 @@ class Generation(_Record):
         default=None, description="Rows in the forward batch that made it (not keyed: greedy "
                                   "output can still differ with it in bf16 or nf4).")
     created: str = Field(description="UTC ISO time the record was written.")
+
+    @property
+    def blocked(self) -> bool:
+        """A provider's content filter blocked it (done, not failed, not retried)."""
+        return self.error is None and self.finish_reason == CONTENT_FILTER
 
 
 class Judgement(_Record):

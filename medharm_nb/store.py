@@ -16,7 +16,9 @@ a temporary file and renamed over the old one, so a reader never sees half a fil
 Writes never overwrite a result: a record whose id is stored is left alone, except a
 *failed* generation (``error`` set) or a judgement whose judge failed (flag ``judge_error``
 or ``parse_failed``), which is stored so it is visible but is not done: the next run retries
-it and its success replaces the failed row.
+it and its success replaces the failed row. A *blocked* generation (a provider's content
+filter; ``finish_reason`` content_filter, no error) is done: it is a result, and asking again
+would only be blocked again.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from medharm_nb.records import SCHEMA_VERSION, Annotation, Generation, Judgement
+from medharm_nb.records import CONTENT_FILTER, SCHEMA_VERSION, Annotation, Generation, Judgement
 
 STORE_FILE = "store.sqlite"
 MANIFEST_FILE = "manifest.json"
@@ -49,8 +51,10 @@ LOCK_ENV = "MEDHARM_RUN_LOCK"
 of a ``medharm-nb run``) work inside its lock."""
 _TABLES = {"generations": (Generation, "gen_id"), "judgements": (Judgement, "judgement_id"),
            "annotations": (Annotation, "annotation_id")}
+_BLOCKED = f"{{t}}error IS NULL AND {{t}}finish_reason IS '{CONTENT_FILTER}'"
+"""Generations a provider's content filter blocked (``Generation.blocked``): done."""
 _FAILED = {
-    "generations": "{t}error IS NOT NULL OR {t}response IS NULL",
+    "generations": f"{{t}}error IS NOT NULL OR ({{t}}response IS NULL AND NOT ({_BLOCKED}))",
     # A judge that failed (its model or server erred, or its reply never parsed) has not
     # judged: the verdict is kept, visible as unscored, and asked again on the next run.
     "judgements": "{t}flags LIKE '%judge_error%' OR {t}flags LIKE '%parse_failed%'",
@@ -130,15 +134,23 @@ class RunStore:
         A failed generation is stored but not done, so it is not returned: the caller
         generates it again.
         """
+        done = f"NOT ({_FAILED[table].format(t='')})" if table in _FAILED else "1"
+        return self._ids_where(table, ids, done)
+
+    def blocked_ids(self, ids: Iterable[str]) -> set[str]:
+        """Return which of the generation ``ids`` are stored as blocked by a content filter
+        (done, and counted apart from answers; see ``records.Generation``)."""
+        return self._ids_where("generations", ids, _BLOCKED.format(t=""))
+
+    def _ids_where(self, table: str, ids: Iterable[str], condition: str) -> set[str]:
         _, key = _TABLES[table]
-        done = f" AND NOT ({_FAILED[table].format(t='')})" if table in _FAILED else ""
         wanted = list(ids)
         found: set[str] = set()
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._conn.execute(
-                f"SELECT {key} FROM {table} WHERE {key} IN ({marks}){done}", chunk)
+                f"SELECT {key} FROM {table} WHERE {key} IN ({marks}) AND ({condition})", chunk)
             found.update(r[0] for r in rows)
         return found
 

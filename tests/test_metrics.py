@@ -88,16 +88,24 @@ def test_results_table_keeps_failed_generations():
                          "sample": [0, 0, 1], "response": ["x", "y", None],
                          "error": [None, None, "timeout"],
                          "finish_reason": ["length", "stop", "error"]})
+    blocked = pl.DataFrame({"gen_id": ["g4"], "model": ["m"], "query_id": ["q1"],
+                            "variant": ["direct"], "sample": [1], "response": [None],
+                            "error": [None], "finish_reason": ["content_filter"]})
+    gens = pl.concat([gens, blocked], how="diagonal_relaxed")
     judgements = pl.DataFrame({"gen_id": ["g1", "g2"], "judge": ["rules-v3"] * 2,
                                "label": ["full_refusal", "full_compliance"],
                                "complied": [False, True],
                                "unsafe": [None, None], "specificity": [0, 0]})
     out = metrics.results_table(queries, gens, judgements)
-    assert out.height == 3  # g3 failed: it stays, as an unscored row
+    assert out.height == 4  # g3 failed and g4 was blocked: both stay, as unscored rows
+    g4 = out.filter(pl.col("gen_id") == "g4").row(0, named=True)
+    assert (g4["gen_blocked"], g4["gen_failed"], g4["label"]) == (True, False, "unscored")
+    summary = metrics.safety_summary(out, by=("model",)).row(0, named=True)
+    assert (summary["n_harmful_blocked"], summary["n_harmful_failed"],
+            summary["n_benign_failed"], summary["compliance_n"]) == (1, 0, 1, 1)
     g3 = out.filter(pl.col("gen_id") == "g3").row(0, named=True)
     assert (g3["label"], g3["gen_failed"], g3["gen_error"], g3["judge"]) == (
         "unscored", True, "timeout", "rules-v3")
     g1 = out.filter(pl.col("gen_id") == "g1").row(0, named=True)
     assert g1["refused"] is True and g1["truncated"] is True and g1["gen_failed"] is False
-    assert out["base_id"].to_list() == ["q1", "q2", "q2"]
-    assert out["text"].to_list() == ["a?", "b?", "b?"]
+    assert out["base_id"].to_list() == ["q1", "q1", "q2", "q2"]

@@ -231,3 +231,34 @@ def test_a_series_lock_covers_its_kernels_and_refuses_everyone_else(tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def test_a_blocked_request_is_counted_apart_and_not_asked_again(tmp_path):
+    class Filtered(_Flaky):
+        """Blocks the prompts in ``failing`` as a provider's content filter would."""
+
+        def generate(self, requests, config):
+            for r in requests:
+                self.asked.append(r.rendered)
+                blocked = r.rendered in self.failing
+                yield [(r, Output(None, finish_reason="content_filter", block_reason="policy")
+                        if blocked else Output(f"answer to {r.rendered}", n_new_tokens=3))]
+
+    queries = pl.DataFrame({"id": ["a", "b", "c"],
+                            "text": ["A question.", "B question.", "C question."]})
+    spec = ModelSpec(name="fake", source="fake")
+    with store.RunStore(tmp_path) as st:
+        first = generate.generate(queries, spec, GenConfig(), st,
+                                  backend=Filtered({"A question.", "B question."}),
+                                  progress=False)
+        again = Filtered(set())
+        second = generate.generate(queries, spec, GenConfig(), st, backend=again,
+                                   progress=False)
+        stored = st.frame("generations").sort("query_id")
+    assert (first.total, first.cached, first.generated, first.failed, first.blocked) == (
+        3, 0, 1, 0, 2)
+    assert (second.total, second.cached, second.generated, second.failed, second.blocked) == (
+        3, 1, 0, 0, 2)
+    assert again.asked == [] and first.new_tokens == 3
+    assert stored["block_reason"].to_list() == ["policy", "policy", None]
+    assert stored["finish_reason"].to_list()[:2] == ["content_filter"] * 2

@@ -40,6 +40,24 @@ def test_config_typos_are_errors_with_the_key_named(tmp_path):
         config.load_config(tmp_path / "broken.yaml")
 
 
+def test_two_names_for_one_spec_are_refused_with_what_to_change(tmp_path):
+    same = {**TINY, "models": [{"name": "plain", "source": "smollm2-135m"},
+                               {"name": "copy", "source": "smollm2-135m", "concurrency": 2}]}
+    with pytest.raises(runner.ConfigError) as err:
+        runner.load_config(_write(tmp_path, same))
+    message = str(err.value)
+    assert "models 'plain' and 'copy' would get the same generation ids" in message
+    assert "(backend='hf', source='smollm2-135m', quantization='none')" in message
+    assert "differ only in name, concurrency, which do not change a generation's id" in message
+    assert "make them differ in source, gguf_file, quantization, adapter, system_prompt" in message
+    served = {**TINY, "models": [
+        {"name": "a", "backend": "openai", "source": "m", "base_url": "http://h:8000/v1"},
+        {"name": "b", "backend": "openai", "source": "m", "base_url": "http://h:8000/v1/"}]}
+    with pytest.raises(runner.ConfigError, match=r"differ only in name, base_url, .*"
+                                                 r"make them differ in source, base_url"):
+        runner.load_config(_write(tmp_path, served))
+
+
 def test_unknown_notebook_parameter_is_refused_before_any_work(tmp_path):
     config = {**TINY, "params": {"02_generate": {"limt": 3}, "09_nothing": {}}}
     with pytest.raises(config.ConfigError) as err:
@@ -138,7 +156,8 @@ def test_generate_command_prints_counts_and_writes_tables_and_manifest(tmp_path)
     path = _write(tmp_path, _replay_study(tmp_path))
     first = CliRunner().invoke(app, ["generate", str(path), "--limit", "2"])
     assert first.exit_code == 0, first.output
-    assert "old-answers: total 2, cached 0, generated 2, failed 0, 0.0 tokens/s" in first.output
+    assert ("old-answers: total 2, cached 0, generated 2, failed 0, blocked 0, 0.0 tokens/s"
+            in first.output)
     run_dir = tmp_path / "runs" / "recorded"
     manifest = store.read_manifest(run_dir)
     assert manifest["status"] == "success" and manifest["mode"] == "generate"

@@ -14,10 +14,17 @@ from medharm_nb import store
 from medharm_nb.records import SCHEMA_VERSION, Annotation, Generation, Judgement
 
 
-def _gen(gen_id: str, response: str | None = "ok", error: str | None = None) -> Generation:
+def _gen(gen_id: str, response: str | None = "ok", error: str | None = None,
+         **kw) -> Generation:
     return Generation(gen_id=gen_id, model="m", query_id=f"q-{gen_id}", prompt="p",
                       prompt_hash="h", spec_hash="s", config_hash="c", response=response,
-                      error=error, n_new_tokens=3, seconds=0.5, created="2026-01-01T00:00:00")
+                      error=error, seconds=0.5, created="2026-01-01T00:00:00",
+                      **{"n_new_tokens": 3, **kw})
+
+
+def _blocked(gen_id: str) -> Generation:
+    return _gen(gen_id, response=None, finish_reason="content_filter", n_new_tokens=0,
+                block_reason="HTTP 400 content_filter: filtered")
 
 
 def test_add_is_append_only_and_idempotent(tmp_path):
@@ -89,6 +96,21 @@ def test_a_failure_is_visible_but_not_done_and_a_success_replaces_it(tmp_path):
     assert frame.height == 2
     assert frame["response"].to_list() == ["fixed", "ok"]
     assert frame["error"].to_list() == [None, None]
+
+
+def test_a_blocked_generation_is_done_and_never_replaced(tmp_path):
+    with store.RunStore(tmp_path) as st:
+        st.add("generations", [_blocked("a"), _gen("b", response=None, error="timeout"),
+                               _gen("c")])
+        # Blocked by a content filter: no response, no error, and done (not retried).
+        assert st.existing_ids("generations", ["a", "b", "c"]) == {"a", "c"}
+        assert st.blocked_ids(["a", "b", "c"]) == {"a"}
+        assert st.add("generations", [_gen("a", response="an answer after all")]) == 0
+        row = st.frame("generations").sort("gen_id").row(0, named=True)
+    assert (row["response"], row["error"], row["finish_reason"]) == (None, None,
+                                                                     "content_filter")
+    assert row["block_reason"] == "HTTP 400 content_filter: filtered"
+    assert _blocked("a").blocked and not _gen("b", response=None, error="x").blocked
 
 
 def test_store_is_crash_safe_by_configuration(tmp_path):

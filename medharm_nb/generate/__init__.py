@@ -9,8 +9,9 @@ changing any of them makes new records instead of overwriting old ones. Backends
 
 Never lose, never repeat: each finished group is committed to the store at once; a failed
 request is stored with its ``error`` (never as an empty response) and generated again on
-the next run; and only one process at a time generates into a run directory
-(``store.RunLock``).
+the next run; a request a provider's content filter blocked is stored once as blocked (see
+``records.Generation``) and not asked again; and only one process at a time generates into a
+run directory (``store.RunLock``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from tqdm.auto import tqdm
 
 from medharm_nb.generate.backends import EMBEDDED, make_backend, model_files, resolve_source
 from medharm_nb.generate.base import Backend, Output, Request
-from medharm_nb.records import GEN_KEY_VERSION, GenConfig, Generation, ModelSpec, stable_hash
+from medharm_nb.records import (
+    CONTENT_FILTER,
+    GEN_KEY_VERSION,
+    GenConfig,
+    Generation,
+    ModelSpec,
+    stable_hash,
+)
 from medharm_nb.store import RunLock, RunStore, files_digest
 
 __all__ = [
@@ -38,8 +46,10 @@ __all__ = [
 class GenStats:
     """Per-model counts for the manifest and the notebook.
 
-    ``cached`` counts stored successes only: an earlier failure is generated again and
-    counts as ``generated`` or ``failed`` this time.
+    ``cached`` counts stored answers only: an earlier failure is generated again and counts
+    as ``generated``, ``failed`` or ``blocked`` this time. ``blocked`` counts every request a
+    provider's content filter blocked, this run or an earlier one: a block is stored once and
+    never asked again, and it is neither an answer nor a failure.
     """
 
     model: str
@@ -47,6 +57,7 @@ class GenStats:
     cached: int = 0
     generated: int = 0
     failed: int = 0
+    blocked: int = 0
     new_tokens: int = 0
     seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -129,13 +140,16 @@ def generate(
     with RunLock(store.run_dir):
         backend = backend or make_backend(spec)
         items = build_requests(queries, spec, config, backend)
-        done = store.existing_ids("generations", [r.gen_id for r, _ in items])
+        ids = [r.gen_id for r, _ in items]
+        done = store.existing_ids("generations", ids)
+        blocked = store.blocked_ids(ids)
         query_of = {r.gen_id: q for r, q in items}
         # One request per id (the id holds the query id: a query listed twice is asked once).
         todo = list({r.gen_id: r for r, _ in items if r.gen_id not in done}.values())
         key = spec_id(spec)
         stats = GenStats(model=spec.name, total=len(items),
-                         cached=sum(r.gen_id in done for r, _ in items))
+                         cached=sum(i in done and i not in blocked for i in ids),
+                         blocked=sum(i in blocked for i in ids))
         if not todo:
             return stats
         began = time.perf_counter()
@@ -148,8 +162,9 @@ def generate(
             records = [_record(spec, key, config, req, out, query_of[req.gen_id])
                        for req, out in group]
             store.add("generations", records)
-            stats.generated += sum(r.error is None for r in records)
+            stats.generated += sum(r.error is None and not r.blocked for r in records)
             stats.failed += sum(r.error is not None for r in records)
+            stats.blocked += sum(r.blocked for r in records)
             stats.new_tokens += sum(r.n_new_tokens for r in records if r.error is None)
             stats.seconds += sum(out.seconds for _, out in group)
             bar.update(len(group))
@@ -160,16 +175,21 @@ def generate(
 
 def _record(spec: ModelSpec, key: str, config: GenConfig, req: Request, out: Output,
             query: dict) -> Generation:
-    """The stored record of one answer; a failure keeps its error and no response."""
-    error = out.error or (None if out.text is not None else "backend returned no text")
+    """The stored record of one answer; a failure keeps its error and no response, a block
+    its reason and no response."""
+    blocked = out.error is None and out.finish_reason == CONTENT_FILTER
+    error = out.error or (None if out.text is not None or blocked
+                          else "backend returned no text")
+    answered = error is None and not blocked
     return Generation(
         gen_id=req.gen_id, key_version=GEN_KEY_VERSION, model=spec.name, query_id=query["id"],
         variant=query.get("variant") or "direct", sample=req.sample, prompt=query["text"],
         prompt_hash=stable_hash(req.rendered), spec_hash=key,
-        config_hash=stable_hash(config.key()), response=None if error else out.text,
+        config_hash=stable_hash(config.key()), response=out.text if answered else None,
         error=error, finish_reason="error" if error else out.finish_reason,
+        block_reason=(out.block_reason or "blocked by a content filter") if blocked else None,
         n_prompt_tokens=out.n_prompt_tokens,
-        n_new_tokens=0 if error else out.n_new_tokens, seconds=round(out.seconds, 4),
+        n_new_tokens=out.n_new_tokens if answered else 0, seconds=round(out.seconds, 4),
         batch_size=out.batch_size,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

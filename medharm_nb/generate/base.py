@@ -26,7 +26,11 @@ class Request:
 
 @dataclass
 class Output:
-    """What a backend returns for one request; ``error`` set means no response."""
+    """What a backend returns for one request; ``error`` set means no response.
+
+    ``finish_reason`` ``content_filter`` without an ``error`` means a provider blocked it:
+    no text, and ``block_reason`` says what the provider said.
+    """
 
     text: str | None
     n_prompt_tokens: int = 0
@@ -35,6 +39,8 @@ class Output:
     error: str | None = None
     finish_reason: str | None = None
     """stop | length (hit max_new_tokens) | content_filter | error; None: unknown."""
+    block_reason: str | None = None
+    """With finish_reason content_filter: the provider's code and message, in short."""
     batch_size: int | None = None
     """Rows in the forward batch that made it (hf backend)."""
 
