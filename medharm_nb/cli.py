@@ -263,13 +263,19 @@ def guard_eval(
     threshold: float = typer.Option(0.5, help="The guards' default threshold."),
     out: Path | None = typer.Option(None, help="Write the tables under OUT/tables/."),
 ) -> None:
-    """Score prompts with guards: AUROC, catch at 5% false blocks, false blocks (with CIs)."""
+    """Score prompts with guards: AUROC, catch at a cross-fitted 5% false-block threshold,
+    false blocks (with CIs), and paired brittleness under the prompt variants."""
+    import polars as pl
+
     from medharm_nb import guard as guards
     from medharm_nb import store
 
     try:
-        result = guards.evaluate(guard, queries, train=train, variants=variants, limit=limit,
-                                 threshold=threshold)
+        labelled = guards.first_pairs(guards.labelled_queries(queries), limit)
+        loaded = {g: guards.load_guard(g, train if g == "minilm" else None) for g in guard}
+        result = guards.evaluate_guards(loaded, labelled, variants=variants,
+                                        threshold=threshold)
+        result["guards"] = guards.describe_all(loaded, queries)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     if out is not None:
@@ -278,9 +284,12 @@ def guard_eval(
     with _wide_tables():
         if variants:
             typer.echo(result["summary"].select(
-                "guard", "variant", "catch", "catch_lo", "catch_hi", "false_block",
-                "false_block_lo", "false_block_hi"))
+                "guard", "variant", "catch_at_budget", "catch_at_budget_lo",
+                "catch_at_budget_hi", "false_block_at_budget", "budget_thresholds"))
             typer.echo(result["brittleness"])
+    for row in result["guards"].filter(pl.col("in_sample")).iter_rows(named=True):
+        typer.echo(f"note: {row['guard']} was trained on {queries}: its figures here are "
+                   f"in-sample (development), not held out")
     for line in guards.summary_lines(result):
         typer.echo(line)
 

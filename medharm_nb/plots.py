@@ -163,7 +163,7 @@ def guard_curves(sweep: pl.DataFrame) -> alt.Chart:
     """Catch rate against false-block rate per guard, over all thresholds (ROC curves).
 
     Args:
-        sweep: ``guard.evaluate(...)["sweep"]``.
+        sweep: ``guard.evaluate_guards(...)["sweep"]``.
     """
     return (
         alt.Chart(sweep).mark_line(point=True, interpolate="step-after")
@@ -176,17 +176,21 @@ def guard_curves(sweep: pl.DataFrame) -> alt.Chart:
 
 
 def guard_variants(summary: pl.DataFrame) -> alt.LayerChart:
-    """Catch rate per prompt variant and guard, with Wilson 95% intervals.
+    """Catch rate per prompt variant and guard at the cross-fitted budget threshold, with
+    Wilson 95% intervals.
 
     Args:
-        summary: ``guard.evaluate(..., variants=True)["summary"]``.
+        summary: ``guard.evaluate_guards(..., variants=True)["summary"]``.
     """
     base = alt.Chart(summary).encode(
         y=alt.Y("variant:N", title=None), color="guard:N", yOffset="guard:N")
-    return (base.mark_point(filled=True).encode(x=alt.X("catch:Q", title="harmful caught",
-                                                        scale=alt.Scale(domain=[0, 1])))
-            + base.mark_rule().encode(x="catch_lo:Q", x2="catch_hi:Q")
-            ).properties(width=320, title="Catch rate by prompt variant")
+    return (base.mark_point(filled=True).encode(
+                x=alt.X("catch_at_budget:Q", title="harmful caught at the budget threshold",
+                        scale=alt.Scale(domain=[0, 1])),
+                tooltip=["guard", "variant", "n_harmful", "catch_at_budget",
+                         "budget_thresholds"])
+            + base.mark_rule().encode(x="catch_at_budget_lo:Q", x2="catch_at_budget_hi:Q")
+            ).properties(width=320, title="Catch rate by prompt variant (cross-fitted threshold)")
 
 
 def save_chart(chart: alt.TopLevelMixin, directory: str | Path, stem: str) -> list[Path]:

@@ -11,6 +11,9 @@ of tables lives here, tested like any other package code.
 ``judging_stage``      03_judge: judge every current generation with each judge (stored
                        verdicts are reused, failed ones retried), write ``judgements``,
                        ``results`` and ``judge_disagreements``
+``guard_stage``        04_guardrails: guards on the run's own queries (every variant),
+                       cross-fitted operating points, paired brittleness, and guarded
+                       pipelines over the stored results; ``guard_*`` tables
 ``summary_stage``      06_report: the report's rate tables, Parquet and CSV
 =====================  ============================================================
 
@@ -108,6 +111,44 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
                     else pl.DataFrame(schema={"gen_id": pl.String, "n_labels": pl.UInt32}))
         store.write_table(run.run_dir, "judge_disagreements", disputed)
     return results
+
+
+def guard_stage(run: Run, guards: Sequence[str], limit: int | None = None,
+                threshold: float = 0.5, budget: float = 0.05,
+                pipeline_guard: str | None = None) -> dict[str, pl.DataFrame]:
+    """Evaluate guards on the run's own queries and put one in front of and behind its models.
+
+    The run's direct queries (the first ``limit`` harmful ones and their twins, when set) are
+    wrapped in every prompt variant and scored with each guard: ROC sweep, cross-fitted
+    operating point at the false-block ``budget`` (``guard.evaluate``), paired brittleness.
+    ``pipeline_guard`` then guards the stored results (input; input and output), reusing the
+    prompt scores just made. Tables ``guard_<name>`` are written for each part.
+
+    Returns:
+        ``scored``, ``summary``, ``by_category``, ``sweep``, ``brittleness``, ``guards``
+        (what each guard is, and whether it was trained on these queries) and, with a
+        pipeline guard, ``pipeline``, ``pipeline_by_category``, ``pipeline_rows``.
+    """
+    from medharm_nb import guard
+
+    queries = store.read_table(run.run_dir, "queries")
+    base = guard.first_pairs(queries.filter(pl.col("variant") == "direct"), limit)
+    loaded = {name: guard.load_guard(name) for name in guards}
+    out = guard.evaluate_guards(loaded, base, variants=True, threshold=threshold, budget=budget)
+    out["guards"] = guard.describe_all(loaded, run.config.queries.source)
+    if pipeline_guard:
+        results = store.read_table(run.run_dir, "results")
+        prompts = guard.score_queries(loaded.get(pipeline_guard) or guard.load_guard(
+            pipeline_guard), queries.select("id", "text")).rename({"id": "query_id"})
+        rows, rates = guard.pipeline_comparison(results, queries, pipeline_guard, threshold,
+                                                input_scores=prompts)
+        out["pipeline_rows"], out["pipeline"] = rows, rates
+        out["pipeline_by_category"] = guard.pipeline_rates(
+            rows, ("pipeline", "model", "judge", "category"))
+    with store.RunLock(run.run_dir, purpose="guard"):
+        for name, table in out.items():
+            store.write_table(run.run_dir, f"guard_{name}", table, csv=name != "scored")
+    return out
 
 
 def summary_stage(run: Run) -> dict[str, pl.DataFrame]:

@@ -156,15 +156,74 @@ def test_guard_loads_quantized():
 # -- metrics, variants, command line ----------------------------------------------------------
 
 def test_guard_metrics():
+    from medharm_nb.guard import evaluate as ev
+
     assert metrics.auroc([0.9, 0.8], [0.1, 0.8]) == 0.875
     assert math.isnan(metrics.auroc([], [0.1]))
     neg = [i / 100 for i in range(100)]
-    t = metrics.threshold_at_budget(neg, 0.05)
+    t = ev.threshold_at_budget(neg, 0.05)
     assert sum(v >= t for v in neg) == 5
-    r = metrics.guard_rates([0.9, 0.2], neg, 0.5)
+    r = ev.guard_rates([0.9, 0.2], neg, 0.5)
     assert r["catch"] == 0.5 and r["n_benign"] == 100 and r["false_block_lo"] < 0.5
-    sweep = metrics.guard_sweep([0.9], [0.1])
+    sweep = ev.guard_sweep([0.9], [0.1])
     assert sweep["catch"].to_list()[-1] == 1.0 and sweep["false_block"].to_list()[-1] == 1.0
+
+
+def _scored(n_pairs: int = 40, seed: int = 0) -> pl.DataFrame:
+    """Synthetic guard scores: harmful higher than benign, and a 'noise' variant that loses
+    half the catches of the same queries."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n_pairs):
+        h, b = f"h{i:02d}", f"b{i:02d}"
+        ph, pb = 0.6 + 0.4 * rng.random(), 0.5 * rng.random()
+        for variant, drop in (("direct", 0.0), ("noise", 0.5 if i % 2 else 0.0)):
+            rows.append({"guard": "g", "id": h, "base_id": h, "risk": "harmful",
+                         "variant": variant, "p_unsafe": ph - drop, "group": h, "pair_id": b})
+            rows.append({"guard": "g", "id": b, "base_id": b, "risk": "benign",
+                         "variant": variant, "p_unsafe": pb, "group": h, "pair_id": h})
+    return pl.DataFrame(rows)
+
+
+def test_operating_threshold_is_chosen_out_of_sample_and_shared_by_variants():
+    from medharm_nb.guard import evaluate as ev
+
+    fitted = ev.crossfit(_scored(), budget=0.05)
+    for (fold,), part in fitted.group_by(["fold"]):
+        others = fitted.filter((pl.col("fold") != fold) & (pl.col("risk") == "benign")
+                               & (pl.col("variant") == "direct"))["p_unsafe"].to_list()
+        # Each item's threshold comes from the other fold's benign queries, never its own ...
+        assert set(part["threshold"]) == {ev.threshold_at_budget(others, 0.05)}
+    # ... one per guard and fold, the same for every variant of a query.
+    per_query = fitted.group_by("base_id").agg(pl.col("threshold").n_unique())
+    assert per_query["threshold"].max() == 1
+    in_sample = ev.threshold_at_budget(
+        fitted.filter((pl.col("risk") == "benign") & (pl.col("variant") == "direct"))[
+            "p_unsafe"].to_list(), 0.05)
+    assert set(fitted["threshold"]) != {in_sample}
+
+
+def test_brittleness_is_paired_and_reports_every_variant():
+    from medharm_nb.guard import evaluate as ev
+
+    scored = pl.concat([_scored(), _scored().filter(pl.col("variant") == "noise")
+                        .with_columns(pl.lit("quiet").alias("variant"),
+                                      pl.col("p_unsafe") + 0.0)])
+    fitted = ev.crossfit(scored.with_columns(
+        pl.when(pl.col("variant") == "quiet").then(
+            pl.col("p_unsafe") + 0.5 * (pl.col("risk") == "harmful")).otherwise("p_unsafe")
+        .alias("p_unsafe")), budget=0.05)
+    table = ev.brittleness(fitted).sort("variant")
+    assert table["variant"].to_list() == ["noise", "quiet"]  # every variant, not the worst
+    noise = table.row(0, named=True)
+    # Half the queries lose their catch: a paired drop of about 0.5, clearly above 0, with an
+    # interval at the Bonferroni-adjusted level for two variants.
+    assert 0.35 <= noise["drop"] <= 0.55 and noise["drop_lo"] > 0.2 and noise["level"] == 0.975
+    assert noise["p_holm"] < 0.001 and noise["worst"]
+    quiet = table.row(1, named=True)
+    assert quiet["drop"] <= 0 and not quiet["worst"] and quiet["p_holm"] >= quiet["p_value"]
 
 
 def test_guard_eval_command(tmp_path):
@@ -172,9 +231,10 @@ def test_guard_eval_command(tmp_path):
                                       "medharm-open", "--limit", "6", "--variants",
                                       "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    last = result.output.strip().splitlines()[-1]
+    assert "minilm was trained on medharm-open: its figures here are in-sample" in result.output
+    last = [line for line in result.output.splitlines() if line.startswith("minilm: ")][-1]
     assert last.startswith("minilm: auroc=") and "catch_at_5fb=" in last
-    assert "false_block=" in last
+    assert "false_block=" in last and "cross-fitted thresholds" in last
     assert (tmp_path / "tables" / "guard_brittleness.parquet").exists()
     described = pl.read_parquet(tmp_path / "tables" / "guard_guards.parquet").row(0, named=True)
     assert described["guard"] == "minilm" and described["kind"] == "embedding"
@@ -188,7 +248,7 @@ def test_guarded_pipeline_blocks_become_refusals():
     results = pl.DataFrame({
         "gen_id": ["g1", "g2", "g3"], "query_id": ["q1", "q2", "q3"], "model": "m",
         "judge": "rules", "label": ["full_compliance", "full_compliance", "full_compliance"],
-        "unsafe": [True, True, False], "refused": False,
+        "unsafe": [True, True, False], "refused": False, "complied": True, "on_topic": True,
         "risk": ["harmful", "harmful", "benign"]})
     ins = pl.DataFrame({"query_id": ["q1", "q2", "q3"], "p_unsafe": [0.9, 0.1, 0.7],
                         "guard": "g", "guard_ms": 2.0})
@@ -204,6 +264,10 @@ def test_guarded_pipeline_blocks_become_refusals():
     assert rates["false_block"] == 1.0 and rates["helpful"] == 0.0 and rates["added_ms"] == 3.0
     none = guard.pipeline_rates(guard.apply_pipeline(results, name="none")).row(0, named=True)
     assert none["through"] == 1.0 and none["helpful"] == 1.0 and none["false_block_lo"] == 0.0
+    # A judge that does not measure harm: nothing is "through" or "caught", not 0 of it.
+    unknown = results.with_columns(pl.lit(None, dtype=pl.Boolean).alias("unsafe"))
+    blind = guard.pipeline_rates(guard.apply_pipeline(unknown, ins, outs)).row(0, named=True)
+    assert blind["through_n"] == blind["caught_n"] == 0 and math.isnan(blind["through"])
 
 
 def test_notebook_is_thin_and_in_the_series():
