@@ -314,6 +314,23 @@ class QuerySelection(_Record):
     variants: list[str] = Field(default=["direct"], description="Prompt-variant wrappers.")
 
 
+class GuardVerdict(_Record):
+    """A guard's score for one item, stored so a re-run never scores it again."""
+
+    score_id: str = Field(
+        description="Hash of guard_key, target, prompt and response: the same item scored by "
+                    "the same guard with the same settings has the same id.")
+    guard: str = Field(description="The guard's name (load_guard).")
+    guard_key: str = Field(
+        description="Hash of everything that changes the guard's scores: its prompt format, "
+                    "labels and quantization, or its trained parameters.")
+    target: str = Field(description="prompt | response.")
+    p_unsafe: float = Field(ge=0.0, le=1.0, description="The guard's P(unsafe).")
+    category: str | None = Field(default=None, description="The guard's own category.")
+    ms: float = Field(default=0.0, description="Scoring time per item when it was scored.")
+    created: str = Field(description="UTC ISO time the record was written.")
+
+
 class Annotation(_Record):
     """A person's label for one generation (the annotation view writes these)."""
 

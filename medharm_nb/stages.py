@@ -134,18 +134,19 @@ def guard_stage(run: Run, guards: Sequence[str], limit: int | None = None,
     queries = store.read_table(run.run_dir, "queries")
     base = guard.first_pairs(queries.filter(pl.col("variant") == "direct"), limit)
     loaded = {name: guard.load_guard(name) for name in guards}
-    out = guard.evaluate_guards(loaded, base, variants=True, threshold=threshold, budget=budget)
-    out["guards"] = guard.describe_all(loaded, run.config.queries.source)
-    if pipeline_guard:
-        results = store.read_table(run.run_dir, "results")
-        prompts = guard.score_queries(loaded.get(pipeline_guard) or guard.load_guard(
-            pipeline_guard), queries.select("id", "text")).rename({"id": "query_id"})
-        rows, rates = guard.pipeline_comparison(results, queries, pipeline_guard, threshold,
-                                                input_scores=prompts)
-        out["pipeline_rows"], out["pipeline"] = rows, rates
-        out["pipeline_by_category"] = guard.pipeline_rates(
-            rows, ("pipeline", "model", "judge", "category"))
-    with store.RunLock(run.run_dir, purpose="guard"):
+    with store.RunLock(run.run_dir, purpose="guard"), run.store() as st:
+        out = guard.evaluate_guards(loaded, base, variants=True, threshold=threshold,
+                                    budget=budget, store=st)
+        out["guards"] = guard.describe_all(loaded, run.config.queries.source)
+        if pipeline_guard:
+            results = store.read_table(run.run_dir, "results")
+            prompts = guard.score_queries(loaded.get(pipeline_guard) or guard.load_guard(
+                pipeline_guard), queries.select("id", "text"), st).rename({"id": "query_id"})
+            rows, rates = guard.pipeline_comparison(results, queries, pipeline_guard,
+                                                    threshold, input_scores=prompts, store=st)
+            out["pipeline_rows"], out["pipeline"] = rows, rates
+            out["pipeline_by_category"] = guard.pipeline_rates(
+                rows, ("pipeline", "model", "judge", "category"))
         for name, table in out.items():
             store.write_table(run.run_dir, f"guard_{name}", table, csv=name != "scored")
     return out

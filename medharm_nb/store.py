@@ -3,7 +3,8 @@
 A run lives in ``runs/<name>/``::
 
     manifest.json        who/when/what: config, commit, versions, hashes, status per notebook
-    store.sqlite         generations, judgements and annotations, keyed by stable ids
+    store.sqlite         generations, judgements, guard scores and annotations, keyed by
+                         stable ids
     run.lock             held (flock) by the one process (series, generation, stage) writing here
     tables/*.parquet     the tidy tables each stage writes (schema version in the metadata)
     notebooks/*.ipynb    executed copies of the notebook series
@@ -41,7 +42,14 @@ import polars as pl
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from medharm_nb.records import CONTENT_FILTER, SCHEMA_VERSION, Annotation, Generation, Judgement
+from medharm_nb.records import (
+    CONTENT_FILTER,
+    SCHEMA_VERSION,
+    Annotation,
+    Generation,
+    GuardVerdict,
+    Judgement,
+)
 
 STORE_FILE = "store.sqlite"
 MANIFEST_FILE = "manifest.json"
@@ -50,7 +58,8 @@ LOCK_ENV = "MEDHARM_RUN_LOCK"
 """Environment variable by which a lock holder lets its child processes (the notebook kernels
 of a ``medharm-nb run``) work inside its lock."""
 _TABLES = {"generations": (Generation, "gen_id"), "judgements": (Judgement, "judgement_id"),
-           "annotations": (Annotation, "annotation_id")}
+           "annotations": (Annotation, "annotation_id"),
+           "guard_scores": (GuardVerdict, "score_id")}
 _BLOCKED = f"{{t}}error IS NULL AND {{t}}finish_reason IS '{CONTENT_FILTER}'"
 """Generations a provider's content filter blocked (``Generation.blocked``): done."""
 _FAILED = {

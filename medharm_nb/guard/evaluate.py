@@ -208,8 +208,8 @@ def first_pairs(queries: pl.DataFrame, limit: int | None) -> pl.DataFrame:
 
 
 def evaluate_guards(guards: dict[str, Any], queries: pl.DataFrame, variants: bool = True,
-                    threshold: float = 0.5, budget: float = 0.05,
-                    seed: int = 0) -> dict[str, pl.DataFrame]:
+                    threshold: float = 0.5, budget: float = 0.05, seed: int = 0,
+                    store=None) -> dict[str, pl.DataFrame]:
     """Score labelled queries' prompts with each guard and evaluate them out of sample.
 
     Args:
@@ -220,6 +220,7 @@ def evaluate_guards(guards: dict[str, Any], queries: pl.DataFrame, variants: boo
         threshold: The fixed threshold rates are also reported at (no choice, no leakage).
         budget: False-block budget of the cross-fitted operating point.
         seed: Fold assignment and bootstrap seed.
+        store: A run's store, to reuse and keep the guards' scores (``score_items``).
 
     Returns:
         ``scored`` (guard x query x variant, with ``threshold`` and ``blocked``), ``summary``
@@ -233,7 +234,7 @@ def evaluate_guards(guards: dict[str, Any], queries: pl.DataFrame, variants: boo
     base = base.select("id", "text", "risk", "pair_id", "category").with_columns(
         pair_groups(base.select("id", "pair_id")).alias("group"))
     items = apply_variants(base, ATTACKS if variants else ("direct",))
-    scored = pl.concat([score_queries(g, items).with_columns(pl.lit(name).alias("guard"))
+    scored = pl.concat([score_queries(g, items, store).with_columns(guard=pl.lit(name))
                         for name, g in guards.items()])
     fitted = crossfit(scored, budget, seed=seed)
     direct = fitted.filter(pl.col("variant") == "direct")

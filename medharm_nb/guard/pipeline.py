@@ -101,26 +101,31 @@ def pipeline_rates(guarded, by=("pipeline", "model", "judge")):
 
 
 def guard_stored(results, queries, guard_name: str, stages=("input", "output"),
-                 threshold: float = 0.5):
+                 threshold: float = 0.5, input_scores=None, store=None):
     """Score stored queries (input) and responses (output, judged in their prompt's
     context) with one guard and apply it.
 
-    Returns ``apply_pipeline``'s table, pipeline named ``<guard>:<stages>``."""
+    Args:
+        input_scores: The queries' prompt scores when they are already known (``query_id``,
+            ``p_unsafe``, ``guard``, ``guard_ms``): nothing is scored twice.
+        store: A run's store, to reuse and keep the guard's scores (``score_items``).
 
+    Returns ``apply_pipeline``'s table, pipeline named ``<guard>:<stages>``."""
     g = load_guard(guard_name)
     ins = outs = None
     if "input" in stages:
-        ins = score_queries(g, queries.select("id", "text")).rename({"id": "query_id"})
+        ins = input_scores if input_scores is not None else score_queries(
+            g, queries.select("id", "text"), store).rename({"id": "query_id"})
     if "output" in stages:
         answered = results.select("gen_id", "text", "response").unique("gen_id",
                                                                        maintain_order=True)
-        outs = score_items(g, answered, target="response")
+        outs = score_items(g, answered, target="response", store=store)
     return apply_pipeline(results, ins, outs, threshold, threshold,
                           name=f"{guard_name}:{'+'.join(stages)}")
 
 
 def pipeline_comparison(results, queries, guard_name: str, threshold: float = 0.5,
-                        by=("pipeline", "model", "judge"), input_scores=None):
+                        by=("pipeline", "model", "judge"), input_scores=None, store=None):
     """The guarded rows for no guard, ``guard_name`` on inputs, and on inputs and outputs
     (``guard_stored``'s, concatenated; the prompts are scored once for both), and their
     ``pipeline_rates`` grouped by ``by`` (add ``category`` for per-category rates).
@@ -131,11 +136,11 @@ def pipeline_comparison(results, queries, guard_name: str, threshold: float = 0.
     import polars as pl
 
     if input_scores is None:
-        input_scores = score_queries(load_guard(guard_name), queries.select("id", "text")
-                                     ).rename({"id": "query_id"})
+        input_scores = score_queries(load_guard(guard_name), queries.select("id", "text"),
+                                     store).rename({"id": "query_id"})
     guarded = pl.concat([
         apply_pipeline(results, name="none"),
-        guard_stored(results, queries, guard_name, ("input",), threshold, input_scores),
+        guard_stored(results, queries, guard_name, ("input",), threshold, input_scores, store),
         guard_stored(results, queries, guard_name, ("input", "output"), threshold,
-                     input_scores)], how="diagonal_relaxed")
+                     input_scores, store)], how="diagonal_relaxed")
     return guarded, pipeline_rates(guarded, by)

@@ -6,6 +6,7 @@ import dataclasses
 import time
 from functools import lru_cache
 
+from medharm_nb.generate.backends import model_files
 from medharm_nb.guard.base import Target
 from medharm_nb.guard.minilm import (
     MINILM_PATH,
@@ -16,6 +17,8 @@ from medharm_nb.guard.minilm import (
 )
 from medharm_nb.guard.specs import GUARD_SPECS
 from medharm_nb.guard.verdict import VerdictGuard
+from medharm_nb.records import GuardVerdict, stable_hash
+from medharm_nb.store import RunStore, files_digest, utc_now
 
 
 @lru_cache(maxsize=8)
@@ -81,37 +84,70 @@ def describe_all(guards: dict, queries_source: str | None = None):
     return pl.DataFrame(rows)
 
 
-def score_items(guard, items, target: Target = "prompt"):
-    """Score a table of items with one guard.
+def guard_key(guard) -> str:
+    """Hash of everything that changes a guard's scores: for a model guard its published
+    format, labels and cues (``GuardSpec.hash``), quantization and local weights' content;
+    for the embedding guard its trained parameters."""
+    if isinstance(guard, VerdictGuard):
+        s = guard.spec
+        return stable_hash(s.hash, s.quantization, files_digest(model_files(guard.model_spec)))
+    return stable_hash(getattr(guard, "params", None) or getattr(guard, "name", "guard"))
+
+
+def score_items(guard, items, target: Target = "prompt", store: RunStore | None = None):
+    """Score a table of items with one guard, reusing stored scores.
 
     Args:
         guard: Any guard (``load_guard``).
         items: A DataFrame with ``text`` (the prompt) and, for ``target="response"``,
             ``response``.
         target: What is judged: the prompt, or the response in the prompt's context.
+        store: A run's store: items this guard (with these settings) has scored before are
+            read back, new scores are written, so a re-run makes no model calls.
 
     Returns:
         ``items`` with ``p_unsafe``, ``guard_category`` (the guard's own, when it names one),
-        ``guard`` and ``guard_ms`` (mean latency per item, weights already loaded: the
-        guard's added cost).
+        ``guard`` and ``guard_ms`` (mean latency per item when scored, weights already
+        loaded: the guard's added cost).
     """
     import polars as pl
 
+    name = getattr(guard, "name", "guard")
     prompts = items["text"].to_list()
     responses = (items["response"].fill_null("").to_list() if target == "response"
                  else [None] * len(prompts))
-    if hasattr(guard, "warm"):
-        guard.warm()  # loading weights is not per-item latency
-    start = time.perf_counter()
-    scores = guard.score([{"prompt": p, "response": r} for p, r in zip(prompts, responses)],
-                         target=target)
-    ms = 1000 * (time.perf_counter() - start) / max(len(scores), 1)
+    key = guard_key(guard)
+    ids = [stable_hash(key, target, p, r) for p, r in zip(prompts, responses)]
+    known: dict[str, tuple[float, str | None, float]] = {}
+    if store is not None:
+        stored = store.frame("guard_scores").filter(pl.col("score_id").is_in(ids))
+        known = {r["score_id"]: (r["p_unsafe"], r["category"], r["ms"])
+                 for r in stored.iter_rows(named=True)}
+    todo = list(dict.fromkeys(i for i in ids if i not in known))
+    if todo:
+        where = {i: k for k, i in enumerate(ids)}
+        if hasattr(guard, "warm"):
+            guard.warm()  # loading weights is not per-item latency
+        start = time.perf_counter()
+        scores = guard.score([{"prompt": prompts[where[i]], "response": responses[where[i]]}
+                              for i in todo], target=target)
+        ms = 1000 * (time.perf_counter() - start) / max(len(scores), 1)
+        fresh = {i: (s.p_unsafe, s.category, ms) for i, s in zip(todo, scores)}
+        known.update(fresh)
+        if store is not None:
+            now = utc_now()
+            store.add("guard_scores", [
+                GuardVerdict(score_id=i, guard=name, guard_key=key, target=target,
+                             p_unsafe=min(1.0, max(0.0, p)), category=c, ms=round(m, 3),
+                             created=now) for i, (p, c, m) in fresh.items()])
+    rows = [known[i] for i in ids]
     return items.with_columns(
-        pl.Series("p_unsafe", [s.p_unsafe for s in scores], dtype=pl.Float64),
-        pl.Series("guard_category", [s.category for s in scores], dtype=pl.String),
-        pl.lit(ms).alias("guard_ms"), pl.lit(getattr(guard, "name", "guard")).alias("guard"))
+        pl.Series("p_unsafe", [r[0] for r in rows], dtype=pl.Float64),
+        pl.Series("guard_category", [r[1] for r in rows], dtype=pl.String),
+        pl.lit(sum(r[2] for r in rows) / max(len(rows), 1)).alias("guard_ms"),
+        pl.lit(name).alias("guard"))
 
 
-def score_queries(guard, queries):
+def score_queries(guard, queries, store: RunStore | None = None):
     """Score each query's ``text`` as a prompt (see ``score_items``)."""
-    return score_items(guard, queries, target="prompt")
+    return score_items(guard, queries, target="prompt", store=store)
