@@ -137,7 +137,7 @@ def test_an_old_store_gains_new_record_fields_on_open(tmp_path, monkeypatch):
     con.execute("INSERT INTO judgements VALUES ('j1', 'g1', 'rules-v1', 'full_refusal')")
     con.commit()
     con.close()
-    monkeypatch.setitem(store._TABLES, "judgements", (_JudgementV2, "judgement_id"))
+    monkeypatch.setitem(store.db._TABLES, "judgements", (_JudgementV2, "judgement_id"))
 
     with store.RunStore(tmp_path) as st:
         old = st.frame("generations")
@@ -167,7 +167,7 @@ def test_a_table_write_that_fails_leaves_the_old_table(tmp_path, monkeypatch):
         open(where, "wb").write(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(store.pq, "write_table", broken)
+    monkeypatch.setattr(store.files.pq, "write_table", broken)
     with pytest.raises(OSError, match="disk full"):
         store.write_table(tmp_path, "things", pl.DataFrame({"a": [2]}))
     assert store.read_table(tmp_path, "things")["a"].to_list() == [1]
