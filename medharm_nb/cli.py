@@ -199,16 +199,19 @@ def serve(
 def judge_eval_command(
     judge: list[str] = typer.Option(["rules"], help="Judge name, repeatable: rules, trained, "
                                                     "llm:MODEL, guard:NAME, panel:A+B."),
-    gold: str = typer.Option(..., help="Human labels: XSTest folder or file, run:RUN_DIR "
-                                       "(annotations), or a CSV/JSONL/Parquet file with "
-                                       "prompt, response, label."),
+    gold: list[str] = typer.Option(..., help="Human labels, repeatable: an XSTest folder "
+                                             "(compliance), HarmBench's validation set "
+                                             "(unsafe), run:RUN_DIR (annotations), or a "
+                                             "CSV/JSONL/Parquet file with prompt, response "
+                                             "and label and/or unsafe."),
     safe: Path | None = typer.Option(None, help="MedSafetyBench folder: false-alarm check."),
     limit: int | None = typer.Option(None, min=1, help="At most N responses per group."),
     bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the CIs."),
     out: Path | None = typer.Option(None, help="Write the tables under OUT/tables/."),
 ) -> None:
-    """Agreement of judges with human labels (binary and 3-way accuracy, Cohen's kappa,
-    confusion, bootstrap CIs, unscored count) and their false-alarm rate."""
+    """Agreement of judges with human labels on the compliance split and the unsafe split
+    (accuracy, Cohen's kappa, confusion, bootstrap CIs, unscored count), specificity's rank
+    correlation with human ordinal labels, and false alarms on safe responses."""
     from medharm_nb import store
     from medharm_nb.judge import validation
 
@@ -219,10 +222,10 @@ def judge_eval_command(
     if report.evaluation is None:
         _fail("; ".join(report.skipped))
     if out is not None:
-        store.write_table(out, "judge_agreement", report.evaluation.summary)
+        store.write_table(out, "judge_agreement", report.evaluation.summary, csv=True)
         store.write_table(out, "judge_confusion", report.evaluation.confusion)
         if report.false_alarm is not None:
-            store.write_table(out, "judge_false_alarms", report.false_alarm)
+            store.write_table(out, "judge_false_alarms", report.false_alarm, csv=True)
     for line in validation.report_lines(report):
         typer.echo(line)
 
@@ -348,7 +351,7 @@ def bench_judge(
     """Responses judged per CPU-second (one core) and per wall-second; the last line is
     'per_cpu_s=... per_wall_s=... n=...'."""
     from medharm_nb.judge import load_judge, validation
-    from medharm_nb.judge_eval import load_responses
+    from medharm_nb.judge.gold import load_responses
 
     try:
         frame = load_responses(responses)

@@ -133,30 +133,35 @@ def refusal_tradeoff(summary: pl.DataFrame, y: str = "unsafe") -> alt.LayerChart
         title=f"{RATE_TITLES[y].capitalize()} vs over-refusal (95% CIs); lower-left is better")
 
 
-def judge_agreement(summary: pl.DataFrame, anchors: pl.DataFrame | None = None) -> alt.LayerChart:
-    """Binary accuracy of each judge against human labels per source model, with 95% CIs;
-    published baselines as black symbols.
+def judge_agreement(summary: pl.DataFrame, anchors: pl.DataFrame | None = None) -> alt.Chart:
+    """Accuracy of each judge against human labels per source model, one panel per split
+    (compliance, unsafe), with percentile-bootstrap 95% CIs; published baselines on the
+    same items as black symbols.
 
     Args:
-        summary: ``judge_eval.evaluate(...).summary``.
-        anchors: Optional ``source_model, anchor, binary_accuracy`` rows (e.g.
-            ``judge_eval.XSTEST_ANCHORS``).
+        summary: ``judge.validation.evaluate(...).summary`` (``split`` column).
+        anchors: Optional ``split, source_model, anchor, accuracy`` rows (e.g.
+            ``validation.published_baselines``).
     """
+    data = summary.filter(pl.col("split") != "label3")
     y = alt.Y("source_model:N", title=None)
-    x = alt.X("binary_accuracy:Q", title="binary accuracy vs human labels (95% CI)",
+    x = alt.X("accuracy:Q", title="accuracy vs human labels (95% CI)",
               axis=alt.Axis(format="%"), scale=alt.Scale(zero=False))
-    base = alt.Chart(summary).encode(y=y, yOffset="judge:N", color=alt.Color("judge:N"))
-    layers = base.mark_rule().encode(x=x, x2="binary_hi:Q") + base.mark_rule().encode(
-        x="binary_lo:Q", x2="binary_accuracy:Q") + base.mark_point(filled=True, size=60).encode(
-        x=x, tooltip=["judge", "source_model", "n", "unscored",
-                      alt.Tooltip("binary_accuracy:Q", format=".3f"),
-                      alt.Tooltip("kappa:Q", format=".3f")])
-    if anchors is not None:
-        layers += alt.Chart(anchors).mark_point(color="black", size=70, filled=True).encode(
-            y=y, x="binary_accuracy:Q", shape=alt.Shape("anchor:N", title="published baseline"),
-            tooltip=["anchor", "source_model", "binary_accuracy"])
-    return layers.properties(width=380, height=alt.Step(14),
-                             title="Judges against human labels, with published baselines")
+    base = alt.Chart().encode(y=y, yOffset="judge:N", color=alt.Color("judge:N"))
+    layers = base.mark_rule().encode(x=alt.X("accuracy_lo:Q", title=None), x2="accuracy_hi:Q") \
+        + base.mark_point(filled=True, size=60).encode(
+            x=x, tooltip=["judge", "split", "source_model", "n", "unscored",
+                          alt.Tooltip("accuracy:Q", format=".3f"),
+                          alt.Tooltip("kappa:Q", format=".3f")])
+    if anchors is not None and not anchors.is_empty():
+        data = pl.concat([data, anchors.rename({"accuracy": "anchor_accuracy"})],
+                         how="diagonal_relaxed")
+        layers += alt.Chart().mark_point(color="black", size=70).encode(
+            y=y, x="anchor_accuracy:Q", shape=alt.Shape("anchor:N", title="published, same items"),
+            tooltip=["anchor", "source_model", alt.Tooltip("anchor_accuracy:Q", format=".3f")])
+    return alt.layer(layers, data=data).facet(
+        column=alt.Column("split:N", title=None)).properties(
+        title="Judges against human labels (compliance and unsafe splits)")
 
 
 def guard_curves(sweep: pl.DataFrame) -> alt.Chart:

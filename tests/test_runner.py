@@ -9,7 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from medharm_nb import config, runner, store
+from medharm_nb import config as run_config
+from medharm_nb import runner, store
 from medharm_nb.cli import app
 
 TINY = {
@@ -30,21 +31,21 @@ def _write(tmp_path, config: dict, name: str = "study.yaml"):
 
 def test_config_typos_are_errors_with_the_key_named(tmp_path):
     bad = {**TINY, "generaton": {"max_new_tokens": 8}}
-    with pytest.raises(config.ConfigError, match="generaton: Extra inputs are not permitted"):
-        config.load_config(_write(tmp_path, bad))
+    with pytest.raises(run_config.ConfigError, match="generaton: Extra inputs are not permitted"):
+        run_config.load_config(_write(tmp_path, bad))
     twice = {**TINY, "models": [TINY["models"][0], TINY["models"][0]]}
-    with pytest.raises(config.ConfigError, match="model names must be unique"):
-        config.load_config(_write(tmp_path, twice))
+    with pytest.raises(run_config.ConfigError, match="model names must be unique"):
+        run_config.load_config(_write(tmp_path, twice))
     (tmp_path / "broken.yaml").write_text("name: [unclosed")
-    with pytest.raises(config.ConfigError, match="not valid YAML"):
-        config.load_config(tmp_path / "broken.yaml")
+    with pytest.raises(run_config.ConfigError, match="not valid YAML"):
+        run_config.load_config(tmp_path / "broken.yaml")
 
 
 def test_two_names_for_one_spec_are_refused_with_what_to_change(tmp_path):
     same = {**TINY, "models": [{"name": "plain", "source": "smollm2-135m"},
                                {"name": "copy", "source": "smollm2-135m", "concurrency": 2}]}
     with pytest.raises(runner.ConfigError) as err:
-        runner.load_config(_write(tmp_path, same))
+        run_config.load_config(_write(tmp_path, same))
     message = str(err.value)
     assert "models 'plain' and 'copy' would get the same generation ids" in message
     assert "(backend='hf', source='smollm2-135m', quantization='none')" in message
@@ -55,12 +56,12 @@ def test_two_names_for_one_spec_are_refused_with_what_to_change(tmp_path):
         {"name": "b", "backend": "openai", "source": "m", "base_url": "http://h:8000/v1/"}]}
     with pytest.raises(runner.ConfigError, match=r"differ only in name, base_url, .*"
                                                  r"make them differ in source, base_url"):
-        runner.load_config(_write(tmp_path, served))
+        run_config.load_config(_write(tmp_path, served))
 
 
 def test_unknown_notebook_parameter_is_refused_before_any_work(tmp_path):
     config = {**TINY, "params": {"02_generate": {"limt": 3}, "09_nothing": {}}}
-    with pytest.raises(config.ConfigError) as err:
+    with pytest.raises(run_config.ConfigError) as err:
         runner.run(_write(tmp_path, config))
     message = str(err.value)
     assert "params.02_generate.limt: unknown parameter; 02_generate takes ['limit']" in message
@@ -118,7 +119,8 @@ def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path, one_torc
         assert store.table_path(run_dir, table).exists(), table
     figures = tmp_path / "figures" / "tiny"
     assert {p.name for p in figures.iterdir()} >= {"tradeoff.png", "tradeoff.svg",
-                                                  "unsafe_by_category.png"}
+                                                  "rates_by_model.png",
+                                                  "rates_by_category.png"}
     on_disk = json.loads((run_dir / "manifest.json").read_text())
     assert on_disk["inputs"]["queries"]["n"] == 6
     assert len(next(iter(on_disk["inputs"]["models"]["smol"]["files"].values()))) == 64
@@ -131,7 +133,7 @@ def test_relative_paths_in_a_config_are_relative_to_the_config(tmp_path):
     config = {**TINY, "queries": {"source": "hf:csv", "data_files": "mine.csv"}}
     path = _write(tmp_path, config)
     (path.parent / "mine.csv").write_text("id\n")
-    run = config.open_run(path)
+    run = run_config.open_run(path)
     assert run.config.queries.data_files == str(path.parent / "mine.csv")
     assert run.run_dir == tmp_path / "runs" / "tiny"
     assert run.figures_dir == tmp_path / "figures" / "tiny"
