@@ -23,6 +23,7 @@ import re
 import warnings
 from typing import Any
 
+from medharm_nb.generate.backends.hf import check_spec, load_model, load_tokenizer
 from medharm_nb.guard.base import GuardScore, Target
 from medharm_nb.guard.specs import GuardSpec
 from medharm_nb.records import ModelSpec
@@ -93,13 +94,11 @@ class VerdictGuard:
     """P(unsafe) from a verdict token's logit after the guard's exact prompt."""
 
     def __init__(self, spec: GuardSpec):
-        from medharm_nb.generate.backends.hf import _load_tokenizer, check_spec
-
         self.spec, self.name = spec, spec.name
         self.model_spec = ModelSpec(name=spec.name, source=spec.source,
                                     quantization=spec.quantization)
         self.source, self.gguf_file = check_spec(self.model_spec)
-        self.tokenizer = _load_tokenizer(self.source, self.gguf_file)
+        self.tokenizer = load_tokenizer(self.source, self.gguf_file)
         self._labels: dict[str, tuple[list[int], int]] = {}
         own = self.tokenizer.chat_template
         if spec.image_text and not own:  # Llama Guard 4 keeps its template in the processor
@@ -157,10 +156,8 @@ class VerdictGuard:
     # -- the verdict -------------------------------------------------------------------------
 
     def _model(self):
-        from medharm_nb.generate.backends.hf import _load_model
-
-        return _load_model(self.source, self.gguf_file, self.spec.quantization,
-                           image_text=self.spec.image_text)
+        return load_model(self.source, self.gguf_file, self.spec.quantization,
+                          image_text=self.spec.image_text)
 
     def warm(self) -> None:
         """Load the weights now, so that timings measure scoring only."""

@@ -153,7 +153,13 @@ def model_files(spec: ModelSpec) -> list[Path]:
 
 
 @lru_cache(maxsize=4)
-def _load_tokenizer(source: str, gguf_file: str | None):
+def load_tokenizer(source: str, gguf_file: str | None):
+    """A model's tokenizer (cached), left-padded, with a pad token (EOS when it has none).
+
+    Args:
+        source: Hub id or local directory (``resolve_source``'s first value).
+        gguf_file: GGUF file inside ``source``, or None.
+    """
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
@@ -175,8 +181,17 @@ def _bnb_config(quantization: str):
 
 
 @lru_cache(maxsize=2)
-def _load_model(source: str, gguf_file: str | None, quantization: str = "none",
-                adapter: str | None = None, image_text: bool = False):
+def load_model(source: str, gguf_file: str | None, quantization: str = "none",
+               adapter: str | None = None, image_text: bool = False):
+    """A model's weights (cached, in eval mode), quantized and with an adapter as asked.
+
+    Args:
+        source: Hub id or local directory (``resolve_source``'s first value).
+        gguf_file: GGUF file inside ``source``, or None.
+        quantization: ``none``, ``nf4`` or ``int8`` (bitsandbytes).
+        adapter: PEFT/LoRA adapter (hub id or directory) put on top, or None.
+        image_text: Load as an image-text-to-text model (Llama Guard 4).
+    """
     # Two specs on the same weights (e.g. with and without a safety system prompt) share one
     # loaded model. An adapter is part of the key: peft changes the base model in place.
     # ``image_text``: checkpoints published as image-text-to-text models (Llama Guard 4),
@@ -231,7 +246,7 @@ class HFBackend:
         self.token_budget = token_budget
         self.inject_oom_above = inject_oom_above
         self.answer_lengths = answer_lengths or {}
-        self.tokenizer = _load_tokenizer(self.source, self.gguf_file)
+        self.tokenizer = load_tokenizer(self.source, self.gguf_file)
         if spec.chat_template is None and self.tokenizer.chat_template is None:
             raise ValueError(
                 f"model {spec.name!r} ({spec.source}) has no chat template (a base model?): "
@@ -240,7 +255,7 @@ class HFBackend:
     @property
     def model(self):
         """The loaded weights (loaded on first use, so cached runs never load them)."""
-        return _load_model(self.source, self.gguf_file, self.spec.quantization,
+        return load_model(self.source, self.gguf_file, self.spec.quantization,
                            self.spec.adapter)
 
     def prepare(self) -> None:
