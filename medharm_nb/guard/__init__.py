@@ -18,7 +18,6 @@ Around them: ``evaluate`` (sweeps, operating points, brittleness under prompt va
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from functools import lru_cache
 
@@ -68,12 +67,7 @@ def load_guard(name: str, train: str | None = None):
     base, _, quantization = name.partition("@")
     if base in GUARD_SPECS:
         spec = GUARD_SPECS[base]
-        if quantization:
-            if quantization not in ("nf4", "int8"):
-                raise ValueError(f"guard {name!r}: unknown quantization {quantization!r}; "
-                                 f"known: nf4, int8")
-            spec = dataclasses.replace(spec, name=name, quantization=quantization)
-        return VerdictGuard(spec)
+        return VerdictGuard(spec.quantized(quantization) if quantization else spec)
     raise ValueError(f"unknown guard {name!r}; known: minilm, {', '.join(GUARD_SPECS)} "
                      f"(add @nf4 or @int8 to quantize a guard model)")
 
