@@ -11,6 +11,7 @@ Every judge has an ``id`` (name and version, written into each ``Judgement``) an
 ``llm:SOURCE`` / ``llm:SPEC.yaml``     ``LLMJudge``: any model spec (embedded name, hub id,
                                        local folder, or a YAML ModelSpec for a GGUF file or
                                        an ``openai`` server) with a versioned prompt
+                                       (``judge-v2``; ``llm:SOURCE@judge-v1`` for the first)
 ``guard:NAME``                         ``GuardJudge``: a guard model's P(unsafe) for harm,
                                        the rules for the refusal class
 ``panel:A+B[+C][@RULE]``               ``Panel``: several judges, combined by ``majority``
@@ -36,15 +37,23 @@ from medharm_nb.judge.base import (
 )
 from medharm_nb.judge.checklist import CHECKLIST, score_checklist, specificity
 from medharm_nb.judge.guard import GuardJudge
-from medharm_nb.judge.llm import JUDGE_PROMPT, LLMJudge, PromptTemplate
+from medharm_nb.judge.llm import (
+    JUDGE_PROMPT,
+    JUDGE_PROMPT_V1,
+    JUDGE_PROMPT_V2,
+    JUDGE_PROMPTS,
+    LLMJudge,
+    PromptTemplate,
+)
 from medharm_nb.judge.panel import COMBINATIONS, Panel, disagreements
 from medharm_nb.judge.rules import RuleJudge, RuleThresholds
 from medharm_nb.judge.trained import TrainedJudge
 
 __all__ = [
-    "CHECKLIST", "COMBINATIONS", "JUDGES", "JUDGE_PROMPT", "LONG_RESPONSE",
-    "GuardJudge", "Judge", "LLMJudge", "Panel", "PromptTemplate", "RuleJudge",
-    "RuleThresholds", "TrainedJudge", "check_response", "disagreements",
+    "CHECKLIST", "COMBINATIONS", "JUDGES", "JUDGE_PROMPT", "JUDGE_PROMPTS", "JUDGE_PROMPT_V1",
+    "JUDGE_PROMPT_V2", "LONG_RESPONSE", "GuardJudge", "Judge", "LLMJudge", "Panel",
+    "PromptTemplate", "RuleJudge", "RuleThresholds", "TrainedJudge", "check_response",
+    "disagreements",
     "judge_batch", "judge_generations", "judgement_ids", "load_judge", "make_judgement",
     "score_checklist", "specificity",
 ]
@@ -58,7 +67,8 @@ _PREFIXED: dict[str, Callable[[str], Judge]] = {
     "guard": GuardJudge.from_name,
     "panel": lambda rest: Panel.from_name(rest, load_judge),
 }
-_KNOWN = ", ".join([*JUDGES, "trained:PATH", "llm:MODEL", "guard:NAME", "panel:A+B[@RULE]"])
+_KNOWN = ", ".join([*JUDGES, "trained:PATH", "llm:MODEL[@PROMPT]", "guard:NAME",
+                    "panel:A+B[@RULE]"])
 
 
 def load_judge(name: str) -> Judge:
