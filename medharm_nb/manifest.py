@@ -12,13 +12,10 @@ import sys
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from medharm_nb import store
 from medharm_nb.records import SCHEMA_VERSION, stable_hash
-
-if TYPE_CHECKING:
-    from medharm_nb.runner import Run
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 VERSIONED = ("medharm-nb", "torch", "transformers", "polars", "papermill", "altair", "pydantic")
@@ -60,7 +57,17 @@ def device() -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def new_manifest(run: Run, inputs: dict[str, Any], mode: str = "series") -> dict[str, Any]:
+class RunInfo(Protocol):
+    """What a manifest records of a run (``runner.Run`` has it): the validated config (a
+    pydantic model with a ``name``) and the run's folders."""
+
+    config: Any
+    config_path: Path
+    run_dir: Path
+    figures_dir: Path
+
+
+def new_manifest(run: RunInfo, inputs: dict[str, Any], mode: str = "series") -> dict[str, Any]:
     """The manifest written before any work starts (status ``started``).
 
     Args:

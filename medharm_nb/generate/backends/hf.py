@@ -25,12 +25,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from medharm_nb.generate.protocol import Output, Request
 from medharm_nb.records import GenConfig, ModelSpec
-
-if TYPE_CHECKING:
-    from medharm_nb.generate import Output, Request
 
 
 @dataclass(frozen=True)
@@ -322,8 +319,6 @@ class HFBackend:
                 limit: int) -> Output:
         """An answer's Output; a string answer is the error that prevented it. An answer as
         long as its limit ran out of tokens (``length``); a shorter one stopped itself."""
-        from medharm_nb.generate import Output
-
         if isinstance(answer, str):
             return Output(None, len(prompt), 0, seconds, error=answer, finish_reason="error")
         text = self.tokenizer.decode(answer, skip_special_tokens=True).strip()

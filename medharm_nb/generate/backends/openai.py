@@ -23,14 +23,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
+from medharm_nb.generate.protocol import Output, Request
 from medharm_nb.records import GenConfig, ModelSpec
-
-if TYPE_CHECKING:
-    from medharm_nb.generate import Output, Request
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 """HTTP statuses worth another try (rate limits, overload, gateway trouble); other 5xx too."""
@@ -212,8 +210,6 @@ class OpenAIBackend:
 
     async def _answer(self, client: httpx.AsyncClient, request: Request,
                       config: GenConfig) -> Output:
-        from medharm_nb.generate import Output
-
         began = time.perf_counter()
         try:
             out = await self._attempts(client, request, config)
@@ -225,8 +221,6 @@ class OpenAIBackend:
 
     async def _attempts(self, client: httpx.AsyncClient, request: Request,
                         config: GenConfig) -> Output:
-        from medharm_nb.generate import Output
-
         payload = self._payload(request, config)
         reason = "no attempt made"
         for attempt in range(1, self.max_attempts + 1):
@@ -246,8 +240,6 @@ class OpenAIBackend:
         return Output(text=None, error=f"failed after {self.max_attempts} attempts: {reason}")
 
     def _parse(self, resp: httpx.Response) -> Output:
-        from medharm_nb.generate import Output
-
         try:
             body = resp.json()
             choice = body["choices"][0]

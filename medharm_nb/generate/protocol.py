@@ -1,0 +1,51 @@
+"""The generation protocol: a request, a backend's output, and what every backend provides.
+
+Its own module so that backends (``generate.backends``) and the generation loop
+(``generate``) both import it without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from medharm_nb.records import GenConfig
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to answer: what the model sees, and the id its answer is stored under."""
+
+    gen_id: str
+    messages: list[dict[str, str]]
+    rendered: str
+    sample: int = 0
+    seed: int = 0
+
+
+@dataclass
+class Output:
+    """What a backend returns for one request; ``error`` set means no response."""
+
+    text: str | None
+    n_prompt_tokens: int = 0
+    n_new_tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    finish_reason: str | None = None
+    """stop | length (hit max_new_tokens) | content_filter | error; None: unknown."""
+
+
+class Backend(Protocol):
+    """What every generation backend provides."""
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """Return the exact text the model sees (or a canonical form of the chat)."""
+
+    def prepare(self) -> None:
+        """Load weights or check the server (called only when there is work)."""
+
+    def generate(self, requests: Sequence[Request],
+                 config: GenConfig) -> Iterator[list[tuple[Request, Output]]]:
+        """Answer requests, yielding finished groups so the caller can save each group."""
