@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from medharm_nb import data
-from medharm_nb.judge import judge_batch
+from medharm_nb.judge.base import judge_batch
 from medharm_nb.metrics import wilson_interval
 
 XSTEST_LABELS: dict[str, str] = {

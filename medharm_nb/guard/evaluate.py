@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from medharm_nb.guard.load import describe, load_guard, score_queries
+from medharm_nb.guard.minilm import labelled_queries
 from medharm_nb.variants import VARIANTS
 
 ATTACKS: tuple[str, ...] = tuple(VARIANTS)
@@ -56,7 +58,6 @@ def evaluate(guards: list[str], queries: str, train: str | None = None,
     """
     import polars as pl
 
-    from medharm_nb.guard import describe, labelled_queries, load_guard, score_queries
     from medharm_nb.metrics import guard_summary, guard_sweep
     from medharm_nb.variants import apply_variants
 

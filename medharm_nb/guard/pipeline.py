@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from medharm_nb.guard.load import load_guard, score_items, score_queries
+
 
 def apply_pipeline(results, input_scores=None, output_scores=None, in_threshold: float = 0.5,
                    out_threshold: float = 0.5, name: str = "guarded"):
@@ -98,8 +100,6 @@ def guard_stored(results, queries, guard_name: str, stages=("input", "output"),
     context) with one guard and apply it.
 
     Returns ``apply_pipeline``'s table, pipeline named ``<guard>:<stages>``."""
-    from medharm_nb.guard import load_guard, score_items, score_queries
-
     g = load_guard(guard_name)
     ins = outs = None
     if "input" in stages:

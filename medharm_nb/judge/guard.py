@@ -14,12 +14,13 @@ The guard is anything with the guardrail stage's interface,
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
 from medharm_nb import records
+from medharm_nb.guard.load import load_guard
 from medharm_nb.judge.base import Judge, judge_batch
+from medharm_nb.judge.rules import RuleJudge
 
 
 def _p_and_category(score: Any) -> tuple[float, str | None]:
@@ -43,8 +44,6 @@ class GuardJudge:
 
     def __init__(self, guard: Any, name: str, threshold: float = 0.5,
                  label_judge: Judge | None = None):
-        from medharm_nb.judge.rules import RuleJudge
-
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.guard, self.name, self.threshold = guard, name, threshold
@@ -53,18 +52,12 @@ class GuardJudge:
 
     @classmethod
     def from_name(cls, name: str, **kwargs) -> GuardJudge:
-        """``guard:NAME``: a guard from the guardrail stage (``medharm_nb.guard``).
+        """``guard:NAME``: a guard from the guardrail stage (``medharm_nb.guard.load_guard``).
 
         Raises:
-            ValueError: the guardrail stage is not available, or does not know ``name``.
+            ValueError: the guardrail stage does not know ``name``.
         """
-        try:
-            guards = importlib.import_module("medharm_nb.guard")
-            loader = guards.load_guard
-        except (ImportError, AttributeError):
-            raise ValueError(f"guard judge {name!r} needs medharm_nb.guard.load_guard (the "
-                             f"guardrail stage), which this installation lacks") from None
-        return cls(loader(name), name=name, **kwargs)
+        return cls(load_guard(name), name=name, **kwargs)
 
     def judge(self, prompt: str, response: str | None) -> records.Judgement:
         """Judge one response (see ``judge_many``)."""
