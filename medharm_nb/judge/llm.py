@@ -225,6 +225,27 @@ def split_parts(text: str, max_chars: int | None) -> list[str]:
     return [*parts, current] if current else parts
 
 
+def judge_model_spec(name: str) -> ModelSpec:
+    """A judge model by name: an embedded model, hub id or local folder; or a YAML/JSON file
+    holding a ``ModelSpec`` (any backend: a GGUF file, an ``openai`` server, ...).
+
+    Raises:
+        FileNotFoundError: an embedded model or local path is missing.
+    """
+    import yaml
+
+    from medharm_nb.generate import resolve_source
+
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+        spec = ModelSpec.model_validate(yaml.safe_load(path.read_text()))
+    else:
+        spec = ModelSpec(name=name.rsplit("/", 1)[-1], source=name)
+    if spec.backend == "hf":
+        resolve_source(spec)  # a missing model fails now, not mid-run
+    return spec
+
+
 @dataclass
 class _Part:
     item: int
@@ -264,28 +285,16 @@ class LLMJudge:
 
     @classmethod
     def from_name(cls, name: str, **kwargs) -> LLMJudge:
-        """``llm:NAME[@PROMPT]``: an embedded model, hub id or local folder; or a YAML/JSON
-        file holding a ``ModelSpec`` (any backend: a GGUF file, an ``openai`` server, ...);
+        """``llm:NAME[@PROMPT]``: a judge model named as ``judge_model_spec`` reads it;
         ``@judge-v1`` picks another prompt than the default ``judge-v2``.
 
         Raises:
             FileNotFoundError: an embedded model or local path is missing.
         """
-        import yaml
-
-        from medharm_nb.generate import resolve_source
-
         source, sep, prompt = name.rpartition("@")
         if sep and prompt in JUDGE_PROMPTS:
             name, kwargs = source, {"template": JUDGE_PROMPTS[prompt], **kwargs}
-        path = Path(name)
-        if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
-            spec = ModelSpec.model_validate(yaml.safe_load(path.read_text()))
-        else:
-            spec = ModelSpec(name=name.rsplit("/", 1)[-1], source=name)
-        if spec.backend == "hf":
-            resolve_source(spec)  # a missing model fails now, not mid-run
-        return cls(spec, **kwargs)
+        return cls(judge_model_spec(name), **kwargs)
 
     @property
     def backend(self):

@@ -49,7 +49,7 @@ from medharm_nb.guard.specs import GuardSpec
 from medharm_nb.guard.verdict import VerdictGuard
 from medharm_nb.judge.base import Checked, make_judgement
 from medharm_nb.judge.guard import GuardJudge
-from medharm_nb.judge.llm import LLMJudge, PromptTemplate, reasoning
+from medharm_nb.judge.llm import LLMJudge, PromptTemplate, judge_model_spec, reasoning
 from medharm_nb.records import stable_hash
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "assets" / "judge_templates"
@@ -365,8 +365,8 @@ class StrongRejectRubricJudge(LLMJudge):
         folder or a ModelSpec YAML), T the threshold on the score."""
         source, sep, threshold = name.rpartition("@")
         if sep and re.fullmatch(r"[0-9.]+", threshold):
-            return super().from_name(source, threshold=float(threshold), **kwargs)
-        return super().from_name(name, **kwargs)
+            name, kwargs = source, {"threshold": float(threshold), **kwargs}
+        return cls(judge_model_spec(name), **kwargs)
 
     def parse(self, text: str | None) -> RubricScores:
         """The rubric's answers (``parse_rubric``)."""
