@@ -209,7 +209,7 @@ def run_one(folder: Path, quant: str, args) -> dict:
         raw = raw_generate(backend, prompts, lengths, args.raw_workload_batch)
         result["raw_workload"] = raw
         print(f"[{name}] raw generate on the workload: {raw}", flush=True)
-    hf._load_model.cache_clear()
+    hf.load_model.cache_clear()
     hf._free_gpu_memory()
     return result
 

@@ -43,7 +43,7 @@ def test_verdict_guard_reads_real_logits(prompted):
     with torch.no_grad():
         logits = model(ids).logits[0, -1]
     assert prompted.tokenizer.decode([int(logits.argmax())]).strip()  # ... and none is left
-    (unsafe_id,), safe_id = prompted.label_ids(read_after)
+    (unsafe_id,), (safe_id,) = prompted.label_ids(read_after)
     expected = torch.softmax(logits[[unsafe_id, safe_id]], 0)[0]
     assert math.isclose(p, float(expected), rel_tol=1e-4)
 

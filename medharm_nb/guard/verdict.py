@@ -23,6 +23,7 @@ import re
 import warnings
 from typing import Any
 
+from medharm_nb.generate.backends.hf import check_spec, load_model, load_tokenizer
 from medharm_nb.guard.base import GuardScore, Target
 from medharm_nb.guard.specs import GuardSpec
 from medharm_nb.records import ModelSpec
@@ -77,9 +78,14 @@ def render_input(spec: GuardSpec, item: dict[str, Any], target: Target,
 
     if target == "response" and spec.prompt_format is not None and spec.response_format is None:
         raise ValueError(f"guard {spec.name!r} scores prompts only")
+    if target == "prompt" and spec.response_format is not None and spec.prompt_format is None:
+        raise ValueError(f"{spec.name!r} scores responses only")
     fmt = spec.response_format if target == "response" else spec.prompt_format
+    if target == "response" and item.get("context") and spec.context_format is not None:
+        fmt = spec.context_format
     if fmt is not None:
-        return fmt.format(prompt=item["prompt"], response=item.get("response") or "")
+        return fmt.format(prompt=item["prompt"], response=item.get("response") or "",
+                          context=item.get("context") or "")
     template = template or spec.template()
     if template is None:
         raise ValueError(f"guard {spec.name!r} uses its tokenizer's chat template")
@@ -93,14 +99,13 @@ class VerdictGuard:
     """P(unsafe) from a verdict token's logit after the guard's exact prompt."""
 
     def __init__(self, spec: GuardSpec):
-        from medharm_nb.generate.backends.hf import _load_tokenizer, check_spec
-
         self.spec, self.name = spec, spec.name
         self.model_spec = ModelSpec(name=spec.name, source=spec.source,
-                                    quantization=spec.quantization)
+                                    quantization=spec.quantization, adapter=spec.adapter)
         self.source, self.gguf_file = check_spec(self.model_spec)
-        self.tokenizer = _load_tokenizer(self.source, self.gguf_file)
-        self._labels: dict[str, tuple[list[int], int]] = {}
+        self.tokenizer = (load_tokenizer(spec.tokenizer, None) if spec.tokenizer
+                          else load_tokenizer(self.source, self.gguf_file))
+        self._labels: dict[str, tuple[list[int], list[int]]] = {}
         own = self.tokenizer.chat_template
         if spec.image_text and not own:  # Llama Guard 4 keeps its template in the processor
             from transformers import AutoProcessor
@@ -129,38 +134,48 @@ class VerdictGuard:
             tokenize=False, add_generation_prompt=True, **s.kwargs(target))
 
     def _ids(self, text: str) -> list[int]:
-        # Rendered prompts carry their own special tokens (<bos>, <|begin_of_text|> ...).
+        # Label tokens are looked up in a piece of text, never with special tokens.
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def label_ids(self, context: str) -> tuple[list[int], int]:
+    def input_ids(self, text: str) -> list[int]:
+        """The model input for a rendered text: rendered chat templates carry their own
+        special tokens (<bos>, <|begin_of_text|> ...); published classifiers called with the
+        tokenizer's defaults get its BOS added (``GuardSpec.add_special_tokens``)."""
+        return self.tokenizer.encode(text, add_special_tokens=self.spec.add_special_tokens)
+
+    def label_ids(self, context: str) -> tuple[list[int], list[int]]:
         """First tokens of the unsafe labels (``unsafe_label`` and ``also_unsafe``) and of
-        the safe label, as they follow ``context``.
+        the safe ones (``safe_label`` and ``also_safe``), as they follow ``context``; a token
+        two variants of one side share is counted once.
 
         Raises:
-            ValueError: two labels start with the same token (no verdict to read).
+            ValueError: an unsafe and a safe label start with the same token (no verdict to
+                read).
         """
         key = context[-64:]
         if key not in self._labels:
             before = self._ids(key)
-            ids = []
-            for label in (self.spec.unsafe_label, *self.spec.also_unsafe, self.spec.safe_label):
+
+            def first(label: str) -> int:
                 full = self._ids(key + label)
                 in_context = full[:len(before)] == before and len(full) > len(before)
-                ids.append(full[len(before)] if in_context else self._ids(label)[0])
-            if len(set(ids)) < len(ids):
-                raise ValueError(f"guard {self.name!r}: labels {self.spec.unsafe_label!r}, "
-                                 f"{self.spec.safe_label!r} (and {self.spec.also_unsafe}) do "
+                return full[len(before)] if in_context else self._ids(label)[0]
+
+            s = self.spec
+            unsafe = list(dict.fromkeys(map(first, (s.unsafe_label, *s.also_unsafe))))
+            safe = list(dict.fromkeys(map(first, (s.safe_label, *s.also_safe))))
+            if set(unsafe) & set(safe):
+                raise ValueError(f"guard {self.name!r}: labels {s.unsafe_label!r}, "
+                                 f"{s.safe_label!r} (and {s.also_unsafe}, {s.also_safe}) do "
                                  f"not start with distinct tokens")
-            self._labels[key] = (ids[:-1], ids[-1])
+            self._labels[key] = (unsafe, safe)
         return self._labels[key]
 
     # -- the verdict -------------------------------------------------------------------------
 
     def _model(self):
-        from medharm_nb.generate.backends.hf import _load_model
-
-        return _load_model(self.source, self.gguf_file, self.spec.quantization,
-                           image_text=self.spec.image_text)
+        return load_model(self.source, self.gguf_file, self.spec.quantization,
+                          self.spec.adapter, image_text=self.spec.image_text)
 
     def warm(self) -> None:
         """Load the weights now, so that timings measure scoring only."""
@@ -169,32 +184,40 @@ class VerdictGuard:
     def _next_logits(self, model, text: str):
         import torch
 
-        ids = torch.tensor([self._ids(text)], device=model.device)
+        ids = torch.tensor([self.input_ids(text)], device=model.device)
         with torch.no_grad():
             return model(ids).logits[0, -1].float()
 
-    def _verdict(self, model, text: str) -> tuple[float, str]:
-        """P(unsafe) at the label position after ``text``; also the text up to there."""
+    def next_token_probs(self, text: str, token_ids: list[int], model: Any = None,
+                         logits: Any = None) -> list[float]:
+        """The softmax over ``token_ids`` of the next-token logits after ``text`` (computed
+        unless ``logits`` are given): how the verdict and any scored answer are read."""
         import torch
 
+        if logits is None:
+            logits = self._next_logits(model if model is not None else self._model(), text)
+        return torch.softmax(logits[token_ids], 0).tolist()
+
+    def _verdict(self, model, text: str) -> tuple[float, str]:
+        """P(unsafe) at the label position after ``text``; also the text up to there."""
         logits = self._next_logits(model, text)
         for _ in range(MAX_BLANKS):
             top = int(logits.argmax())
             token = self.tokenizer.decode([top])
-            unsafe_ids, safe_id = self.label_ids(text)
-            if token.strip() or top in (*unsafe_ids, safe_id):
+            unsafe_ids, safe_ids = self.label_ids(text)
+            if token.strip() or top in (*unsafe_ids, *safe_ids):
                 break
             text += token
             logits = self._next_logits(model, text)
-        unsafe_ids, safe_id = self.label_ids(text)
-        probs = torch.softmax(logits[[*unsafe_ids, safe_id]], 0)
-        return float(probs[:-1].sum()), text
+        unsafe_ids, safe_ids = self.label_ids(text)
+        probs = self.next_token_probs(text, [*unsafe_ids, *safe_ids], logits=logits)
+        return sum(probs[:len(unsafe_ids)]), text
 
     def _category(self, model, text: str) -> str | None:
         import torch
 
-        ids = torch.tensor([self._ids(text + self.spec.unsafe_label + self.spec.category_cue)],
-                           device=model.device)
+        ids = torch.tensor([self.input_ids(text + self.spec.unsafe_label
+                                           + self.spec.category_cue)], device=model.device)
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                  max_new_tokens=CATEGORY_TOKENS,

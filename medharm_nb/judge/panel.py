@@ -117,7 +117,7 @@ def disagreements(judgements: pl.DataFrame, key: str = "gen_id",
 
     Args:
         judgements: Long frame with ``key``, ``judge`` and ``label`` (e.g. the run's stored
-            judgements of several judges, or ``judge_eval`` output).
+            judgements of several judges, or ``validation.evaluate`` items).
         key: The column naming a response.
         level: ``binary`` (complied vs refused, ``records.complied``: what rates rest on),
             ``3way``

