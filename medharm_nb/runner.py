@@ -82,7 +82,7 @@ def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
         if spec.backend == "openai":  # a server that is down fails here, before any work
             generate.make_backend(spec).prepare()
         if spec.backend == "hf":  # files, packages, quantization, adapter: no weights loaded
-            from medharm_nb.generate.backends.hf import check_spec
+            from medharm_nb.generate.backends.hf_models import check_spec
 
             check_spec(spec)
         files = generate.model_files(spec)

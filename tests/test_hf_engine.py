@@ -17,7 +17,7 @@ from medharm_nb import generate
 from medharm_nb.bench import naive_answer
 from medharm_nb.generate import Request, build_messages
 from medharm_nb.generate import convert as conv
-from medharm_nb.generate.backends import hf
+from medharm_nb.generate.backends import hf, hf_models
 from medharm_nb.records import GenConfig, ModelSpec
 
 PLAIN = ModelSpec(name="plain", source="smollm2-135m")
@@ -76,14 +76,14 @@ def test_unknown_quantization_and_missing_packages_fail_before_work(monkeypatch)
         ModelSpec(name="x", source="smollm2-135m", quantization="q3")
     odd = ModelSpec.model_construct(**{**PLAIN.model_dump(), "quantization": "q3"})
     with pytest.raises(ValueError, match=r"unknown quantization 'q3'; known: none, nf4, int8"):
-        hf.check_spec(odd)
-    real = hf.importlib.util.find_spec
-    monkeypatch.setattr(hf.importlib.util, "find_spec",
+        hf_models.check_spec(odd)
+    real = hf_models.importlib.util.find_spec
+    monkeypatch.setattr(hf_models.importlib.util, "find_spec",
                         lambda name: None if name in ("bitsandbytes", "peft") else real(name))
     with pytest.raises(ValueError, match="needs bitsandbytes: pip install bitsandbytes"):
-        hf.check_spec(PLAIN.model_copy(update={"quantization": "nf4"}))
+        hf_models.check_spec(PLAIN.model_copy(update={"quantization": "nf4"}))
     with pytest.raises(ValueError, match="needs peft"):
-        hf.check_spec(PLAIN.model_copy(update={"adapter": "some/adapter"}))
+        hf_models.check_spec(PLAIN.model_copy(update={"adapter": "some/adapter"}))
 
 
 def test_gguf_that_cannot_be_converted_fails_before_work(tmp_path):
@@ -97,23 +97,23 @@ def test_gguf_that_cannot_be_converted_fails_before_work(tmp_path):
     spec = ModelSpec(name="odd", source=str(tmp_path), gguf_file="odd.gguf", quantization="nf4")
     with pytest.raises(ValueError, match="needs a conversion, which is not possible.*"
                                          "not-an-architecture"):
-        hf.check_spec(spec)
-    hf.check_spec(spec.model_copy(update={"quantization": "none"}))  # fine unquantized
+        hf_models.check_spec(spec)
+    hf_models.check_spec(spec.model_copy(update={"quantization": "none"}))  # fine unquantized
 
 
 def test_missing_files_are_named(tmp_path):
     spec = PLAIN.model_copy(update={"adapter": str(tmp_path / "no-such-adapter")})
     with pytest.raises(FileNotFoundError, match="no-such-adapter"):
-        hf.check_spec(spec)
+        hf_models.check_spec(spec)
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'config.json'} does not exist"):
-        hf.check_spec(ModelSpec(name="empty", source=str(tmp_path)))
+        hf_models.check_spec(ModelSpec(name="empty", source=str(tmp_path)))
 
 
 # --- conversion, adapters, quantization -------------------------------------------------
 
 @pytest.fixture(scope="module")
 def converted():
-    folder, gguf_file = hf.resolve_source(PLAIN)
+    folder, gguf_file = hf_models.resolve_source(PLAIN)
     return conv.convert_gguf(folder, gguf_file)
 
 
@@ -142,7 +142,7 @@ def test_lora_adapter_changes_answers_only_when_nonzero(converted, tmp_path):
         assert type(backend.model).__name__.startswith("Peft")
         answers = _answers(backend, _requests(backend, prompts), config)
         assert (answers != base) is nonzero
-        assert str(adapter / "adapter_model.safetensors") in map(str, hf.model_files(spec))
+        assert str(adapter / "adapter_model.safetensors") in map(str, hf_models.model_files(spec))
     # The base model in the cache was not changed by loading adapters on top of it.
     backend = hf.HFBackend(base_spec)
     assert _answers(backend, _requests(backend, prompts), config) == base
@@ -188,7 +188,7 @@ def test_model_without_chat_template_is_refused_before_loading(converted, tmp_pa
 
 @pytest.mark.slow
 def test_conversion_is_complete_and_equals_the_gguf(converted):
-    assert conv.convert_gguf(*hf.resolve_source(PLAIN)) == converted  # once, then cached
+    assert conv.convert_gguf(*hf_models.resolve_source(PLAIN)) == converted  # once, then cached
     config = json.loads((converted / "config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "llama"
     assert (converted / "model.safetensors").is_file()

@@ -23,7 +23,7 @@ import re
 import warnings
 from typing import Any
 
-from medharm_nb.generate.backends.hf import check_spec, load_model, load_tokenizer
+from medharm_nb.generate.backends.hf_models import check_spec, load_model, load_tokenizer
 from medharm_nb.guard.base import GuardScore, Target
 from medharm_nb.guard.specs import GuardSpec
 from medharm_nb.records import ModelSpec
