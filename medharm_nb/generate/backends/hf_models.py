@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from medharm_nb.generate.convert import check_convertible, convert_gguf, is_converted
 from medharm_nb.records import ModelSpec
 
 
@@ -97,7 +98,6 @@ def check_spec(spec: ModelSpec) -> tuple[str, str | None]:
             raise ValueError(f"{where}: quantization {spec.quantization!r} needs bitsandbytes: "
                              f"pip install bitsandbytes (or medharm-nb[gpu])")
         if gguf_file:
-            from medharm_nb.generate.convert import check_convertible, is_converted
 
             try:
                 if not is_converted(source, gguf_file):
@@ -130,16 +130,34 @@ def model_files(spec: ModelSpec) -> list[Path]:
     return files
 
 
+def as_safetensors(source: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """Where to load a model from: a GGUF file's safetensors conversion (made once, in the
+    user cache, keyed by the file's hash), else the source itself.
+
+    Reading a GGUF file means dequantizing it on every load (seconds to minutes, and once
+    per tokenizer and once per model); the conversion holds the same float32 weights and
+    the same tokenizer, and loads in a fraction of the time. A GGUF whose architecture
+    transformers cannot convert is read directly, as before.
+    """
+    if not gguf_file:
+        return source, None
+    try:
+        return str(convert_gguf(source, gguf_file)), None
+    except ValueError:
+        return source, gguf_file
+
+
 @lru_cache(maxsize=4)
 def load_tokenizer(source: str, gguf_file: str | None):
     """A model's tokenizer (cached), left-padded, with a pad token (EOS when it has none).
 
     Args:
         source: Hub id or local directory (``resolve_source``'s first value).
-        gguf_file: GGUF file inside ``source``, or None.
+        gguf_file: GGUF file inside ``source``, or None (read through ``as_safetensors``).
     """
     from transformers import AutoTokenizer
 
+    source, gguf_file = as_safetensors(source, gguf_file)
     tok = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
     tok.padding_side = "left"  # decoder-only: pad on the left so new tokens line up
     if tok.pad_token is None:
@@ -202,10 +220,9 @@ def load_model(source: str, gguf_file: str | None, quantization: str = "none",
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    if gguf_file and quantization != "none":
-        from medharm_nb.generate.convert import convert_gguf
-
+    if gguf_file and quantization != "none":  # bitsandbytes needs the conversion
         source, gguf_file = str(convert_gguf(source, gguf_file)), None
+    source, gguf_file = as_safetensors(source, gguf_file)
     kwargs: dict = {"attn_implementation": "sdpa"}
     if gguf_file:
         kwargs.update(gguf_file=gguf_file, dtype=torch.float32)
