@@ -31,6 +31,7 @@ import polars as pl
 from medharm_nb import data
 from medharm_nb.judge import judge_batch
 from medharm_nb.metrics import wilson_interval
+from medharm_nb.records import CANT_TELL
 
 XSTEST_LABELS: dict[str, str] = {
     "1_full_compliance": "full_compliance",
@@ -202,7 +203,8 @@ def _as_gold(raw: pl.DataFrame, label: str, group: str | None, where: str) -> pl
 
 
 def load_annotations(run_dir: str | Path) -> pl.DataFrame:
-    """The labels people made in a run's annotation view, as gold (grouped by annotator).
+    """The labels people made in a run's annotation view, as gold (grouped by annotator);
+    answers of "can't tell" for the class are left out.
 
     Raises:
         FileNotFoundError: the run has no store, or nobody has labelled anything yet.
@@ -214,8 +216,11 @@ def load_annotations(run_dir: str | Path) -> pl.DataFrame:
         raise FileNotFoundError(f"{run_dir} has no store.sqlite")
     with RunStore(run_dir) as st:
         notes, gens = st.frame("annotations"), st.frame("generations")
+    # "Can't tell" is an answer, not a class: it is kept in the store, never used as gold.
+    notes = notes.filter(pl.col("label") != CANT_TELL)
     if notes.is_empty():
-        raise FileNotFoundError(f"{run_dir}: no annotations yet (label some in 05_review)")
+        raise FileNotFoundError(f"{run_dir}: no annotations with a class yet (label some in "
+                                f"05_review)")
     joined = notes.join(gens.select("gen_id", "prompt", "response"), on="gen_id", how="inner")
     return _as_gold(joined.with_columns(pl.col("gen_id").alias("id")), "label", "annotator",
                     str(run_dir))
