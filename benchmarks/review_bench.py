@@ -16,13 +16,13 @@ Prints ``first_view_s=... next_s=...`` for the compare view (``next_s`` is the m
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -164,9 +164,8 @@ def main() -> None:
     view = views["compare"]
     steps = [_time(view.next_button.click) for _ in range(args.steps)]
     print(f"compare: first_view_s={first:.2f} next_s={statistics.mean(steps):.3f} "
-          f"next_max_s={max(steps):.3f} units={len(view.units)} "
-          f"at={datetime.now(timezone.utc):%Y-%m-%d}")
-    search = _time(lambda: setattr(view.search, "value", "question 4242 "))
+          f"next_max_s={max(steps):.3f} units={len(view.units)} cpus={os.cpu_count()}")
+    search = _time(lambda: setattr(view.search, "value", "question 1234 about"))
     print(f"compare: search_s={search:.2f} units={len(view.units)}")
 
     first = _time(lambda: views.setdefault("annotate", review.AnnotationView(

@@ -197,8 +197,9 @@ class AnnotationView:
             self._update_save()
             return
         gen = row["gen_id"]
-        ahead = self.plan.gen_ids[self.position:self.position + 20]
-        texts = self.source.texts(ahead).get(gen, {})
+        if not self.source.cached([gen]):  # one scan for this response and the next ones
+            self.source.texts(self.plan.gen_ids[self.position:self.position + 20])
+        texts = self.source.texts([gen]).get(gen, {})
         if not keep_form:
             previous = self._done.get(gen)
             answers = form_answers(previous) if previous else (None, None, None)

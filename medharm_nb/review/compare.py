@@ -238,11 +238,14 @@ class CompareView:
             self.body.value = "<i>nothing to show: no response matches these filters</i>"
             return
         unit = self.units[self.position]
-        ahead = self.units[self.position:self.position + self.page]
-        page = self._table.filter(pl.col("unit").is_in(ahead))["gen_id"].to_list()
         panes = self.panes(unit)
         gen_ids = [p["gen_id"] for p in panes]
-        texts = self.source.texts(dict.fromkeys(gen_ids + page))
+        if not self.source.cached(gen_ids):  # one scan for this unit and the page around it
+            window = self.units[max(0, self.position - self.page // 4):
+                                self.position + self.page]
+            page = self._table.filter(pl.col("unit").is_in(window))["gen_id"].to_list()
+            self.source.texts(page)
+        texts = self.source.texts(gen_ids)
         rows = self.source.index.filter(pl.col("gen_id").is_in(gen_ids)).to_dicts()
         verdicts: dict[str, list[dict]] = {}
         for r in rows:

@@ -109,6 +109,10 @@ class ReviewSource:
                 out[g] = self._cache[g]
         return out
 
+    def cached(self, gen_ids: Iterable[str]) -> bool:
+        """Whether the texts of all these responses are in memory (no scan needed)."""
+        return all(g in self._cache for g in gen_ids)
+
     def search(self, needle: str) -> frozenset[str]:
         """Gen ids whose response or query text contains ``needle`` (case-insensitive, literal;
         also matched against the query id). An empty needle matches nothing."""
