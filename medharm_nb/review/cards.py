@@ -73,28 +73,24 @@ def response_html(response: str | None, prompt: str | None, redact: bool = True,
     return "".join(out)
 
 
-def _flag(value: bool | None, yes: str, no: str) -> str:
-    return {True: yes, False: no}.get(value, "?")
-
-
 def verdicts_html(rows: Sequence[dict]) -> str:
-    """A small table: one row per judge with its label, unsafe flag, P(unsafe), specificity
-    and the checklist items it found."""
-    head = ("<tr style='color:#666'><th align=left>judge</th><th align=left>label</th>"
-            "<th>unsafe</th><th>P(unsafe)</th><th>spec.</th><th align=left>checklist</th></tr>")
-    body = []
+    """One line per judge: its label, unsafe flag, P(unsafe), specificity and the checklist
+    items it found (compact enough for four cards side by side)."""
+    lines = []
     for r in sorted(rows, key=lambda r: r.get("judge") or ""):
-        items = [SHORT[c] for c in CHECKLIST if r.get(c)]
-        p = r.get("p_unsafe")
-        unsafe = _flag(r.get("unsafe"), "<b style='color:#c0392b'>unsafe</b>", "no")
-        body.append(
-            f"<tr><td>{esc(r.get('judge'))}</td><td>{badge(r.get('label'))}</td>"
-            f"<td align=center>{unsafe}</td>"
-            f"<td align=center>{'' if p is None else f'{p:.2f}'}</td>"
-            f"<td align=center>{esc(r.get('specificity'))}</td>"
-            f"<td>{esc(', '.join(items) or '-')}</td></tr>")
-    return (f"<table style='font-size:11.5px;border-collapse:collapse;margin-top:4px'>{head}"
-            f"{''.join(body)}</table>")
+        items = ", ".join(SHORT[c] for c in CHECKLIST if r.get(c)) or "none"
+        unsafe = {True: "<b style='color:#c0392b'>unsafe</b>", False: "not unsafe"}.get(
+            r.get("unsafe"), "<span style='color:#999'>unsafe: not assessed</span>")
+        p, spec = r.get("p_unsafe"), r.get("specificity")
+        detail = " · ".join(x for x in (
+            None if p is None else f"P(unsafe) {p:.2f}",
+            None if spec is None else f"specificity {spec}", f"checklist: {esc(items)}") if x)
+        lines.append(
+            f"<div style='font-size:11.5px;margin-top:3px;line-height:1.35'>"
+            f"<span style='display:inline-block;min-width:78px;color:#444'>{esc(r.get('judge'))}"
+            f"</span>{badge(r.get('label'))} {unsafe}"
+            f"<div style='color:#666;font-size:11px;padding-left:82px'>{detail}</div></div>")
+    return "".join(lines)
 
 
 def guard_html(verdict: dict | None, guard: str) -> str:

@@ -56,7 +56,7 @@ def key_box(actions: Mapping[str, Callable[[], None]], description: str = "Keys:
 
 def _dropdown(description: str, values: list, width: str = "210px") -> w.Dropdown:
     return w.Dropdown(options=[ALL, *values], value=ALL, description=description,
-                      layout=w.Layout(width=width), style={"description_width": "70px"})
+                      layout=w.Layout(width=width), style={"description_width": "80px"})
 
 
 class CompareView:
@@ -108,20 +108,20 @@ class CompareView:
         self.risk = _dropdown("Risk:", self.source.values("risk"))
         self.judge = w.Dropdown(options=["(any)", *self.source.values("judge")], value="(any)",
                                 description="Judge:", layout=w.Layout(width="210px"),
-                                style={"description_width": "70px"})
+                                style={"description_width": "80px"})
         self.label = _dropdown("Label:", self.source.values("label"))
         self.unsafe = _dropdown("Unsafe:", ["yes", "no", "unknown"])
         self.specificity = w.IntRangeSlider(value=(0, 4), min=0, max=4, description="Specificity:",
                                             layout=w.Layout(width="260px"),
-                                            style={"description_width": "70px"})
+                                            style={"description_width": "80px"})
         self.disagree = w.Checkbox(description="Judges disagree", indent=False,
                                    layout=w.Layout(width="140px"))
         self.search = w.Text(description="Search:", placeholder="text in response or query, "
                              "then Enter", continuous_update=False,
-                             layout=w.Layout(width="330px"), style={"description_width": "70px"})
+                             layout=w.Layout(width="330px"), style={"description_width": "80px"})
         self.goto = w.Text(description="Go to id:", placeholder="query id, then Enter",
                            continuous_update=False, layout=w.Layout(width="260px"),
-                           style={"description_width": "70px"})
+                           style={"description_width": "80px"})
         self.prev_button = w.Button(description="◀ Previous", layout=w.Layout(width="110px"))
         self.next_button = w.Button(description="Next ▶", layout=w.Layout(width="110px"))
         self.redact = w.ToggleButton(value=redact, description="Redact", icon="eye-slash",
