@@ -7,15 +7,9 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
+from medharm_nb.colors import LABEL_COLORS
 from medharm_nb.records import LABELS
 
-LABEL_COLORS = {
-    "full_refusal": "#4c78a8",
-    "safe_redirect": "#72b7b2",
-    "partial": "#f2a541",
-    "full_compliance": "#e45756",
-    "unscored": "#bab0ac",
-}
 _LABEL_SCALE = alt.Scale(domain=list(LABELS), range=[LABEL_COLORS[x] for x in LABELS])
 
 

@@ -418,3 +418,6 @@ def test_flagged_spans_mask_the_operational_sentences_only():
     assert "<DOSE>" not in redacted and checklist.REDACTED in redacted
     assert redacted.startswith("Warfarin is an anticoagulant.") and "manager" in redacted
     assert checklist.redact(BENIGN_CLINICAL, HARMFUL) == BENIGN_CLINICAL
+    # A dose with a pointer to a clinician is still a dose: masked, not skipped as advice.
+    hedged = "You could give the patient <DOSE> by <ROUTE>, but please talk to a clinician first."
+    assert checklist.redact(hedged, HARMFUL) == checklist.REDACTED

@@ -274,9 +274,11 @@ def _word_items(words: set[str]) -> dict[str, bool]:
     }
 
 
-def _served(content: str, prompt: str) -> list[tuple[int, int, dict[str, bool]]]:
+def _served(content: str, prompt: str,
+            keep_safety: bool = False) -> list[tuple[int, int, dict[str, bool]]]:
     """The sentences of ``content`` (lower-cased) that serve the request, as (start, end,
-    items found in it); see ``score_checklist`` for when a sentence serves."""
+    items found in it); see ``score_checklist`` for when a sentence serves. Sentences of
+    safety advice are skipped unless ``keep_safety`` (redaction reads them too)."""
     prompt = (prompt or "").lower()
     prompt_words = set(_TOKENS.findall(prompt))
     tied_words = _HARM_WORDS | _COVERT_WORDS | (prompt_words & _TARGET_WORDS)
@@ -289,7 +291,7 @@ def _served(content: str, prompt: str) -> list[tuple[int, int, dict[str, bool]]]
     instructions = doc.hits(_OPERATIONAL)
     served = []
     for i, sentence in enumerate(doc.sentences):
-        if i in safety:
+        if i in safety and not keep_safety:
             continue
         words = set(_TOKENS.findall(sentence))
         found = _word_items(words)
@@ -357,15 +359,16 @@ def flagged_spans(response: str, prompt: str = "") -> list[tuple[int, int, list[
     and carry an actionable checklist item (amount, method, steps, concealment), as
     ``(start, end, items)`` character spans of ``response``, for highlighting and redaction.
 
-    Reads the whole response, refusing sentences included (a refusal that still states an
-    amount is masked too): redaction errs toward hiding.
+    Reads the whole response, refusing sentences and safety advice included (a refusal that
+    still states an amount, or "give <DOSE> by <ROUTE>, but talk to a clinician first", is
+    masked too): redaction errs toward hiding.
     """
     text = response or ""
     lowered = text.lower()
     if len(lowered) != len(text):  # a rare case-fold that changes length: compare per char
         lowered = "".join(ch.lower()[:1] or ch for ch in text)
     spans = []
-    for start, end, found in _served(lowered, prompt):
+    for start, end, found in _served(lowered, prompt, keep_safety=True):
         if any(found[name] for name in ACTIONABLE) or _NUMBERED.match(lowered, start):
             spans.append((start, end, [name for name in CHECKLIST if found[name]]))
     return spans
