@@ -306,22 +306,44 @@ app.add_typer(bench_app, name="bench")
 def bench_generate(
     model: str = typer.Option("smollm2-135m", help="Embedded model name, hub id or directory."),
     n: int = typer.Option(64, help="Number of prompts (neutral medical questions)."),
-    max_new_tokens: int = typer.Option(64, help="Tokens per answer at most."),
+    max_new_tokens: int = typer.Option(64, help="Tokens per answer at most (the cap)."),
     batch_size: int = typer.Option(32, help="The engine's rows per batch at most."),
     gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL, if any."),
     quantization: str = typer.Option("none", help="none | nf4 | int8 (bitsandbytes)."),
+    workload: str = typer.Option("fixed", help="fixed: every answer runs to the cap; mixed: "
+                                               "each prompt its own answer length, most "
+                                               "short, a few at the cap."),
+    dtype: str | None = typer.Option(None, help="float32 | bfloat16 | float16 (default: the "
+                                                "weights' own)."),
 ) -> None:
     """Naive loop (one prompt at a time, plain generate) against the engine on the same
-    prompts; checks the greedy outputs match; the last line is 'speedup=X.XX naive_tok_s=...
-    engine_tok_s=...'."""
+    prompts; checks the greedy outputs match. Fixed workload: the last line is
+    'speedup=X.XX naive_tok_s=... engine_tok_s=...'. Mixed workload: plain batched generate
+    at its best batch size too, and the last line is 'engine_vs_batched=X.XX
+    engine_vs_naive=Y.YY ...'."""
     from pydantic import ValidationError
 
     from medharm_nb.bench import bench_generate as run_bench
+    from medharm_nb.bench import bench_mixed
     from medharm_nb.records import ModelSpec
 
+    if workload not in ("fixed", "mixed"):
+        _fail(f"--workload is fixed or mixed, not {workload!r}")
     try:
         spec = ModelSpec(name=model, source=model, gguf_file=gguf_file,
-                         quantization=quantization)
+                         quantization=quantization, dtype=dtype)
+        if workload == "mixed":
+            out = bench_mixed(spec, n=n, cap=max_new_tokens, engine_batch=batch_size,
+                              log=typer.echo)
+            typer.echo(f"outputs: {out['mismatches']} of {n} differ between the three ways")
+            typer.echo(f"engine_vs_batched={out['engine_vs_batched']:.2f} "
+                       f"engine_vs_naive={out['engine_vs_naive']:.2f} "
+                       f"engine_tok_s={out['engine_tok_s']:.1f} "
+                       f"batched_tok_s={out['batched_tok_s']:.1f} "
+                       f"best_batch={out['best_batch']} naive_tok_s={out['naive_tok_s']:.1f}")
+            if out["mismatches"]:
+                raise typer.Exit(1)
+            return
         result = run_bench(spec, n=n, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            log=typer.echo)
     except ValidationError as err:
@@ -339,6 +361,30 @@ def bench_generate(
     if result.mismatches:
         raise typer.Exit(1) from None
 
+
+
+@bench_app.command("guard")
+def bench_guard_command(
+    guard: str = typer.Option("prompted-smollm2", help="A model guard's name."),
+    n: int = typer.Option(256, min=1, help="Prompts to score (MedHarm-Open, in variants)."),
+    tolerance: float = typer.Option(1e-3, help="Largest allowed difference in P(unsafe)."),
+) -> None:
+    """One item per forward pass against batched reading (prefill only) on the same prompts;
+    checks the probabilities agree; the last line is 'speedup=X.XX naive_items_s=...
+    batched_items_s=... max_abs_diff=...'."""
+    from medharm_nb.bench import bench_guard
+
+    try:
+        out = bench_guard(guard, n=n, tolerance=tolerance, log=typer.echo)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    agree = out["max_abs_diff"] <= tolerance
+    typer.echo(f"probabilities: {'agree' if agree else 'DIFFER'} within {tolerance:g}")
+    typer.echo(f"speedup={out['speedup']:.2f} naive_items_s={out['naive_items_s']:.2f} "
+               f"batched_items_s={out['batched_items_s']:.2f} "
+               f"max_abs_diff={out['max_abs_diff']:.2e}")
+    if not agree:
+        raise typer.Exit(1)
 
 
 @bench_app.command("judge")

@@ -153,6 +153,10 @@ class ModelSpec(_Record):
     gguf_file: str | None = Field(default=None, description="GGUF file inside source, if any.")
     quantization: Quantization = Field(
         default="none", description="hf only: bitsandbytes nf4 / int8, or none.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        default=None, description="hf only: compute dtype; None: the weights' own (GGUF "
+                                  "files: float32). bfloat16 is fast on CPUs with AMX or "
+                                  "AVX-512-BF16 and may flip near-tie greedy tokens.")
     adapter: str | None = Field(
         default=None, description="hf only: PEFT/LoRA adapter (hub id or directory).")
     system_prompt: str | None = Field(default=None, description="System message, if any.")

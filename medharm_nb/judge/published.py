@@ -209,21 +209,20 @@ class PublishedScorer:
         """
         if target != "response":
             raise ValueError(f"{self.name!r} judges responses, not prompts")
+        # Read at the first answer position, as the authors do (one generated token, or the
+        # last prompt position's logits): no cue, no skipped blank. All items in batches.
+        texts = [self.guard.render({**item, "response": self.clip(item.get("response") or "")},
+                                   "response") for item in items]
+        if self.spec.scoring == "verdict":
+            labels = [self.guard.label_ids(t) for t in texts]
+            probs = self.guard.next_token_probs_many(texts, [[*u, *s] for u, s in labels])
+            return [PublishedScore(sum(p[:len(u)])) for p, (u, _) in zip(probs, labels)]
+        ids = self.score_ids()
         out = []
-        for item in items:
-            # Read at the first answer position, as the authors do (one generated token, or
-            # the last prompt position's logits): no cue, no skipped blank.
-            text = self.guard.render({**item, "response": self.clip(item.get("response") or "")},
-                                     "response")
-            if self.spec.scoring == "verdict":
-                unsafe, safe = self.guard.label_ids(text)
-                probs = self.guard.next_token_probs(text, [*unsafe, *safe])
-                out.append(PublishedScore(sum(probs[:len(unsafe)])))
-            else:
-                probs = self.guard.next_token_probs(text, self.score_ids())
-                top = len(probs) - 1
-                out.append(PublishedScore(sum(k * p for k, p in enumerate(probs)) / top,
-                                          tuple(probs)))
+        for probs in self.guard.next_token_probs_many(texts, [ids] * len(texts)):
+            top = len(probs) - 1
+            out.append(PublishedScore(sum(k * p for k, p in enumerate(probs)) / top,
+                                      tuple(probs)))
         return out
 
 

@@ -72,7 +72,8 @@ class HFBackend:
     def model(self):
         """The loaded weights (loaded on first use, so cached runs never load them)."""
         return load_model(self.source, self.gguf_file, self.spec.quantization,
-                           self.spec.adapter, content=files_digest(model_files(self.spec)))
+                          self.spec.adapter, content=files_digest(model_files(self.spec)),
+                          dtype=self.spec.dtype)
 
     def prepare(self) -> None:
         """Load the weights now, so their load time is not counted as generation time."""
@@ -110,7 +111,7 @@ class HFBackend:
         # Longest first: the first batch is the largest, so a batch too large for memory
         # fails (and is halved) at the start rather than at the end.
         order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
-        budget = self.token_budget or _default_token_budget(self.model)
+        budget = self.token_budget or default_token_budget(self.model)
         cap, start = config.batch_size, 0
         while start < len(order):
             rows = budget // (len(prompts[order[start]]) + config.max_new_tokens)
@@ -202,6 +203,95 @@ class HFBackend:
                                position_ids=positions, use_cache=True, **cache).logits[:, -1]
 
 
+PREFIX_MIN = 16
+"""Shared leading tokens worth computing once (a guard's policy prompt, a judge's rubric)."""
+
+
+def last_logits(model, sequences: Sequence[list[int]], reduce, pad_id: int,
+                token_budget: int | None = None, max_rows: int = 64) -> list:
+    """The next-token logits after each sequence, read in batches: prefill only, no decode.
+
+    Verdict guards and scored judges read one distribution per item. Two things make that
+    fast: the items' shared beginning (a guard's chat template and policy, a judge's rubric)
+    is run once and its key-value cache reused by every item, and the items' own parts go
+    through in batches, longest first, left-padded after the shared part (the attention
+    mask and positions make the padding invisible), at most ``max_rows`` rows and
+    ``token_budget`` padded tokens each; a batch that runs out of GPU memory is halved.
+
+    Args:
+        model: A loaded causal LM.
+        sequences: Token ids per item (special tokens included as the model expects them).
+        reduce: ``reduce(index, logits_row)`` -> what to keep for item ``index`` (the full
+            vocabulary row is freed at once, so memory stays flat for any number of items).
+        pad_id: The padding token id.
+        token_budget: Padded tokens per batch (default: ``default_token_budget(model)``).
+        max_rows: Rows per batch at most.
+
+    Returns:
+        ``reduce``'s result per sequence, in input order.
+    """
+    import copy
+
+    import torch
+
+    out: list = [None] * len(sequences)
+    if not sequences:
+        return out
+    shared = _shared_prefix(sequences)
+    device = model.device
+    prefix_cache = None
+    if shared >= PREFIX_MIN:
+        prefix_cache = _new_cache(model)
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([list(sequences[0][:shared])], device=device),
+                  use_cache=True, logits_to_keep=1, **prefix_cache)
+    else:
+        shared = 0
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    budget = token_budget or default_token_budget(model)
+    cap, start = max_rows, 0
+    while start < len(order):
+        width = max(1, len(sequences[order[start]]) - shared)
+        batch = order[start:start + max(1, min(cap, budget // (width + shared)))]
+        rows = [list(sequences[i][shared:]) for i in batch]
+        longest = max(map(len, rows))
+        try:
+            ids = torch.tensor([[pad_id] * (longest - len(r)) + r for r in rows], device=device)
+            mask = torch.tensor([[1] * shared + [0] * (longest - len(r)) + [1] * len(r)
+                                 for r in rows], device=device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            cache = {}
+            if prefix_cache is not None:
+                cache = {k: copy.deepcopy(v) for k, v in prefix_cache.items()}
+                next(iter(cache.values())).batch_repeat_interleave(len(rows))
+            with torch.inference_mode():
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                               use_cache=bool(cache), logits_to_keep=1,
+                               **cache).logits[:, -1].float()
+        except torch.cuda.OutOfMemoryError:
+            logits = None
+        if logits is None:  # outside the except block: the batch's tensors are freed
+            _free_gpu_memory()
+            if len(batch) == 1:
+                raise torch.cuda.OutOfMemoryError(
+                    f"one sequence of {len(sequences[batch[0]])} tokens does not fit")
+            cap = len(batch) // 2
+            continue
+        for row, i in enumerate(batch):
+            out[i] = reduce(i, logits[row])
+        start += len(batch)
+    return out
+
+
+def _shared_prefix(sequences: Sequence[list[int]]) -> int:
+    """Leading tokens all sequences share, leaving each at least one token of its own."""
+    first, shortest = sequences[0], min(map(len, sequences))
+    n = 0
+    while n < shortest - 1 and all(s[n] == first[n] for s in sequences):
+        n += 1
+    return n
+
+
 def _pick(logits, config: GenConfig, generators: list):
     """Next token per row: argmax, or a nucleus sample drawn from that row's own generator."""
     import torch
@@ -228,7 +318,7 @@ def _new_cache(model) -> dict:
     return {name: DynamicCache(config=base.config)}
 
 
-def _default_token_budget(model) -> int:
+def default_token_budget(model) -> int:
     """Padded tokens per batch: what ``GPU_MEMORY_SHARE`` of free memory holds as KV cache."""
     import torch
 

@@ -199,7 +199,7 @@ def _bnb_config(quantization: str):
 @lru_cache(maxsize=2)
 def load_model(source: str, gguf_file: str | None, quantization: str = "none",
                adapter: str | None = None, image_text: bool = False,
-               content: str | None = None):
+               content: str | None = None, dtype: str | None = None):
     """A model's weights (cached, in eval mode), quantized and with an adapter as asked.
 
     Args:
@@ -210,6 +210,7 @@ def load_model(source: str, gguf_file: str | None, quantization: str = "none",
         image_text: Load as an image-text-to-text model (Llama Guard 4).
         content: A digest of the local files (``store.files_digest``): weights rewritten
             in place are loaded again, never served from this cache.
+        dtype: ``float32``, ``bfloat16`` or ``float16``; None: the weights' own.
     """
     # Two specs on the same weights (e.g. with and without a safety system prompt) share one
     # loaded model. An adapter is part of the key: peft changes the base model in place.
@@ -228,6 +229,8 @@ def load_model(source: str, gguf_file: str | None, quantization: str = "none",
         kwargs.update(gguf_file=gguf_file, dtype=torch.float32)
     else:
         kwargs["dtype"] = "auto"
+    if dtype:
+        kwargs["dtype"] = getattr(torch, dtype)
     if quantization != "none":
         kwargs["quantization_config"] = _bnb_config(quantization)
     if quantization == "int8":
