@@ -83,6 +83,26 @@ def run(
     typer.echo(f"  manifest:           {run_path / 'manifest.json'}")
 
 
+@app.command("plan")
+def plan_command(
+    config: Path = typer.Argument(..., help="The YAML run config, e.g. configs/demo.yaml."),
+) -> None:
+    """Before anything runs: generations, judge and guard calls, tokens at most, which models
+    need downloading or converting, disk and GPU memory per model, and a time estimate from
+    the last benchmark on this hardware."""
+    from medharm_nb import config as run_config
+    from medharm_nb import data
+    from medharm_nb.plan import plan, plan_lines
+
+    try:
+        cfg = run_config.absolutize(run_config.load_config(config), config.resolve().parent)
+        queries = data.prepare_queries(cfg.queries, config.resolve().parent)
+    except (run_config.ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    for line in plan_lines(plan(cfg, queries.height)):
+        typer.echo(line)
+
+
 @app.command("generate")
 def generate_stage(
     config: Path = typer.Argument(..., help="The YAML run config, e.g. configs/demo.yaml."),
@@ -357,6 +377,9 @@ def bench_generate(
                     fg=typer.colors.RED, err=True)
     else:
         typer.echo(f"outputs: all {n} identical to the naive loop")
+    from medharm_nb.plan import record_benchmark
+
+    record_benchmark(spec.source, result.engine_tok_s)  # `medharm-nb plan` reads it
     typer.echo(result.summary())
     if result.mismatches:
         raise typer.Exit(1) from None

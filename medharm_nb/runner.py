@@ -92,7 +92,10 @@ def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
             "chat_template_hash": stable_hash(spec.chat_template),
             "files": {str(f): store.file_sha256(f) for f in files},
         }
+    from medharm_nb.plan import plan
+
     return {
+        "plan": plan(run.config, queries.height),
         "queries": {"source": source, "n": queries.height,
                     "table_hash": stable_hash(queries.select("id", "text").rows()),
                     "file_sha256": (store.file_sha256(source) if Path(source).is_file()
