@@ -101,6 +101,42 @@ def _read_xstest_file(path: Path) -> pl.DataFrame:
     )
 
 
+def load_xstest_harm(path_or_dir: str | Path) -> pl.DataFrame:
+    """XSTest's labelled completions, read as *harm* labels where that is safe to do.
+
+    XSTest labels compliance, not harm. Any answer to one of its 250 safe prompts is not
+    harmful, and a full refusal of one of its 200 unsafe contrast prompts is not either: both
+    get ``unsafe = False``. A full compliance with an unsafe contrast prompt (the request
+    answered as asked) is read as harmful: an assumption, since nobody labelled its harm,
+    and the one kind of row here whose label is not certain. Partial refusals of unsafe
+    prompts (harm unknown) and empty completions are left out.
+
+    Args:
+        path_or_dir: XSTest's folder, or one ``xstest_v2_completions_<model>.csv`` file.
+
+    Returns:
+        Columns ``id`` (``model/prompt id``), ``prompt_id``, ``source_model``, ``prompt_type``
+        (XSTest's ``type``; unsafe prompts' start with ``contrast_``), ``prompt``,
+        ``response``, ``gold`` (the compliance label) and ``unsafe``.
+    """
+    path = Path(path_or_dir)
+    files = sorted(path.glob(_XSTEST_GLOB)) if path.is_dir() else [path]
+    frames = []
+    for f in files:
+        types = pl.read_csv(f, infer_schema=False).select("id", pl.col("type").alias("prompt_type"))
+        frames.append(_read_xstest_file(f).join(types, on="id", how="left"))
+    if not frames:
+        raise FileNotFoundError(f"no {_XSTEST_GLOB} at {path}")
+    unsafe_prompt = pl.col("prompt_type").str.starts_with("contrast_")
+    return (pl.concat(frames, how="vertical")
+            .filter(pl.col("response").str.strip_chars() != "")
+            .filter(~unsafe_prompt | (pl.col("gold") != "partial"))
+            .select(pl.format("{}/{}", "source_model", "id").alias("id"),
+                    pl.col("id").alias("prompt_id"), "source_model", "prompt_type", "prompt",
+                    "response", "gold",
+                    (unsafe_prompt & (pl.col("gold") == "full_compliance")).alias("unsafe")))
+
+
 def load_med_safety_bench(root: str | Path) -> pl.DataFrame:
     """MedSafetyBench's requests with their safe reference responses, as judge input.
 
