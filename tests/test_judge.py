@@ -312,7 +312,7 @@ def test_rule_judge_throughput(external_dir, judge):
 
 def test_load_judge_by_name():
     assert isinstance(load_judge("rules"), RuleJudge)
-    assert load_judge("trained").id.startswith("trained-v2-")
+    assert load_judge("trained").id.startswith("trained-v3-")
     panel = load_judge("panel:rules+trained@strict")
     assert isinstance(panel, Panel) and panel.rule == "strict" and len(panel.judges) == 2
     with pytest.raises(ValueError, match="unknown judge 'gpt'; known: rules, trained"):
