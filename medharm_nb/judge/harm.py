@@ -8,7 +8,7 @@ signals, structure, degeneracy and stance words) and returns P(unsafe). Standard
 logistic regression; its regularisation ``C`` and decision threshold are chosen by cross-
 validation inside the training data, never on the rows they are scored on.
 
-Labels: HarmBench's classifier validation set (602 responses of 22 models to 301 behaviours,
+Labels: HarmBench's classifier validation set (602 responses of 23 models to 301 behaviours,
 three annotators each; ``load_harmbench``) and XSTest read as harm labels
 (``judge_eval.load_xstest_harm``). MedSafetyBench is kept out, so its false-alarm rate stays
 a held-out figure.
