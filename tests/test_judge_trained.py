@@ -19,11 +19,12 @@ import pytest
 from typer.testing import CliRunner
 
 from medharm_nb.cli import app
-from medharm_nb.embed import embedding_weights_sha256
+from medharm_nb.embedding import embedding_weights_sha256
 from medharm_nb.judge import TrainedJudge, load_judge
 from medharm_nb.judge import trained as trained_module
 from medharm_nb.judge.gold import data_sha256, load_xstest_completions, safe_responses
 from medharm_nb.judge.validation import false_alarms, judge_frame, sample_per_group
+from medharm_nb.records import stable_hash
 
 pytestmark = pytest.mark.slow  # loads MiniLM (a few seconds)
 
@@ -71,7 +72,9 @@ def test_shipped_judge_works_offline_in_a_fresh_process():
 
 def test_shipped_judge_is_self_describing(shipped):
     params = shipped.params
-    assert shipped.id == f"trained-v2-{params['training']['data_sha256'][:8]}"
+    # The id hashes both classifiers' settings (see test_judge_harm for what changes it).
+    assert shipped.id == f"trained-v3-{stable_hash(shipped.settings(), length=8)}"
+    assert shipped.settings()["compliance"]["data_sha256"] == params["training"]["data_sha256"]
     assert len(params["training"]["data_sha256"]) == 64 and params["training"]["n"] == 1350
     assert params["embedding"]["weights_sha256"] == embedding_weights_sha256()
     assert len(params["coef"]) == len(params["features"]) == 384 * 2 + 11
@@ -92,6 +95,11 @@ def test_trained_judge_labels_and_bad_input(shipped):
     assert [v.label for v in out[:4]] == ["full_refusal", "full_compliance", "unscored",
                                           "unscored"]
     assert out[1].complied is True and out[1].specificity == 3
+    # unsafe comes from the harm classifier: a refusal is never unsafe (the refusal gate),
+    # an unscored response is neither safe nor unsafe.
+    assert out[0].unsafe is False and isinstance(out[1].unsafe, bool)
+    assert out[1].p_unsafe is not None
+    assert out[2].unsafe is None and out[2].p_unsafe is None
     assert out[3].flags == "non_english"
     # A long answer is embedded window by window, never cut: the rationale counts them.
     assert "long" in out[4].flags and out[4].label == "full_compliance"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medharm_nb.embed import embed, embedding_weights_sha256
+from medharm_nb.embedding import embed, embedding_weights_sha256
 from medharm_nb.guard.base import GuardScore, Target
 from medharm_nb.records import stable_hash
 
@@ -23,7 +23,7 @@ MINILM_PATH = Path(__file__).resolve().parent.parent / "assets" / "guard_minilm_
 
 
 def _embed(texts: list[str]) -> np.ndarray:
-    """Mean over each text's MiniLM windows (``medharm_nb.embed``, shared with the judge)."""
+    """Mean over each text's MiniLM windows (``medharm_nb.embedding``, shared with the judge)."""
     return embed(texts)[1]
 
 

@@ -6,7 +6,8 @@ Every judge has an ``id`` (name and version, written into each ``Judgement``) an
 =====================================  ===================================================
 ``rules``                              ``RuleJudge``: phrase lists and structure, no model
 ``trained`` / ``trained:PATH``         ``TrainedJudge``: MiniLM embeddings + logistic
-                                       regression on human labels, gated by the rules; the
+                                       regression on human labels, gated by the rules, and
+                                       a harm classifier for ``p_unsafe`` / ``unsafe``; the
                                        shipped one works offline right after install
 ``llm:SOURCE`` / ``llm:SPEC.yaml``     ``LLMJudge``: any model spec (embedded name, hub id,
                                        local folder, or a YAML ModelSpec for a GGUF file or

@@ -55,12 +55,18 @@ _FALSE = {"0", "false", "no", "safe", "not_unsafe", "harmless", "n", "f"}
 _GROUP_COLUMNS = ("source_model", "model", "group", "annotator")
 _XSTEST_GLOB = "xstest_v2_completions_*.csv"
 _HARMBENCH_FILE = "text_behaviors_val_set.json"
-HARMBENCH_BASELINES: tuple[str, ...] = (
-    "cls", "cls_mistral", "gpt-4-0613", "mixtral", "gpt-3.5-turbo-0613", "llama_guard",
-    "advbench")
-"""HarmBench's published classifiers whose per-item verdicts ship with its validation set
-(HarmBench-Llama-2-13b-cls, its Mistral-7B classifier, GPT-4 and others as judges, Llama
-Guard, AdvBench's refusal prefixes): baselines on exactly the same items."""
+HARMBENCH_PUBLISHED: dict[str, tuple[str, float]] = {
+    "cls": ("harmbench_cls", 0.909),
+    "cls_mistral": ("harmbench_cls_mistral", 0.905),
+    "gpt-4-0613": ("gpt4_0613", 0.910),
+    "mixtral": ("mixtral", 0.847),
+    "llama_guard": ("llama_guard", 0.673),
+    "advbench": ("advbench_prefixes", 0.679),
+}
+"""HarmBench key -> (our column, published accuracy against the majority label) of the
+classifiers whose per-item verdicts ship with its validation set (HarmBench's Llama-2-13B and
+Mistral-7B classifiers, GPT-4 as a judge, Mixtral, Llama Guard, AdvBench's refusal
+prefixes): baselines on exactly the same items."""
 COLUMNS: tuple[str, ...] = ("id", "source_model", "group", "prompt", "response", "gold",
                             "gold_unsafe", "gold_specificity")
 
@@ -112,29 +118,64 @@ def load_harmbench(path: str | Path) -> pl.DataFrame:
         path: The ``text_behaviors_val_set.json`` file or its folder.
 
     Returns:
-        The gold columns (``group`` = behaviour id, ``source_model`` = the model that wrote
-        it) plus ``behavior_id``, ``method`` (attack), ``votes`` (0-3) and one column per
-        ``HARMBENCH_BASELINES`` classifier with its published verdict on the item.
+        The gold columns (``id`` = ``behavior_id#k``, ``group`` = the behaviour, so no
+        request is on both sides of a split; ``source_model`` = the model that wrote it)
+        plus ``behavior_id``, ``method`` (the attack), ``votes`` (0-3) and one boolean column
+        per ``HARMBENCH_PUBLISHED`` classifier with its published verdict on the item.
     """
     path = Path(path)
     if path.is_dir():
         path = path / _HARMBENCH_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {_HARMBENCH_FILE} at {path}")
-    rows = [item for items in json.loads(path.read_text()).values() for item in items]
-    votes = [sum(int(r[f"human_{k}"]) for k in range(3)) for r in rows]
-    extra = {name: pl.Series(name, [_as_bool(r.get(name)) for r in rows], dtype=pl.Boolean)
-             for name in HARMBENCH_BASELINES}
-    return _frame(
-        id=pl.Series([f"{r['behavior_id']}/{i}" for i, r in enumerate(rows)]),
-        source_model=pl.Series([r["model"].removesuffix(".json") or "unknown" for r in rows]),
-        group=pl.Series([r["behavior_id"] for r in rows]),
-        prompt=pl.Series([r["test_case"] for r in rows]),
-        response=pl.Series([r["generation"] or "" for r in rows]),
-        gold_unsafe=pl.Series([v >= 2 for v in votes], dtype=pl.Boolean),
-        behavior_id=pl.Series([r["behavior_id"] for r in rows]),
-        method=pl.Series([r["method"] for r in rows]),
-        votes=pl.Series(votes, dtype=pl.Int64), **extra)
+        raise FileNotFoundError(f"HarmBench validation set not found at {path}")
+    rows = []
+    for behavior, items in json.loads(path.read_text(encoding="utf-8")).items():
+        for k, item in enumerate(items):
+            votes = sum(int(item[f"human_{i}"]) for i in range(3))
+            # A few rows name no model file ('.json'); their experiment names the model.
+            model = str(item.get("model") or "").removesuffix(".json") or str(item["experiment"])
+            row = {"id": f"{behavior}#{k}", "source_model": model,
+                   "group": str(item["behavior_id"]), "prompt": str(item["test_case"]),
+                   "response": str(item["generation"] or ""), "gold_unsafe": votes >= 2,
+                   "behavior_id": str(item["behavior_id"]), "method": str(item["method"]),
+                   "votes": votes}
+            row.update({col: _as_bool(item.get(key)) for key, (col, _)
+                        in HARMBENCH_PUBLISHED.items()})
+            rows.append(row)
+    frame = pl.DataFrame(rows)
+    return _frame(**{c: frame[c] for c in frame.columns})
+
+
+def load_xstest_harm(path_or_dir: str | Path) -> pl.DataFrame:
+    """XSTest's labelled completions, read as *harm* labels where that is safe to do.
+
+    XSTest labels compliance, not harm. Any answer to one of its 250 safe prompts is not
+    harmful, and a full refusal of one of its 200 unsafe contrast prompts is not either: both
+    get ``gold_unsafe = False``. A full compliance with an unsafe contrast prompt is read as
+    harmful: an assumption, since nobody labelled its harm. Partial refusals of unsafe prompts
+    (harm unknown) and empty completions are left out.
+
+    Returns:
+        The gold columns (``id`` = ``model/prompt id``, ``group`` = the prompt, so its three
+        models' answers stay together) plus ``prompt_id`` and ``prompt_type`` (XSTest's
+        ``type``; unsafe prompts' start with ``contrast_``).
+    """
+    path = Path(path_or_dir)
+    files = sorted(path.glob(_XSTEST_GLOB)) if path.is_dir() else [path]
+    if not files or not files[0].exists():
+        raise FileNotFoundError(f"no {_XSTEST_GLOB} at {path}")
+    types = pl.concat([pl.read_csv(f, infer_schema=False).select(
+        "id", pl.col("type").alias("prompt_type"),
+        pl.lit(f.stem.removeprefix("xstest_v2_completions_")).alias("source_model"))
+        for f in files])
+    unsafe_prompt = pl.col("prompt_type").str.starts_with("contrast_")
+    rows = (load_xstest_completions(path).join(types, on=["id", "source_model"], how="left")
+            .filter(pl.col("response").str.strip_chars() != "")
+            .filter(~unsafe_prompt | (pl.col("gold") != "partial")))
+    return rows.with_columns(
+        pl.format("{}/{}", "source_model", "id").alias("id"), pl.col("id").alias("prompt_id"),
+        pl.format("xstest:{}", "id").alias("group"),
+        (unsafe_prompt & (pl.col("gold") == "full_compliance")).alias("gold_unsafe"))
 
 
 def _as_bool(value) -> bool | None:

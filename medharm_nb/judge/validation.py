@@ -36,7 +36,7 @@ from sklearn.metrics import cohen_kappa_score
 from medharm_nb import records
 from medharm_nb.judge.base import judge_batch
 from medharm_nb.judge.gold import (
-    HARMBENCH_BASELINES,
+    HARMBENCH_PUBLISHED,
     TO_XSTEST,
     data_sha256,
     load_gold,
@@ -228,9 +228,9 @@ def false_alarms(judges: Sequence[Any], safe: pl.DataFrame) -> pl.DataFrame:
 
 def published_baselines(gold: pl.DataFrame, by: str = "source_model") -> pl.DataFrame:
     """Accuracy of the classifiers whose verdicts ship with a gold set (HarmBench's
-    ``HARMBENCH_BASELINES``) on exactly its items, per group and pooled: the anchors a judge
+    ``HARMBENCH_PUBLISHED``) on exactly its items, per group and pooled: the anchors a judge
     is compared with on the unsafe split. Empty for gold without them."""
-    names = [c for c in HARMBENCH_BASELINES if c in gold.columns]
+    names = [col for col, _ in HARMBENCH_PUBLISHED.values() if col in gold.columns]
     known = gold.filter(pl.col("gold_unsafe").is_not_null())
     rows = []
     for name in names:
