@@ -60,7 +60,41 @@ class RunConfig(BaseModel):
         clashes = [_same_answers(group) for group in groups.values() if len(group) > 1]
         if clashes:
             raise ValueError("; ".join(clashes))
+        problems = base_problems(models)
+        if problems:
+            raise ValueError("; ".join(problems))
         return models
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """(model, its base) for every model that names a base, in config order."""
+        return [(m.name, m.base) for m in self.models if m.base]
+
+
+def base_problems(models: list[ModelSpec]) -> list[str]:
+    """What is wrong with the models' ``base`` fields: a name that is no model of the run, a
+    model that is its own base, bases that form a cycle (each problem once)."""
+    names = [m.name for m in models]
+    bases = {m.name: m.base for m in models if m.base}
+    problems = []
+    for name, base in bases.items():
+        if base == name:
+            problems.append(f"model {name!r} names itself as its base")
+        elif base not in names:
+            problems.append(f"model {name!r} names base {base!r}, which is not a model of "
+                            f"this run (models: {', '.join(names)})")
+    reported: set[str] = set()
+    for start in bases:
+        chain, name = [start], bases[start]
+        while name in bases and name not in chain and name != bases.get(name):
+            chain.append(name)
+            name = bases[name]
+        if name in chain and name != chain[-1] and not reported & set(chain):
+            loop = chain[chain.index(name):] + [name]
+            problems.append(f"the bases of models form a cycle: {' -> '.join(loop)} "
+                            f"(a base must be a model that names no base in this loop)")
+            reported |= set(loop)
+    return problems
 
 
 def _same_answers(specs: list[ModelSpec]) -> str:

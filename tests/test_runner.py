@@ -43,8 +43,8 @@ def test_config_typos_are_errors_with_the_key_named(tmp_path):
 def test_two_names_for_one_spec_are_refused_with_what_to_change(tmp_path):
     same = {**TINY, "models": [{"name": "plain", "source": "smollm2-135m"},
                                {"name": "copy", "source": "smollm2-135m", "concurrency": 2}]}
-    with pytest.raises(runner.ConfigError) as err:
-        runner.load_config(_write(tmp_path, same))
+    with pytest.raises(config.ConfigError) as err:
+        config.load_config(_write(tmp_path, same))
     message = str(err.value)
     assert "models 'plain' and 'copy' would get the same generation ids" in message
     assert "(backend='hf', source='smollm2-135m', quantization='none')" in message
@@ -53,15 +53,15 @@ def test_two_names_for_one_spec_are_refused_with_what_to_change(tmp_path):
     served = {**TINY, "models": [
         {"name": "a", "backend": "openai", "source": "m", "base_url": "http://h:8000/v1"},
         {"name": "b", "backend": "openai", "source": "m", "base_url": "http://h:8000/v1/"}]}
-    with pytest.raises(runner.ConfigError, match=r"differ only in name, base_url, .*"
+    with pytest.raises(config.ConfigError, match=r"differ only in name, base_url, .*"
                                                  r"make them differ in source, base_url"):
-        runner.load_config(_write(tmp_path, served))
+        config.load_config(_write(tmp_path, served))
 
 
 def test_unknown_notebook_parameter_is_refused_before_any_work(tmp_path):
-    config = {**TINY, "params": {"02_generate": {"limt": 3}, "09_nothing": {}}}
+    study = {**TINY, "params": {"02_generate": {"limt": 3}, "09_nothing": {}}}
     with pytest.raises(config.ConfigError) as err:
-        runner.run(_write(tmp_path, config))
+        runner.run(_write(tmp_path, study))
     message = str(err.value)
     assert "params.02_generate.limt: unknown parameter; 02_generate takes ['limit']" in message
     assert "params.09_nothing: no such notebook" in message
@@ -128,8 +128,8 @@ def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path, one_torc
 
 
 def test_relative_paths_in_a_config_are_relative_to_the_config(tmp_path):
-    config = {**TINY, "queries": {"source": "hf:csv", "data_files": "mine.csv"}}
-    path = _write(tmp_path, config)
+    study = {**TINY, "queries": {"source": "hf:csv", "data_files": "mine.csv"}}
+    path = _write(tmp_path, study)
     (path.parent / "mine.csv").write_text("id\n")
     run = config.open_run(path)
     assert run.config.queries.data_files == str(path.parent / "mine.csv")
@@ -203,3 +203,48 @@ def test_generate_command_refuses_bad_input_before_any_work(tmp_path):
     typo = {**_replay_study(tmp_path), "params": {"02_generate": {"limt": 3}}}
     result = CliRunner().invoke(app, ["generate", str(_write(tmp_path, typo))])
     assert result.exit_code == 1 and "params.02_generate.limt: unknown parameter" in result.output
+
+
+# -- pairs: a model and its base ------------------------------------------------------------
+
+def test_a_base_must_be_another_model_of_the_run_without_cycles(tmp_path):
+    plain = {"name": "plain", "source": "smollm2-135m"}
+    def models(*specs):
+        return {**TINY, "models": [plain, *specs]}
+
+    ok = config.load_config(_write(tmp_path, models(
+        {"name": "careful", "source": "smollm2-135m", "system_prompt": "Be careful.",
+         "base": "plain"})))
+    assert ok.pairs == [("careful", "plain")]
+    assert "base" not in ok.models[1].key()  # pairing changes no answer, so no id
+    cases = [
+        ({"name": "ft", "source": "smollm2-135m", "system_prompt": "x", "base": "plian"},
+         "model 'ft' names base 'plian', which is not a model of this run "
+         "(models: plain, ft)"),
+        ({"name": "ft", "source": "smollm2-135m", "system_prompt": "x", "base": "ft"},
+         "model 'ft' names itself as its base"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(config.ConfigError) as err:
+            config.load_config(_write(tmp_path, models(spec)))
+        assert message in str(err.value)
+    loop = models({"name": "a", "source": "smollm2-135m", "system_prompt": "a", "base": "b"},
+                  {"name": "b", "source": "smollm2-135m", "system_prompt": "b", "base": "a"})
+    with pytest.raises(config.ConfigError, match=r"the bases of models form a cycle: a -> b -> a"):
+        config.load_config(_write(tmp_path, loop))
+
+
+def test_a_pair_that_would_not_answer_the_same_queries_is_refused_before_work(tmp_path):
+    study = _replay_study(tmp_path)  # the replayed file answers 2 of the 3 queries
+    complete = tmp_path / "complete.jsonl"
+    complete.write_text("".join(json.dumps({"prompt": q, "response": "Answer."}) + "\n" for q in (
+        "What is the capital of France?", "Name one symptom of dehydration.",
+        "How many legs does a spider have?")))
+    study["models"].append({"name": "newer-answers", "backend": "replay",
+                            "source": str(complete), "base": "old-answers"})
+    result = CliRunner().invoke(app, ["generate", str(_write(tmp_path, study))])
+    assert result.exit_code == 1
+    assert ("model 'newer-answers' and its base 'old-answers' would not answer the same "
+            "queries, so they cannot be paired: only 'newer-answers' answers 1 (e.g. b2)"
+            in " ".join(result.output.split()))
+    assert not (tmp_path / "runs").exists()
