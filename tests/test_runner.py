@@ -248,3 +248,30 @@ def test_a_pair_that_would_not_answer_the_same_queries_is_refused_before_work(tm
             "queries, so they cannot be paired: only 'newer-answers' answers 1 (e.g. b2)"
             in " ".join(result.output.split()))
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["pairs-llama31", "pairs-qwen25", "pairs-gemma3",
+                                  "pairs-openai"])
+def test_published_pair_configs_fail_before_work_naming_each_missing_model(
+        name, tmp_path, monkeypatch):
+    # No hub and an empty cache here, whatever the machine has: the check must name every
+    # model it cannot find, and nothing may start. (No key for the closed model either.)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    source = config.PACKAGE_DIR.parent / "configs" / f"{name}.yaml"
+    study = yaml.safe_load(source.read_text())
+    loaded = config.load_config(source)
+    assert loaded.pairs and all(m.quantization == "nf4" for m in loaded.models
+                                if m.backend == "hf")
+    path = _write(tmp_path, study, f"{name}.yaml")
+    with pytest.raises(config.ConfigError) as err:
+        runner.run(path, log=lambda *_: None, progress=False)
+    message = str(err.value)
+    for spec in loaded.models:
+        assert f"model {spec.name!r}" in message
+        if spec.backend == "hf":
+            assert f"{spec.source} is not in the local Hugging Face cache" in message
+        else:
+            assert "OPENAI_API_KEY (api_key_env) is not set" in message
+    assert not (tmp_path / "runs").exists()
