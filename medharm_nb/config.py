@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 NOTEBOOK_DIR = PACKAGE_DIR.parent / "notebooks"
 SERIES: tuple[str, ...] = (
     "01_data", "02_generate", "03_judge", "03b_judge_validation", "04_guardrails", "05_review",
-    "06_report")
+    "06_amplification", "07_report")
 INJECTED = ("config_path", "run_dir", "figures_dir")
 """Parameters the runner passes to every notebook."""
 
@@ -175,6 +175,23 @@ def open_run(config_path: str | Path, run_dir: str | Path | None = None,
     figures_dir = Path(figures_dir) if figures_dir else root / "figures" / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
     return Run(config, config_path, run_dir, figures_dir)
+
+
+def open_run_dir(run_dir: str | Path) -> Run:
+    """Reopen a run from its folder: the effective config the runner left there
+    (``config.yaml``) and, from the manifest, where its figures went.
+
+    Raises:
+        ConfigError: the folder holds no ``config.yaml`` (not a run folder).
+    """
+    run_dir = Path(run_dir).resolve()
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir}: no config.yaml here; is it a run folder (runs/<name>)?")
+    figures = None
+    if (run_dir / store.MANIFEST_FILE).is_file():
+        figures = store.read_manifest(run_dir).get("figures_dir")
+    return open_run(config_path, run_dir, figures or run_dir / "figures")
 
 
 def place_run(config_path: str | Path, name: str | None, run_dir: str | Path | None,

@@ -114,11 +114,14 @@ def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path, one_torc
     assert manifest["stages"]["generate"] == [
         {**manifest["stages"]["generate"][0], "total": 6, "cached": 6, "generated": 0}]
     for table in ("queries", "generations", "judgements", "results", "summary_by_model",
-                  "summary_by_category", "summary_by_cell", "label_rates"):
+                  "summary_by_category", "summary_by_cell", "label_rates", "paired_deltas",
+                  "amplification", "specificity_distribution"):
         assert store.table_path(run_dir, table).exists(), table
+    assert store.read_table(run_dir, "paired_deltas").is_empty()  # one model: no pairs
+    assert "no model names a base" in (run_dir / "report.html").read_text()
     figures = tmp_path / "figures" / "tiny"
     assert {p.name for p in figures.iterdir()} >= {"tradeoff.png", "tradeoff.svg",
-                                                  "unsafe_by_category.png"}
+                                                  "rates_by_category.png"}
     on_disk = json.loads((run_dir / "manifest.json").read_text())
     assert on_disk["inputs"]["queries"]["n"] == 6
     assert len(next(iter(on_disk["inputs"]["models"]["smol"]["files"].values()))) == 64
