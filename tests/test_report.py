@@ -116,7 +116,8 @@ def test_a_run_with_fewer_tables_says_which_sections_are_missing(tmp_path):
     assert result.exit_code == 1 and "no config.yaml here" in result.output
 
 
-def _chromium() -> str:
+@pytest.fixture(scope="module")
+def chromium() -> str:
     """The Chromium to drive: $MEDHARM_CHROMIUM, else chromium on PATH (Debian's package, as
     ../shared/tools/lab-shot installs it). Skips locally when absent; fails under CI."""
     found = os.environ.get("MEDHARM_CHROMIUM") or shutil.which("chromium") or shutil.which(
@@ -139,14 +140,13 @@ def _chromium() -> str:
 
 
 @pytest.mark.slow
-def test_headless_chromium_renders_every_figure_without_console_errors(built):
+def test_headless_chromium_renders_every_figure_without_console_errors(chromium, built):
     from playwright.sync_api import sync_playwright
 
-    browser_path = _chromium()
     run, path = built
     problems: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, headless=True,
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
                                     args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 900})
