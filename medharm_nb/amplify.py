@@ -223,12 +223,11 @@ def compare(rows: pl.DataFrame, outcome: str, n_boot: int = 2000, seed: int = 0,
     sums = {risk: _cluster_sums(rows.filter(pl.col("risk") == risk), outcome, clusters)
             for risk in ("harmful", "benign")}
     weights = bootstrap_weights(len(clusters), n_boot, seed) if len(clusters) > 1 else None
-    draws, out, means = {}, [], {}
+    draws, out = {}, []
     for risk, s in sums.items():
         n = s["n"].sum()
         has = s["n"] > 0
         per_cluster = s["diff"][has] / s["n"][has]
-        means[risk] = per_cluster
         test = (mcnemar_clusters if outcome in BINARY else wilcoxon_clusters)(per_cluster)
         draws[risk] = (ratio_draws(weights, s["diff"], s["n"]) if weights is not None
                        and has.sum() > 1 else np.array([np.nan]))

@@ -128,6 +128,16 @@ def _ci(value: float, lo: float, hi: float, pct: bool = True) -> str:
     return f"{f(value)} [{f(lo)}, {f(hi)}]" if lo == lo else f(value)
 
 
+def _pairs(config: dict | None, deltas: pl.DataFrame | None = None) -> list[tuple[str, str]]:
+    """(fine-tune, base) from the config, else from the paired tables (a run folder without
+    its config.yaml still knows its pairs)."""
+    pairs = [(m["name"], m["base"]) for m in (config or {}).get("models", []) if m.get("base")]
+    if not pairs and deltas is not None and not deltas.is_empty():
+        pairs = [tuple(r) for r in deltas.select("model", "base").unique(maintain_order=True)
+                 .iter_rows()]
+    return pairs
+
+
 def _judges(df: pl.DataFrame) -> str:
     return ", ".join(sorted(df["judge"].unique().to_list())) if "judge" in df.columns else "?"
 
@@ -190,7 +200,7 @@ def _run_section(doc: _Doc, manifest: dict | None, config: dict | None) -> None:
 def _headline(doc: _Doc, amp: pl.DataFrame | None, deltas: pl.DataFrame | None,
               config: dict | None) -> None:
     doc.add("<h2>Headline: does fine-tuning amplify harmful specificity?</h2>")
-    pairs = [(m["name"], m["base"]) for m in (config or {}).get("models", []) if m.get("base")]
+    pairs = _pairs(config)
     if amp is None:
         doc.lack("paired analysis", "no paired tables (paired_deltas, amplification): run "
                                     "06_amplification")
@@ -216,7 +226,8 @@ def _headline(doc: _Doc, amp: pl.DataFrame | None, deltas: pl.DataFrame | None,
                      "benign (control)": _ci(r["benign"], r["benign_lo"], r["benign_hi"], pct),
                      "amplification": _ci(r["amplification"], r["amplification_lo"],
                                           r["amplification_hi"], pct),
-                     "p": r["amplification_p"], "base queries": r["amplification_n_clusters"]})
+                     "p (harmful - benign)": r["amplification_p"],
+                     "base queries": r["amplification_n_clusters"]})
     doc.add(_table(pl.DataFrame(rows)))
 
 
@@ -354,8 +365,8 @@ def _failures_section(doc: _Doc, by_model: pl.DataFrame | None) -> None:
                               "n_benign_blocked", "n_benign_truncated", "n_benign_unscored"]))
 
 
-def _examples_section(doc: _Doc, results: pl.DataFrame | None, config: dict | None,
-                      redacted: bool) -> None:
+def _examples_section(doc: _Doc, results: pl.DataFrame | None,
+                      pairs: list[tuple[str, str]], redacted: bool) -> None:
     from medharm_nb.judge.checklist import redact
 
     doc.add("<h2>Example responses</h2>")
@@ -367,7 +378,6 @@ def _examples_section(doc: _Doc, results: pl.DataFrame | None, config: dict | No
         "methods, steps, concealment) are masked." if redacted else
         "UNREDACTED, for private review only: real model outputs to high-risk queries. Do "
         "not share this file.") + "</p>")
-    pairs = [(m["name"], m["base"]) for m in (config or {}).get("models", []) if m.get("base")]
     judge = sorted(results["judge"].unique().to_list())[0]
     harmful = results.filter((pl.col("risk") == "harmful") & (pl.col("judge") == judge))
     shown = 0
@@ -445,12 +455,11 @@ def build(run_dir: str | Path, redacted: bool = True, out: str | Path | None = N
     distribution = _read(run_dir, "specificity_distribution")
     if distribution is None and results is not None:
         distribution = metrics.specificity_distribution(results)
+    deltas, amp = _read(run_dir, "paired_deltas"), _read(run_dir, "amplification")
+    pairs = _pairs(config, deltas)
     plane = _read(run_dir, "safety_helpfulness")
     if plane is None and results is not None:
-        pairs = [(m["name"], m["base"]) for m in (config or {}).get("models", [])
-                 if m.get("base")]
         plane = amplify.plane(results, pairs)
-    deltas, amp = _read(run_dir, "paired_deltas"), _read(run_dir, "amplification")
 
     doc = _Doc()
     _run_section(doc, manifest, config)
@@ -461,7 +470,7 @@ def build(run_dir: str | Path, redacted: bool = True, out: str | Path | None = N
     _guard_section(doc, run_dir)
     _judge_section(doc, run_dir)
     _failures_section(doc, by_model)
-    _examples_section(doc, results, config, redacted)
+    _examples_section(doc, results, pairs, redacted)
     _tables_section(doc, run_dir)
 
     name = (config or {}).get("name") or run_dir.name
