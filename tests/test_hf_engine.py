@@ -128,6 +128,14 @@ def test_a_hub_id_must_be_cached_or_reachable_before_work(tmp_path, monkeypatch)
     (cache / "models--some-org--some-model" / "refs").mkdir()
     (cache / "models--some-org--some-model" / "refs" / "main").write_text("abc")
     hf.check_spec(spec)
+    # A GGUF-only repository is found by its GGUF file.
+    gguf_repo = cache / "models--some-org--some-gguf"
+    (gguf_repo / "snapshots" / "abc").mkdir(parents=True)
+    (gguf_repo / "snapshots" / "abc" / "m.Q4_K_M.gguf").write_bytes(b"GGUF")
+    (gguf_repo / "refs").mkdir()
+    (gguf_repo / "refs" / "main").write_text("abc")
+    hf.check_spec(ModelSpec(name="gguf", source="some-org/some-gguf",
+                            gguf_file="m.Q4_K_M.gguf"))
     # Online but gated: say so, and what to do.
     monkeypatch.delenv("HF_HUB_OFFLINE")
     from huggingface_hub import constants  # read the variable when first imported

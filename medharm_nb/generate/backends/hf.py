@@ -103,8 +103,8 @@ def check_spec(spec: ModelSpec) -> tuple[str, str | None]:
     """
     source, gguf_file = resolve_source(spec)
     where = f"model {spec.name!r} ({spec.source})"
-    if not _is_local(source):
-        check_hub(source, where, "config.json")
+    if not _is_local(source):  # a GGUF-only repository has no config.json
+        check_hub(source, where, gguf_file or "config.json")
     folder = Path(source)
     if not gguf_file and folder.is_dir():
         if not (folder / "config.json").is_file():
@@ -158,7 +158,8 @@ def check_hub(repo_id: str, where: str, marker: str = "config.json") -> None:
     Args:
         repo_id: The hub id.
         where: Who needs it, for the message (``model 'name' (source)``).
-        marker: A file every such repository has (config.json; adapter_config.json).
+        marker: A file the repository must have (config.json, the GGUF file,
+            adapter_config.json).
 
     Raises:
         FileNotFoundError: not cached and the hub is off (HF_HUB_OFFLINE) or has no such id.
