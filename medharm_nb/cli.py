@@ -81,6 +81,31 @@ def run(
     typer.echo(f"  tables:             {run_path / 'tables'}")
     typer.echo(f"  figures:            {manifest['figures_dir']}")
     typer.echo(f"  manifest:           {run_path / 'manifest.json'}")
+    if (run_path / "report.html").exists():
+        typer.echo(f"  report:             {run_path / 'report.html'}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder, e.g. runs/demo."),
+    unredacted: bool = typer.Option(
+        False, "--unredacted", help="Show example responses unmasked, for private review "
+                                    "(writes report-unredacted.html; report.html stays "
+                                    "redacted)."),
+) -> None:
+    """Write RUN_DIR/report.html: the whole run in one self-contained HTML file (offline, no
+    JavaScript), from whatever tables it has; summary tables go to RUN_DIR/tables/."""
+    from medharm_nb import config, stages, store
+
+    try:
+        run_ = config.open_run_dir(run_dir)
+        path = stages.report_stage(run_, redacted=not unredacted)
+    except (config.ConfigError, store.RunLocked, FileNotFoundError) as err:
+        _fail(str(err))
+    typer.echo(f"report: {path}")
+    if unredacted:
+        typer.secho("unredacted: real model outputs to high-risk queries; do not share it",
+                    fg=typer.colors.YELLOW)
 
 
 @app.command("plan")

@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 NOTEBOOK_DIR = PACKAGE_DIR.parent / "notebooks"
 SERIES: tuple[str, ...] = (
     "01_data", "02_generate", "03_judge", "03b_judge_validation", "04_guardrails", "05_review",
-    "06_report")
+    "06_amplification", "07_report")
 INJECTED = ("config_path", "run_dir", "figures_dir")
 """Parameters the runner passes to every notebook."""
 
@@ -60,7 +60,41 @@ class RunConfig(BaseModel):
         clashes = [_same_answers(group) for group in groups.values() if len(group) > 1]
         if clashes:
             raise ValueError("; ".join(clashes))
+        problems = base_problems(models)
+        if problems:
+            raise ValueError("; ".join(problems))
         return models
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """(model, its base) for every model that names a base, in config order."""
+        return [(m.name, m.base) for m in self.models if m.base]
+
+
+def base_problems(models: list[ModelSpec]) -> list[str]:
+    """What is wrong with the models' ``base`` fields: a name that is no model of the run, a
+    model that is its own base, bases that form a cycle (each problem once)."""
+    names = [m.name for m in models]
+    bases = {m.name: m.base for m in models if m.base}
+    problems = []
+    for name, base in bases.items():
+        if base == name:
+            problems.append(f"model {name!r} names itself as its base")
+        elif base not in names:
+            problems.append(f"model {name!r} names base {base!r}, which is not a model of "
+                            f"this run (models: {', '.join(names)})")
+    reported: set[str] = set()
+    for start in bases:
+        chain, name = [start], bases[start]
+        while name in bases and name not in chain and name != bases.get(name):
+            chain.append(name)
+            name = bases[name]
+        if name in chain and name != chain[-1] and not reported & set(chain):
+            loop = chain[chain.index(name):] + [name]
+            problems.append(f"the bases of models form a cycle: {' -> '.join(loop)} "
+                            f"(a base must be a model that names no base in this loop)")
+            reported |= set(loop)
+    return problems
 
 
 def _same_answers(specs: list[ModelSpec]) -> str:
@@ -141,6 +175,23 @@ def open_run(config_path: str | Path, run_dir: str | Path | None = None,
     figures_dir = Path(figures_dir) if figures_dir else root / "figures" / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
     return Run(config, config_path, run_dir, figures_dir)
+
+
+def open_run_dir(run_dir: str | Path) -> Run:
+    """Reopen a run from its folder: the effective config the runner left there
+    (``config.yaml``) and, from the manifest, where its figures went.
+
+    Raises:
+        ConfigError: the folder holds no ``config.yaml`` (not a run folder).
+    """
+    run_dir = Path(run_dir).resolve()
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir}: no config.yaml here; is it a run folder (runs/<name>)?")
+    figures = None
+    if (run_dir / store.MANIFEST_FILE).is_file():
+        figures = store.read_manifest(run_dir).get("figures_dir")
+    return open_run(config_path, run_dir, figures or run_dir / "figures")
 
 
 def place_run(config_path: str | Path, name: str | None, run_dir: str | Path | None,

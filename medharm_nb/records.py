@@ -170,17 +170,22 @@ class ModelSpec(_Record):
                                   "API key (the key itself never goes in a config).")
     concurrency: int = Field(default=8, ge=1, description="openai only: requests in flight.")
     timeout_s: float = Field(default=120.0, gt=0, description="openai only: per request.")
+    base: str | None = Field(
+        default=None, description="Name of another model in the run that this one was made "
+                                  "from (a fine-tune's base): the paired analysis compares "
+                                  "the two answer by answer. Not in the key: it changes no "
+                                  "answer.")
 
     def key(self) -> dict[str, Any]:
-        """Fields that change the output: not the display name, the key's variable or how
-        fast it is served. None-valued fields are left out so adding an optional field keeps
-        old ids.
+        """Fields that change the output: not the display name, the base it is compared
+        with, the key's variable or how fast it is served. None-valued fields are left out so
+        adding an optional field keeps old ids.
 
         For ``openai`` the server (``base_url``, trailing ``/`` ignored) is in the key: a
         model name says nothing about the weights behind it, so a base model and its
         fine-tune served under one name on two servers must not share answers.
         """
-        exclude = {"name", "api_key_env", "concurrency", "timeout_s"}
+        exclude = {"name", "base", "api_key_env", "concurrency", "timeout_s"}
         if self.backend != "openai":
             exclude.add("base_url")
         key = self.model_dump(exclude=exclude, exclude_none=True)

@@ -64,8 +64,13 @@ def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
 
     Returns:
         Input hashes for the manifest.
+
+    Raises:
+        ConfigError: every model that cannot run, each named (a file or hub id missing, a
+            server down, a package absent), or a model and its base that would not be asked
+            the same queries.
     """
-    from medharm_nb import data, generate, variants
+    from medharm_nb import data, variants
 
     if judges:
         from medharm_nb import judge
@@ -77,21 +82,18 @@ def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
     source = data.resolve_source_path(run.config.queries.source, run.base_dir)
     if run.config.queries.source == data.OPEN_SET_NAME:
         source = str(data.open_set_path())
-    models = {}
+    models, problems = {}, []
     for spec in run.config.models:
-        if spec.backend == "openai":  # a server that is down fails here, before any work
-            generate.make_backend(spec).prepare()
-        if spec.backend == "hf":  # files, packages, quantization, adapter: no weights loaded
-            from medharm_nb.generate.backends.hf_models import check_spec
-
-            check_spec(spec)
-        files = generate.model_files(spec)
-        models[spec.name] = {
-            "spec_id": generate.spec_id(spec),
-            "system_prompt_hash": stable_hash(spec.system_prompt),
-            "chat_template_hash": stable_hash(spec.chat_template),
-            "files": {str(f): store.file_sha256(f) for f in files},
-        }
+        try:
+            models[spec.name] = _check_model(spec)
+        # Every model is checked, so one message lists all that cannot run (a hub id missing
+        # from the cache, a server down, a file absent), each named.
+        except (OSError, ValueError) as err:
+            problems.append(str(err))
+    if not problems:
+        problems = pair_problems(run.config, queries)
+    if problems:
+        raise ConfigError(f"{run.config_path}: cannot run\n  " + "\n  ".join(problems))
     from medharm_nb.plan import plan
 
     return {
@@ -104,6 +106,69 @@ def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
         "models": models,
         "generation_config_hash": stable_hash(run.config.generation.key()),
     }
+
+
+def _check_model(spec) -> dict[str, Any]:
+    """Check one model spec without loading weights; its manifest entry.
+
+    Raises:
+        OSError: files, hub id (not cached, hub unreachable or gated) or server missing.
+        ValueError: a package, column or setting is wrong.
+    """
+    from medharm_nb import generate
+
+    if spec.backend == "openai":  # a server that is down fails here, before any work
+        generate.make_backend(spec).prepare()
+    if spec.backend == "hf":  # files, hub, packages, quantization, adapter: no weights loaded
+        from medharm_nb.generate.backends.hf_models import check_spec
+
+        check_spec(spec)
+    files = generate.model_files(spec)
+    return {
+        "spec_id": generate.spec_id(spec),
+        "system_prompt_hash": stable_hash(spec.system_prompt),
+        "chat_template_hash": stable_hash(spec.chat_template),
+        "files": {str(f): store.file_sha256(f) for f in files},
+        "base": spec.base,
+    }
+
+
+def answerable(spec, queries, config: RunConfig) -> set[tuple[str, int]]:
+    """The (query id, sample) a spec will be asked and can answer.
+
+    Every backend is asked every query, but a ``replay`` spec answers only the prompts its
+    file holds (a missing one becomes a failed generation), so two specs of one run can still
+    end up with different queries.
+    """
+    samples = config.generation.n_samples if config.generation.temperature > 0 else 1
+    ids = queries.select("id", "text").rows()
+    if spec.backend != "replay":
+        return {(qid, s) for qid, _ in ids for s in range(samples)}
+    from medharm_nb.generate.backends.replay import read_responses
+
+    answers = read_responses(spec)
+    have = {p: sum(bool(r and r.strip()) for r in rows) for p, rows in answers.items()}
+    return {(qid, s) for qid, text in ids for s in range(min(samples, have.get(text.strip(), 0)))}
+
+
+def pair_problems(config: RunConfig, queries) -> list[str]:
+    """A model and its ``base`` must be asked the same queries, or there is nothing to pair.
+
+    Returns:
+        One line per pair whose answerable queries differ, naming a few on each side.
+    """
+    specs = {m.name: m for m in config.models}
+    problems = []
+    for name, base in config.pairs:
+        mine, theirs = (answerable(specs[n], queries, config) for n in (name, base))
+        if mine == theirs:
+            continue
+        only = {n: sorted(a - b) for n, a, b in ((name, mine, theirs), (base, theirs, mine))}
+        said = "; ".join(f"only {n!r} answers {len(ids)} (e.g. {', '.join(q for q, _ in ids[:3])})"
+                         for n, ids in only.items() if ids)
+        problems.append(f"model {name!r} and its base {base!r} would not answer the same "
+                        f"queries, so they cannot be paired: {said}")
+    return problems
 
 
 # -- the runner -------------------------------------------------------------------------

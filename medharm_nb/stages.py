@@ -3,7 +3,6 @@
 A notebook cell is a call plus a display; the looping, skipping of stored work and writing
 of tables lives here, tested like any other package code.
 
-=====================  ============================================================
 ``data_stage``         01_data: prepare the config's queries (filters, variants), write
                        ``queries``
 ``generation_stage``   02_generate: ask every model every query (stored answers reused,
@@ -16,6 +15,27 @@ of tables lives here, tested like any other package code.
                        pipelines over the stored results; ``guard_*`` tables
 ``summary_stage``      06_report: the report's rate tables, Parquet and CSV
 =====================  ============================================================
+=======
+=========================  ========================================================
+``data_stage``             01_data: prepare the config's queries (filters, variants),
+                           write ``queries``
+``generation_stage``       02_generate: ask every model every query (stored answers
+                           reused, failures retried), write ``generations`` and
+                           ``generation_stats``
+``judging_stage``          03_judge: judge every current generation with each judge
+                           (stored verdicts are reused, failed ones retried), write
+                           ``judgements``, ``results`` and ``judge_disagreements``
+``guard_stage``            04_guardrails: guards on the run's own queries (every
+                           variant), cross-fitted operating points, paired brittleness,
+                           guarded pipelines over the stored results; ``guard_*`` tables
+``amplification_stage``    06_amplification: each fine-tune against its base, answer by
+                           answer (``amplify``); write ``paired_deltas``,
+                           ``amplification``, ``safety_helpfulness``,
+                           ``specificity_distribution``
+``summary_stage``          07_report: the report's rate tables, Parquet and CSV
+``report_stage``           07_report and ``medharm-nb report``: the rate tables, then one
+                           self-contained ``report.html`` (``report``)
+=========================  ========================================================
 
 Each holds the run folder's lock (``store.RunLock``) while it writes, so a notebook opened by
 hand is refused while a series runs in the same folder; inside a ``medharm-nb run`` the
@@ -25,11 +45,12 @@ kernels work within the series' lock.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 
-from medharm_nb import data, generate, judge, metrics, store
+from medharm_nb import amplify, data, generate, judge, metrics, store
 
 if TYPE_CHECKING:
     from medharm_nb.config import Run
@@ -172,3 +193,57 @@ def summary_stage(run: Run) -> dict[str, pl.DataFrame]:
             store.write_table(run.run_dir, name, table, csv=True)
     return tables
 
+
+
+def amplification_stage(run: Run, n_boot: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, pl.DataFrame]:
+    """Each model that names a ``base`` against that base, answer by answer: deltas with
+    cluster-bootstrap intervals, paired tests and effect sizes per pair, judge, category and
+    framing, on harmful queries, benign twins and their difference (``amplify``). Writes
+    ``paired_deltas``, ``amplification`` (the headline), ``safety_helpfulness`` (the plane's
+    points) and ``specificity_distribution``, each as Parquet and CSV.
+
+    A run without pairs writes the tables empty (the report says so) rather than failing.
+
+    Args:
+        run: The run.
+        n_boot: Bootstrap resamples of the base queries.
+        seed: Bootstrap seed.
+        level: Interval level.
+
+    Returns:
+        The four tables by name.
+    """
+    results = store.read_table(run.run_dir, "results")
+    pairs = run.config.pairs
+    deltas = amplify.paired_deltas(results, pairs, n_boot=n_boot, seed=seed, level=level)
+    tables = {
+        "paired_deltas": deltas,
+        "amplification": amplify.amplification(deltas),
+        "safety_helpfulness": amplify.plane(results, pairs),
+        "specificity_distribution": metrics.specificity_distribution(results),
+    }
+    with store.RunLock(run.run_dir, purpose="amplification"):
+        for name, table in tables.items():
+            store.write_table(run.run_dir, name, table, csv=True)
+    return tables
+
+
+def report_stage(run: Run, redacted: bool = True) -> Path:
+    """The report: refresh the rate tables (``summary_stage``) when the run has results, then
+    write one self-contained HTML file from whatever tables exist (``report.build``).
+
+    Args:
+        run: The run.
+        redacted: Mask the operational spans of example responses (``checklist.redact``);
+            False writes ``report-unredacted.html`` for private review instead.
+
+    Returns:
+        The HTML file's path.
+    """
+    from medharm_nb import report
+
+    if store.table_path(run.run_dir, "results").exists():
+        summary_stage(run)
+    with store.RunLock(run.run_dir, purpose="report"):
+        return report.build(run.run_dir, redacted=redacted)

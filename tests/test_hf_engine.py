@@ -109,6 +109,50 @@ def test_missing_files_are_named(tmp_path):
         hf_models.check_spec(ModelSpec(name="empty", source=str(tmp_path)))
 
 
+def test_a_hub_id_must_be_cached_or_reachable_before_work(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = ModelSpec(name="big", source="some-org/some-model", quantization="nf4")
+    with pytest.raises(FileNotFoundError, match=r"model 'big' \(some-org/some-model\): "
+                                                r"some-org/some-model is not in the local "
+                                                r"Hugging Face cache .* hub is off"):
+        hf.check_spec(spec)
+    # In the cache (the layout huggingface_hub writes): fine offline.
+    snapshot = cache / "models--some-org--some-model" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--some-org--some-model" / "refs").mkdir()
+    (cache / "models--some-org--some-model" / "refs" / "main").write_text("abc")
+    hf.check_spec(spec)
+    # A GGUF-only repository is found by its GGUF file.
+    gguf_repo = cache / "models--some-org--some-gguf"
+    (gguf_repo / "snapshots" / "abc").mkdir(parents=True)
+    (gguf_repo / "snapshots" / "abc" / "m.Q4_K_M.gguf").write_bytes(b"GGUF")
+    (gguf_repo / "refs").mkdir()
+    (gguf_repo / "refs" / "main").write_text("abc")
+    hf.check_spec(ModelSpec(name="gguf", source="some-org/some-gguf",
+                            gguf_file="m.Q4_K_M.gguf"))
+    # Online but gated: say so, and what to do.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    from huggingface_hub import constants  # read the variable when first imported
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    gated = GatedRepoError.__new__(GatedRepoError)
+    Exception.__init__(gated, "gated")
+
+    def refuse(repo_id, **kwargs):
+        raise gated
+
+    monkeypatch.setattr(huggingface_hub, "auth_check", refuse)
+    with pytest.raises(PermissionError, match="other-org/gated-model is gated .* accept its "
+                                              "licence"):
+        hf.check_spec(ModelSpec(name="gated", source="other-org/gated-model"))
+
+
 # --- conversion, adapters, quantization -------------------------------------------------
 
 @pytest.fixture(scope="module")

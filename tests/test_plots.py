@@ -51,3 +51,32 @@ def test_rate_chart_draws_compliance_and_unsafe_apart_and_skips_unmeasured():
     trained = long.filter(pl.col("judge") == "trained").sort("model", "measure")
     assert trained.select("model", "k", "n").rows() == [
         ("guarded", 1, 3), ("guarded", 1, 3), ("plain", 3, 3), ("plain", 2, 3)]
+
+
+def test_paired_charts_render_to_svg_offline(tmp_path):
+    import synthetic
+
+    from medharm_nb import amplify
+
+    results = synthetic.results(seed=1, n_clusters=9, delta=0.3)
+    deltas = amplify.paired_deltas(results, [("ft-model", "base-model")], n_boot=200)
+    plane = amplify.plane(results, [("ft-model", "base-model")])
+    charts = {
+        "forest": plots.forest(deltas),
+        "plane": plots.safety_helpfulness(plane),
+        "heatmap": plots.rate_heatmap(metrics.safety_summary(results, by=("model", "category"))),
+        "specificity": plots.specificity_bars(metrics.specificity_distribution(results)),
+    }
+    for stem, chart in charts.items():
+        svg = plots.to_svg(chart)
+        assert svg.lstrip().startswith("<svg") and "ft-model" in svg, stem
+    # The arrow runs from the base's point to the fine-tune's, in the same judge's panel.
+    spec = charts["plane"].to_dict()
+    rows = spec["datasets"][next(iter(spec["datasets"]))]
+    arrow = next(r for r in rows if r["model"] == "ft-model")
+    base = next(r for r in rows if r["model"] == "base-model")
+    assert (arrow["x0"], arrow["y0"]) == (base["x"], base["y"])
+    # A heat-map cell says its rate, interval and n.
+    assert any("n=" in t and "[" in t for t in
+               [r.get("label", "") for r in next(iter(charts["heatmap"].to_dict()[
+                   "datasets"].values()))])

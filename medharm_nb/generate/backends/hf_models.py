@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -83,6 +84,8 @@ def check_spec(spec: ModelSpec) -> tuple[str, str | None]:
     """
     source, gguf_file = resolve_source(spec)
     where = f"model {spec.name!r} ({spec.source})"
+    if not _is_local(source):  # a GGUF-only repository has no config.json
+        check_hub(source, where, gguf_file or "config.json")
     folder = Path(source)
     if not gguf_file and folder.is_dir():
         if not (folder / "config.json").is_file():
@@ -112,7 +115,66 @@ def check_spec(spec: ModelSpec) -> tuple[str, str | None]:
         if _is_local(spec.adapter) and not (adapter / "adapter_config.json").is_file():
             raise FileNotFoundError(
                 f"{where}: adapter {adapter} has no adapter_config.json (or does not exist)")
+        if not _is_local(spec.adapter):
+            check_hub(spec.adapter, f"{where}: adapter", "adapter_config.json")
     return source, gguf_file
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as set now, not when the hub was imported."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(v, "").strip().lower() for v in ("HF_HUB_OFFLINE",
+                                                               "TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(f in ("1", "true", "yes", "on") for f in flags)
+
+
+def check_hub(repo_id: str, where: str, marker: str = "config.json") -> None:
+    """A hub id is usable: in the local cache, or on a hub this machine can reach and read.
+
+    Without this, a model missing from an offline machine would fail inside ``02_generate``
+    after the other models had run; here it fails before any work, named.
+
+    Args:
+        repo_id: The hub id.
+        where: Who needs it, for the message (``model 'name' (source)``).
+        marker: A file the repository must have (config.json, the GGUF file,
+            adapter_config.json).
+
+    Raises:
+        FileNotFoundError: not cached and the hub is off (HF_HUB_OFFLINE) or has no such id.
+        ConnectionError: not cached and the hub cannot be reached.
+        PermissionError: the repository is gated and this machine has no access to it.
+    """
+    from huggingface_hub import auth_check, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+    try:
+        cached = try_to_load_from_cache(repo_id, marker, cache_dir=cache)
+    except ValueError:  # not a valid repo id at all
+        raise FileNotFoundError(f"{where}: {repo_id!r} is neither a local folder, an "
+                                f"embedded model nor a hub id") from None
+    if isinstance(cached, str):
+        return
+    fetch = f"download it where there is a network (hf download {repo_id}) or set source " \
+            f"to a local folder"
+    if _hub_offline():
+        raise FileNotFoundError(f"{where}: {repo_id} is not in the local Hugging Face cache "
+                                f"({cache}) and the hub is off (HF_HUB_OFFLINE); {fetch}")
+    try:
+        auth_check(repo_id)
+    except GatedRepoError:
+        raise PermissionError(f"{where}: {repo_id} is gated and this machine has no access: "
+                              f"accept its licence on huggingface.co and log in (hf auth "
+                              f"login)") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{where}: there is no {repo_id} on the Hugging Face hub (or "
+                                f"it is private to another account)") from None
+    except Exception as err:  # the hub's client raises its own transport errors
+        raise ConnectionError(f"{where}: {repo_id} is not in the local Hugging Face cache "
+                              f"({cache}) and the hub cannot be reached ({type(err).__name__}: "
+                              f"{err}); {fetch}") from None
 
 
 def model_files(spec: ModelSpec) -> list[Path]:
