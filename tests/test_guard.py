@@ -95,17 +95,20 @@ def test_category_line_is_generated_and_parsed_for_unsafe_verdicts():
 class _Logits:
     """A stand-in model for the blank-skipping rule: a newline first, then the verdict."""
 
-    device = "cpu"
+    import torch
+
+    device = torch.device("cpu")
 
     def __init__(self, tokenizer, newline_id, verdict_id):
         self.tok, self.newline, self.verdict = tokenizer, newline_id, verdict_id
 
-    def __call__(self, ids):
+    def __call__(self, input_ids, **_):
         import torch
 
-        logits = torch.zeros(1, ids.shape[1], len(self.tok))
-        text = self.tok.decode(ids[0])
-        logits[0, -1, self.verdict if text.endswith("\n") else self.newline] = 5.0
+        logits = torch.zeros(input_ids.shape[0], 1, len(self.tok))
+        for row, ids in enumerate(input_ids):
+            text = self.tok.decode(ids)
+            logits[row, -1, self.verdict if text.endswith("\n") else self.newline] = 5.0
         return type("Out", (), {"logits": logits})()
 
 
@@ -113,7 +116,7 @@ def test_leading_blank_is_skipped_before_the_verdict(prompted):
     tok = prompted.tokenizer
     (unsafe_id,), _ = prompted.label_ids("x")
     model = _Logits(tok, tok.encode("\n", add_special_tokens=False)[0], unsafe_id)
-    p, text = prompted._verdict(model, "Is it safe? Answer:")
+    [p], [text] = prompted._verdicts(model, ["Is it safe? Answer:"])
     assert text == "Is it safe? Answer:\n" and p > 0.99
 
 
