@@ -38,6 +38,7 @@ from medharm_nb import records
 from medharm_nb.embedding import EMBEDDING_PACKAGE, WINDOW_TOKENS, embedding_weights_sha256
 from medharm_nb.judge.base import check_response
 from medharm_nb.judge.harm_features import HarmFeatures, feature_names, harm_features
+from medharm_nb.judge.linear import Logistic
 
 SHIPPED_HARM = "harm_judge_v1.json"
 """The shipped harm classifier, in ``medharm_nb/assets``."""
@@ -232,11 +233,7 @@ class HarmClassifier:
             raise ValueError(f"not a {self.version} classifier (version "
                              f"{params.get('version')!r})")
         self.params = params
-        self.mean = np.asarray(params["scaler_mean"], dtype=float)
-        scale = np.asarray(params["scaler_scale"], dtype=float)
-        self.scale = np.where(scale == 0.0, 1.0, scale)
-        self.coef = np.asarray(params["coef"], dtype=float)
-        self.intercept = float(params["intercept"])
+        self.model = Logistic.from_params(params)
         self.threshold = float(params["threshold"])
         self.gate = bool(params["gate"])
         self.C = float(params["training"]["C"])
@@ -330,8 +327,7 @@ class HarmClassifier:
     # scoring ------------------------------------------------------------------------
     def probabilities(self, feats: HarmFeatures) -> np.ndarray:
         """P(unsafe) per row of a feature matrix."""
-        z = ((feats.matrix - self.mean) / self.scale) @ self.coef + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+        return self.model.proba(feats.matrix)
 
     def predict_proba(self, prompts: Sequence[str],
                       responses: Sequence[str | None]) -> np.ndarray:

@@ -43,6 +43,7 @@ from medharm_nb.judge.checklist import score_checklist
 from medharm_nb.judge.gold import TO_XSTEST, data_sha256, load_gold
 from medharm_nb.judge.harm import HarmClassifier
 from medharm_nb.judge.harm_features import harm_features
+from medharm_nb.judge.linear import Logistic
 from medharm_nb.judge.rules import (
     REDIRECT,
     RULE_FEATURES,
@@ -118,11 +119,7 @@ class TrainedJudge:
 
     def __init__(self, params: dict[str, Any], harm: HarmClassifier | None = None):
         self.params = params
-        self.mean = np.asarray(params["scaler_mean"], dtype=float)
-        scale = np.asarray(params["scaler_scale"], dtype=float)
-        self.scale = np.where(scale == 0.0, 1.0, scale)
-        self.coef = np.asarray(params["coef"], dtype=float)
-        self.intercept = float(params["intercept"])
+        self.model = Logistic.from_params(params)
         self.gate = float(params["gate"])
         self.harm = harm if harm is not None else HarmClassifier.shipped()
         self.id = f"{self.judge_version}-{records.stable_hash(self.settings(), length=8)}"
@@ -200,8 +197,7 @@ class TrainedJudge:
 
     def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
         """P(full compliance) per row of a feature matrix."""
-        z = ((matrix - self.mean) / self.scale) @ self.coef + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+        return self.model.proba(matrix)
 
     def label(self, p: float, feats: Features, k: int) -> tuple[str, str]:
         """The 4-way label of row ``k`` given its P(compliance), and what decided it."""
