@@ -109,7 +109,11 @@ def _cluster_sums(rows: pl.DataFrame, outcome: str, clusters: list[str]) -> dict
 
 def bootstrap_weights(n_clusters: int, n_boot: int, seed: int) -> np.ndarray:
     """How often each cluster is drawn in each of ``n_boot`` resamples with replacement:
-    an ``(n_boot, n_clusters)`` integer matrix (multinomial counts, seeded)."""
+    an ``(n_boot, n_clusters)`` integer matrix (multinomial counts, seeded).
+
+    Written here rather than with ``scipy.stats.bootstrap``: that resamples observations,
+    while these intervals resample whole base queries and pool ratios over their answers
+    (one weight matrix serves every outcome, stratum and pair at once)."""
     rng = np.random.default_rng(seed)
     return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot)
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 from scipy.stats import bootstrap, spearmanr
-from sklearn.metrics import cohen_kappa_score
+from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
 from medharm_nb import records
 from medharm_nb.judge.base import judge_batch
@@ -120,13 +120,14 @@ def _interval(g: np.ndarray, p: np.ndarray, stat, n_boot: int, seed: int,
 
 
 def confusion(gold: Sequence[str], pred: Sequence[str]) -> pl.DataFrame:
-    """Counts of (gold, pred) pairs, long: ``gold, pred, n`` (zeros included)."""
+    """Counts of (gold, pred) pairs (scikit-learn's confusion matrix), long: ``gold, pred,
+    n``, zeros included."""
     labels = sorted(set(gold) | set(pred))
-    counts = pl.DataFrame({"gold": list(gold), "pred": list(pred)}).group_by(
-        "gold", "pred").len("n")
-    grid = pl.DataFrame({"gold": labels}).join(pl.DataFrame({"pred": labels}), how="cross")
-    return grid.join(counts, on=["gold", "pred"], how="left").with_columns(
-        pl.col("n").fill_null(0).cast(pl.Int64)).sort("gold", "pred")
+    matrix = confusion_matrix(list(gold), list(pred), labels=labels)
+    return pl.DataFrame({"gold": [g for g in labels for _ in labels],
+                         "pred": [p for _ in labels for p in labels],
+                         "n": matrix.ravel().tolist()},
+                        schema={"gold": pl.String, "pred": pl.String, "n": pl.Int64})
 
 
 def _split_labels(items: pl.DataFrame, split: str) -> tuple[list[str], list[str]]:
