@@ -152,6 +152,17 @@ def model_files(spec: ModelSpec) -> list[Path]:
     return files
 
 
+def tokenizer_source(spec: ModelSpec, source: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """Where a spec's tokenizer comes from: a local adapter folder that ships its own
+    tokenizer (a fine-tune trained with another chat template than its base's, see
+    ``medharm_nb.finetune``), else the base model (``source``, ``gguf_file``)."""
+    if spec.adapter and _is_local(spec.adapter):
+        folder = Path(spec.adapter).expanduser()
+        if (folder / "tokenizer_config.json").is_file():
+            return str(folder), None
+    return source, gguf_file
+
+
 @lru_cache(maxsize=4)
 def _load_tokenizer(source: str, gguf_file: str | None):
     from transformers import AutoTokenizer
@@ -174,13 +185,21 @@ def _bnb_config(quantization: str):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-@lru_cache(maxsize=2)
-def _load_model(source: str, gguf_file: str | None, quantization: str = "none",
-                adapter: str | None = None, image_text: bool = False):
-    # Two specs on the same weights (e.g. with and without a safety system prompt) share one
-    # loaded model. An adapter is part of the key: peft changes the base model in place.
-    # ``image_text``: checkpoints published as image-text-to-text models (Llama Guard 4),
-    # whose language model AutoModelForCausalLM does not load.
+def load_weights(source: str, gguf_file: str | None, quantization: str = "none",
+                 image_text: bool = False):
+    """Load a model's weights, uncached: the engine's loader, shared with fine-tuning.
+
+    Weights load in their own dtype (a GGUF file dequantized to float32) with SDPA attention,
+    on the GPU when there is one; nf4 / int8 quantize with bitsandbytes (a GGUF file is
+    converted once to safetensors for that, see ``generate.convert``).
+
+    Args:
+        source: Hub id or local directory (as ``resolve_source`` returns it).
+        gguf_file: GGUF file inside ``source``, or None.
+        quantization: none | nf4 | int8.
+        image_text: The checkpoint is published as an image-text-to-text model (Llama Guard
+            4), whose language model AutoModelForCausalLM does not load.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -200,7 +219,15 @@ def _load_model(source: str, gguf_file: str | None, quantization: str = "none",
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
     auto = AutoModelForImageTextToText if image_text else AutoModelForCausalLM
-    model = auto.from_pretrained(source, **kwargs)
+    return auto.from_pretrained(source, **kwargs)
+
+
+@lru_cache(maxsize=2)
+def _load_model(source: str, gguf_file: str | None, quantization: str = "none",
+                adapter: str | None = None, image_text: bool = False):
+    # Two specs on the same weights (e.g. with and without a safety system prompt) share one
+    # loaded model. An adapter is part of the key: peft changes the base model in place.
+    model = load_weights(source, gguf_file, quantization, image_text)
     if adapter:
         from peft import PeftModel
 
@@ -231,7 +258,7 @@ class HFBackend:
         self.token_budget = token_budget
         self.inject_oom_above = inject_oom_above
         self.answer_lengths = answer_lengths or {}
-        self.tokenizer = _load_tokenizer(self.source, self.gguf_file)
+        self.tokenizer = _load_tokenizer(*tokenizer_source(spec, self.source, self.gguf_file))
         if spec.chat_template is None and self.tokenizer.chat_template is None:
             raise ValueError(
                 f"model {spec.name!r} ({spec.source}) has no chat template (a base model?): "
