@@ -158,6 +158,22 @@ def guard_variants(summary: pl.DataFrame) -> alt.LayerChart:
             ).properties(width=320, title="Catch rate by prompt variant")
 
 
+def loss_curve(losses: pl.DataFrame) -> alt.Chart:
+    """Training loss per optimizer step (a fine-tune's card, see ``finetune``).
+
+    Args:
+        losses: Columns ``step`` and ``loss``.
+    """
+    return (
+        alt.Chart(losses)
+        .mark_line(point=losses.height <= 60)
+        .encode(x=alt.X("step:Q", title="optimizer step"),
+                y=alt.Y("loss:Q", title="loss on answer tokens", scale=alt.Scale(zero=False)),
+                tooltip=["step", alt.Tooltip("loss:Q", format=".3f")])
+        .properties(width=360, height=180, title="Training loss")
+    )
+
+
 def save_chart(chart: alt.TopLevelMixin, directory: str | Path, stem: str) -> list[Path]:
     """Save a chart as PNG (2x scale) and SVG, offline through vl-convert.
 
