@@ -214,7 +214,14 @@ def trainable_model(source: str, gguf_file: str | None, quantization: str,
     model = load_weights(source, gguf_file, quantization)
     set_seed(config.seed)  # LoRA's A matrices are drawn now, dropout masks while training
     if quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+        for module in model.modules():
+            # On a CPU, bitsandbytes repacks 4-bit weights for inference at the first no-grad
+            # forward (our loss before training); no gradient flows through them after that.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     targets = config.target_modules
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=targets[0] if targets == ["all-linear"] else targets,
