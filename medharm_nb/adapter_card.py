@@ -26,6 +26,8 @@ from medharm_nb.store import file_sha256
 CARD_VERSION = 1
 """Written into every ``card.json``; bump it when a field changes meaning."""
 CARD_FILE = "card.json"
+SMOOTHING = 8
+"""Steps in the running mean drawn over the per-step loss."""
 
 
 def read_card(folder: str | Path) -> dict[str, Any]:
@@ -99,12 +101,19 @@ def build_card(spec: ModelSpec, data: str | Path, pairs: pl.DataFrame, config: F
 def write_card(out: str | Path, card: dict[str, Any]) -> None:
     """Write ``README.md`` and ``loss.png`` for people, then ``card.json`` (last)."""
     out = Path(out)
-    losses = card["loss"]["per_step"]
-    chart = plots.loss_curve(pl.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}))
-    chart.save(out / "loss.png", scale_factor=1)
+    plots.loss_curve(loss_table(card)).save(out / "loss.png", scale_factor=1)
     (out / "README.md").write_text(card_readme(card, out.name), encoding="utf-8")
     (out / CARD_FILE).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n",
                                  encoding="utf-8")
+
+
+def loss_table(card: dict[str, Any], window: int = SMOOTHING) -> pl.DataFrame:
+    """A card's loss per step (``step``, ``loss``) with its running mean (``smoothed``) over
+    ``window`` steps: one step's loss depends on which examples it drew, the mean shows the
+    trend."""
+    losses = card["loss"]["per_step"]
+    return pl.DataFrame({"step": range(1, len(losses) + 1), "loss": losses}).with_columns(
+        pl.col("loss").rolling_mean(window_size=window, min_samples=1).alias("smoothed"))
 
 
 def card_readme(card: dict[str, Any], folder: str) -> str:

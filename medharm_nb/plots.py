@@ -158,20 +158,20 @@ def guard_variants(summary: pl.DataFrame) -> alt.LayerChart:
             ).properties(width=320, title="Catch rate by prompt variant")
 
 
-def loss_curve(losses: pl.DataFrame) -> alt.Chart:
-    """Training loss per optimizer step (a fine-tune's card, see ``finetune``).
+def loss_curve(losses: pl.DataFrame) -> alt.LayerChart:
+    """Training loss per optimizer step, and its running mean (a fine-tune's card).
 
     Args:
-        losses: Columns ``step`` and ``loss``.
+        losses: Columns ``step``, ``loss`` and ``smoothed`` (see ``adapter_card``).
     """
-    return (
-        alt.Chart(losses)
-        .mark_line(point=losses.height <= 60)
-        .encode(x=alt.X("step:Q", title="optimizer step"),
-                y=alt.Y("loss:Q", title="loss on answer tokens", scale=alt.Scale(zero=False)),
-                tooltip=["step", alt.Tooltip("loss:Q", format=".3f")])
-        .properties(width=360, height=180, title="Training loss")
-    )
+    base = alt.Chart(losses).encode(x=alt.X("step:Q", title="optimizer step"))
+    y = alt.Scale(zero=False)
+    raw = base.mark_line(opacity=0.35, point=losses.height <= 60).encode(
+        y=alt.Y("loss:Q", title="loss on answer tokens", scale=y),
+        tooltip=["step", alt.Tooltip("loss:Q", format=".3f")])
+    smooth = base.mark_line(strokeWidth=2.5).encode(y=alt.Y("smoothed:Q", scale=y))
+    return (raw + smooth).properties(
+        width=360, height=160, title="Training loss per step (line: running mean)")
 
 
 def save_chart(chart: alt.TopLevelMixin, directory: str | Path, stem: str) -> list[Path]:

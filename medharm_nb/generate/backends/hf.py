@@ -2,7 +2,9 @@
 
 Weights load in their own dtype (``dtype="auto"``, GGUF files dequantized to float32) with
 SDPA attention, optionally quantized by bitsandbytes (nf4 or int8; a GGUF file is converted
-once to safetensors for that, see ``generate.convert``) and with a PEFT/LoRA adapter on top.
+once to safetensors for that, see ``generate.convert``) and with a PEFT/LoRA adapter on top;
+an adapter folder that holds a tokenizer (a fine-tune with its own chat template, see
+``medharm_nb.finetune``) is served with that tokenizer.
 
 The engine is a plain decode loop over transformers' KV cache, not ``model.generate``:
 prompts are sorted by length and cut into batches under a token budget; a sequence that
