@@ -41,6 +41,10 @@ from medharm_nb.runner import RunConfig, absolutize
 
 IGNORE = -100
 """Label of tokens that carry no loss (prompt, padding), as torch's cross-entropy expects."""
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json",
+                   "chat_template.jinja", "chat_template.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model")
+"""What a saved tokenizer may consist of (``save_adapter`` removes stale ones)."""
 
 
 class DataError(ValueError):
@@ -328,6 +332,30 @@ def train(model, examples: list[dict[str, list[int]]], config: FinetuneConfig, p
 
 # -- the stage ----------------------------------------------------------------------------------
 
+def save_adapter(model, tokenizer, spec: ModelSpec, out: Path) -> None:
+    """Save the LoRA weights, and the tokenizer when the spec's chat template is its own.
+
+    Files an earlier adapter left in ``out`` that this one would not overwrite (its card,
+    a tokenizer) are removed first, so a stale template is never served with new weights.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (adapter_card.CARD_FILE, *TOKENIZER_FILES):
+        (out / name).unlink(missing_ok=True)
+    model.peft_config["default"].base_model_name_or_path = spec.source  # not a local path
+    # No embedding layer is trained, so peft need not look the base up on the hub; its
+    # README (a stub model card, replaced by ours) logs that it found no metadata.
+    hub_card_log = logging.getLogger("huggingface_hub.repocard")
+    level = hub_card_log.level
+    hub_card_log.setLevel(logging.ERROR)
+    try:
+        model.save_pretrained(str(out), save_embedding_layers=False)
+    finally:
+        hub_card_log.setLevel(level)
+    if spec.chat_template and spec.chat_template != tokenizer.chat_template:
+        tokenizer.chat_template = spec.chat_template  # served with the template it learnt
+        tokenizer.save_pretrained(str(out))
+
+
 def finetune(spec: str | ModelSpec, data: str | Path, out: str | Path,
              config: FinetuneConfig = FinetuneConfig(), prompt_column: str = "prompt",
              response_column: str = "response", split: str = "train",
@@ -379,20 +407,7 @@ def finetune(spec: str | ModelSpec, data: str | Path, out: str | Path,
     after = mean_loss(model, probe, config.batch_size, pad_id) if probe else None
     trained = time.perf_counter()
 
-    out.mkdir(parents=True, exist_ok=True)
-    model.peft_config["default"].base_model_name_or_path = spec.source  # not a local path
-    # No embedding layer is trained, so peft need not look the base up on the hub; its
-    # README (a stub model card, replaced below) logs that it found no metadata.
-    hub_card_log = logging.getLogger("huggingface_hub.repocard")
-    level = hub_card_log.level
-    hub_card_log.setLevel(logging.ERROR)
-    try:
-        model.save_pretrained(str(out), save_embedding_layers=False)
-    finally:
-        hub_card_log.setLevel(level)
-    if spec.chat_template and spec.chat_template != tokenizer.chat_template:
-        tokenizer.chat_template = spec.chat_template  # served with the template it learnt
-        tokenizer.save_pretrained(str(out))
+    save_adapter(model, tokenizer, spec, out)
     card = adapter_card.build_card(
         spec, data, pairs, config, quantization, model, counts, losses, (before, after), out,
         {"load": loaded - began, "train": trained - loaded, "total": time.perf_counter() - began})

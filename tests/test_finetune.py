@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import polars as pl
 import pytest
@@ -127,6 +128,25 @@ def test_existing_output_and_unusable_specs_are_refused(tmp_path, pairs_file, no
     loaded = ft.load_spec(str(spec))
     assert (loaded.name, loaded.system_prompt) == ("served", "Be brief.")
     assert ft.load_spec(str(spec), system_prompt="").system_prompt is None
+
+
+def test_overwriting_an_adapter_removes_its_stale_tokenizer_and_card(tmp_path):
+    out = tmp_path / "adapter"
+    out.mkdir()
+    for name in ("tokenizer_config.json", "chat_template.jinja", "card.json", "notes.txt"):
+        (out / name).write_text("{}")
+
+    class Saved:  # stands in for a peft model: the machinery, not the weights, is tested
+        peft_config = {"default": SimpleNamespace(base_model_name_or_path="/local/path")}
+
+        def save_pretrained(self, path, **kwargs):
+            (out / "adapter_config.json").write_text(json.dumps(
+                {"base_model_name_or_path": self.peft_config["default"].base_model_name_or_path}))
+
+    spec = ModelSpec(name="m", source="smollm2-135m")  # the base's own template: no tokenizer
+    ft.save_adapter(Saved(), SimpleNamespace(chat_template="{{ x }}"), spec, out)
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "notes.txt"]
+    assert "smollm2-135m" in (out / "adapter_config.json").read_text()
 
 
 def test_steps_follow_epochs_batch_and_accumulation():
