@@ -6,6 +6,11 @@ from pathlib import Path
 
 import typer
 
+from medharm_nb.records import FinetuneConfig
+
+_FT = FinetuneConfig()
+"""The fine-tuning defaults, defined once (in records), shown by ``finetune --help``."""
+
 app = typer.Typer(
     help="medharm-nb: measure how LLMs fail on high-risk medical questions.",
     no_args_is_help=True,
@@ -131,25 +136,29 @@ def finetune_command(
     data_files: list[str] = typer.Option([], help="data_files of an hf: builder, repeatable."),
     system_prompt: str | None = typer.Option(
         None, help="System prompt to train under (default: the spec's; '' for none)."),
-    rank: int = typer.Option(8, min=1, help="LoRA rank."),
-    alpha: float = typer.Option(16.0, help="LoRA alpha (scale = alpha / rank)."),
-    dropout: float = typer.Option(0.05, help="LoRA dropout."),
+    rank: int = typer.Option(_FT.rank, min=1, help="LoRA rank."),
+    alpha: float = typer.Option(_FT.alpha, help="LoRA alpha (scale = alpha / rank)."),
+    dropout: float = typer.Option(_FT.dropout, help="LoRA dropout."),
     target_modules: str = typer.Option(
-        "all-linear", help="Comma-separated module names (q_proj,v_proj) or all-linear."),
-    lr: float = typer.Option(2e-4, help="Peak learning rate (AdamW, linear warmup/decay)."),
-    epochs: int = typer.Option(1, min=1, help="Passes over the data."),
+        ",".join(_FT.target_modules),
+        help="Comma-separated module names (q_proj,v_proj) or all-linear."),
+    lr: float = typer.Option(_FT.learning_rate,
+                             help="Peak learning rate (AdamW, linear warmup/decay)."),
+    epochs: int = typer.Option(_FT.epochs, min=1, help="Passes over the data."),
     max_steps: int | None = typer.Option(None, min=1, help="Optimizer steps (overrides "
                                                            "--epochs)."),
-    max_length: int = typer.Option(1024, help="Tokens per example at most."),
-    batch_size: int = typer.Option(4, min=1, help="Examples per forward pass."),
-    grad_accum: int = typer.Option(1, min=1, help="Forward passes per optimizer step."),
-    warmup_ratio: float = typer.Option(0.03, help="Share of steps warming up."),
-    seed: int = typer.Option(0, help="Seed of LoRA's initialisation, shuffling, dropout."),
+    max_length: int = typer.Option(_FT.max_length, help="Tokens per example at most."),
+    batch_size: int = typer.Option(_FT.batch_size, min=1, help="Examples per forward pass."),
+    grad_accum: int = typer.Option(_FT.grad_accum, min=1,
+                                   help="Forward passes per optimizer step."),
+    warmup_ratio: float = typer.Option(_FT.warmup_ratio, help="Share of steps warming up."),
+    seed: int = typer.Option(_FT.seed, help="Seed of LoRA's initialisation, shuffling, dropout."),
     quantization: str = typer.Option(
-        "auto", help="Base weights while training: auto (the spec's; if none, nf4 on a "
-                     "CUDA GPU, full precision on a CPU), none, nf4, int8."),
-    eval_examples: int = typer.Option(64, min=0, help="Examples whose loss is measured "
-                                                       "before and after (0: skip)."),
+        _FT.quantization, help="Base weights while training: auto (the spec's; if none, nf4 "
+                               "on a CUDA GPU, full precision on a CPU), none, nf4, int8."),
+    eval_examples: int = typer.Option(
+        _FT.eval_examples, min=0, help="Examples whose loss is measured before and after "
+                                       "(0: skip)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
 ) -> None:
     """Train a LoRA adapter (QLoRA on a GPU) on prompt/response pairs; write it with its
@@ -157,7 +166,6 @@ def finetune_command(
     from pydantic import ValidationError
 
     from medharm_nb import finetune
-    from medharm_nb.records import FinetuneConfig
 
     try:
         config = FinetuneConfig(
