@@ -41,6 +41,9 @@ lab: setup
 
 lint: setup
 	$(BIN)/ruff check medharm_nb tests notebooks benchmarks
+	@# No import cycles, late imports included (a late import that dodges a cycle counts).
+	@if [ -f ../shared/tools/import_cycles.py ]; then \
+		$(BIN)/python ../shared/tools/import_cycles.py medharm_nb; fi
 
 clean:
 	rm -rf $(VENV) runs

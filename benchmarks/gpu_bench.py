@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medharm_nb.generate import Request, build_messages  # noqa: E402
-from medharm_nb.generate.backends import hf  # noqa: E402
+from medharm_nb.generate.backends import hf, hf_models  # noqa: E402
 from medharm_nb.records import GenConfig, ModelSpec  # noqa: E402
 
 WORDS = (
@@ -209,7 +209,7 @@ def run_one(folder: Path, quant: str, args) -> dict:
         raw = raw_generate(backend, prompts, lengths, args.raw_workload_batch)
         result["raw_workload"] = raw
         print(f"[{name}] raw generate on the workload: {raw}", flush=True)
-    hf._load_model.cache_clear()
+    hf_models.load_model.cache_clear()
     hf._free_gpu_memory()
     return result
 

@@ -157,3 +157,141 @@ def bench_generate(spec: ModelSpec, n: int = 64, max_new_tokens: int = 64,
                   or o.n_new_tokens != len(a)]
     return BenchResult(n, naive_seconds, engine_seconds, sum(map(len, naive)),
                        sum(o.n_new_tokens for o in outputs), mismatches)
+
+
+# -- guards: one item per forward pass against batched reading ------------------------------
+
+def bench_guard(name: str, n: int = 256, tolerance: float = 1e-3,
+                log: Callable[[str], None] = print) -> dict[str, float]:
+    """Score ``n`` queries' prompts with a verdict guard one item at a time and in batches
+    (``VerdictGuard.score(batched=...)``), check the probabilities agree within
+    ``tolerance`` and time both.
+
+    The items are MedHarm-Open's queries (harmful and benign, 420 of them, repeated in their
+    prompt variants when ``n`` is larger): real lengths, not one repeated prompt.
+
+    Returns:
+        ``n``, ``naive_items_s``, ``batched_items_s``, ``speedup``, ``max_abs_diff``,
+        ``tolerance``.
+    """
+    from medharm_nb.data import load_queries
+    from medharm_nb.guard import load_guard
+    from medharm_nb.variants import VARIANTS, apply_variants
+
+    guard = load_guard(name)
+    if not hasattr(guard, "read_many"):
+        raise ValueError(f"guard {name!r} is not a model guard; nothing to batch")
+    texts = apply_variants(load_queries("medharm-open"), tuple(VARIANTS))["text"].to_list()
+    items = [{"prompt": t} for t in texts[:n]]
+    began = time.perf_counter()
+    guard.warm()
+    log(f"loaded {name} in {time.perf_counter() - began:.1f} s; scoring {len(items)} prompts")
+    guard.score(items[:2])  # warm-up: neither path pays the first call's set-up
+    began = time.perf_counter()
+    naive = guard.score(items, batched=False)
+    naive_s = time.perf_counter() - began
+    log(f"one at a time: {naive_s:.1f} s")
+    began = time.perf_counter()
+    batched = guard.score(items)
+    batched_s = time.perf_counter() - began
+    log(f"batched:       {batched_s:.1f} s")
+    diff = max(abs(a.p_unsafe - b.p_unsafe) for a, b in zip(naive, batched))
+    return {"n": len(items), "naive_items_s": len(items) / naive_s,
+            "batched_items_s": len(items) / batched_s, "speedup": naive_s / batched_s,
+            "max_abs_diff": diff, "tolerance": tolerance}
+
+
+# -- generation on a realistic mixed-length workload ---------------------------------------
+
+def mixed_limits(n: int, cap: int, seed: int = 0) -> list[int]:
+    """Per-prompt answer lengths like a real study's: most answers short (refusals), some
+    medium, a few running to the cap (long compliant answers); fixed by ``seed``.
+
+    Shares: 60% between 8 and 32 tokens, 30% between 32 and cap/2, 10% at the cap.
+    """
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        out.append(rng.randint(8, 32) if r < 0.6 else rng.randint(32, max(33, cap // 2))
+                   if r < 0.9 else cap)
+    return out
+
+
+def bench_mixed(spec: ModelSpec, n: int = 64, cap: int = 128,
+                batch_sizes: tuple[int, ...] = (8, 16, 32, 64), engine_batch: int = 64,
+                log: Callable[[str], None] = print) -> dict[str, float]:
+    """The engine against plain ``generate`` on a mixed-length workload, outputs checked.
+
+    Every prompt has its own answer length (``mixed_limits``). Three ways answer them all:
+    a naive loop (one prompt at a time, each to its own length); plain ``model.generate`` in
+    fixed batches, each batch running to its longest answer and every answer then cut to its
+    own length, at each of ``batch_sizes`` (the best is kept); and the engine, whose finished
+    rows leave the batch. Greedy outputs must be identical (float32).
+
+    Returns:
+        Tokens per second of each (``naive_tok_s``, ``batched_tok_s`` at ``best_batch``,
+        ``engine_tok_s``), ``engine_vs_batched``, ``engine_vs_naive``, ``mismatches``.
+    """
+    import torch
+
+    from medharm_nb.generate import Request, build_messages
+    from medharm_nb.generate.backends.hf import HFBackend
+
+    prompts = bench_prompts(n)
+    limits = mixed_limits(n, cap)
+    backend = HFBackend(spec, answer_lengths={str(i): k for i, k in enumerate(limits)})
+    backend.prepare()
+    model, tok = backend.model, backend.tokenizer
+    rendered = [backend.render(build_messages(spec, p)) for p in prompts]
+    log(f"{n} prompts, answer lengths {min(limits)}-{max(limits)} (mean "
+        f"{sum(limits) / n:.0f}), {torch.get_num_threads()} torch thread(s)")
+    naive_answer(backend, rendered[0], 2)  # warm-up
+
+    began = time.perf_counter()
+    naive = [naive_answer(backend, r, k) for r, k in zip(rendered, limits)]
+    naive_s = time.perf_counter() - began
+    tokens = sum(map(len, naive))
+    log(f"naive loop: {tokens} tokens in {naive_s:.1f} s")
+
+    best = (0.0, 0, [])
+    for size in batch_sizes:
+        began = time.perf_counter()
+        answers: list[list[int]] = []
+        for start in range(0, n, size):
+            chunk = list(range(start, min(n, start + size)))
+            enc = tok([rendered[i] for i in chunk], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(model.device)
+            with torch.inference_mode():
+                out = model.generate(**enc, max_new_tokens=max(limits[i] for i in chunk),
+                                     do_sample=False, eos_token_id=sorted(backend.stop_ids),
+                                     pad_token_id=tok.pad_token_id, temperature=None,
+                                     top_p=None, top_k=None)
+            for row, i in enumerate(chunk):
+                new = out[row, enc["input_ids"].shape[1]:].tolist()
+                stops = [j for j, t in enumerate(new) if t in backend.stop_ids]
+                answers.append((new[:stops[0]] if stops else new)[:limits[i]])
+        seconds = time.perf_counter() - began
+        rate = sum(map(len, answers)) / seconds
+        log(f"plain generate, batch {size}: {rate:.1f} tok/s")
+        if rate > best[0]:
+            best = (rate, size, answers)
+
+    requests = [Request(gen_id=str(i), messages=[], rendered=r) for i, r in enumerate(rendered)]
+    config = GenConfig(max_new_tokens=cap, batch_size=engine_batch)
+    began = time.perf_counter()
+    engine = {r.gen_id: o for g in backend.generate(requests, config) for r, o in g}
+    engine_s = time.perf_counter() - began
+    outputs = [engine[str(i)] for i in range(n)]
+    engine_rate = sum(o.n_new_tokens for o in outputs) / engine_s
+    log(f"engine (batch {engine_batch}): {engine_rate:.1f} tok/s")
+    mismatches = [i for i, (a, b, o) in enumerate(zip(naive, best[2], outputs))
+                  if a != b or o.n_new_tokens != len(a)
+                  or o.text != tok.decode(a, skip_special_tokens=True).strip()]
+    naive_rate = tokens / naive_s
+    return {"n": n, "naive_tok_s": naive_rate, "batched_tok_s": best[0],
+            "best_batch": best[1], "engine_tok_s": engine_rate,
+            "engine_vs_batched": engine_rate / best[0], "engine_vs_naive": engine_rate / naive_rate,
+            "mismatches": len(mismatches)}

@@ -86,6 +86,51 @@ def run(
     typer.echo(f"  tables:             {run_path / 'tables'}")
     typer.echo(f"  figures:            {manifest['figures_dir']}")
     typer.echo(f"  manifest:           {run_path / 'manifest.json'}")
+    if (run_path / "report.html").exists():
+        typer.echo(f"  report:             {run_path / 'report.html'}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder, e.g. runs/demo."),
+    unredacted: bool = typer.Option(
+        False, "--unredacted", help="Show example responses unmasked, for private review "
+                                    "(writes report-unredacted.html; report.html stays "
+                                    "redacted)."),
+) -> None:
+    """Write RUN_DIR/report.html: the whole run in one self-contained HTML file (offline, no
+    JavaScript), from whatever tables it has; summary tables go to RUN_DIR/tables/."""
+    from medharm_nb import config, stages, store
+
+    try:
+        run_ = config.open_run_dir(run_dir)
+        path = stages.report_stage(run_, redacted=not unredacted)
+    except (config.ConfigError, store.RunLocked, FileNotFoundError) as err:
+        _fail(str(err))
+    typer.echo(f"report: {path}")
+    if unredacted:
+        typer.secho("unredacted: real model outputs to high-risk queries; do not share it",
+                    fg=typer.colors.YELLOW)
+
+
+@app.command("plan")
+def plan_command(
+    config: Path = typer.Argument(..., help="The YAML run config, e.g. configs/demo.yaml."),
+) -> None:
+    """Before anything runs: generations, judge and guard calls, tokens at most, which models
+    need downloading or converting, disk and GPU memory per model, and a time estimate from
+    the last benchmark on this hardware."""
+    from medharm_nb import config as run_config
+    from medharm_nb import data
+    from medharm_nb.plan import plan, plan_lines
+
+    try:
+        cfg = run_config.absolutize(run_config.load_config(config), config.resolve().parent)
+        queries = data.prepare_queries(cfg.queries, config.resolve().parent)
+    except (run_config.ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    for line in plan_lines(plan(cfg, queries.height)):
+        typer.echo(line)
 
 
 @app.command("generate")
@@ -114,6 +159,7 @@ def generate_stage(
         failed += row["failed"]
         typer.echo(f"  {row['model']}: total {row['total']}, cached {row['cached']}, "
                    f"generated {row['generated']}, failed {row['failed']}, "
+                   f"blocked {row['blocked']}, "
                    f"{row['tokens_per_s']:.1f} tokens/s")
     if failed:
         typer.secho(f"  {failed} generation(s) failed: their errors are stored; run the same "
@@ -237,6 +283,10 @@ def serve(
     max_body_bytes: int = typer.Option(1_000_000, min=1,
                                        help="Largest request body; more get 413."),
     batch_size: int = typer.Option(8, min=1, help="Concurrent requests answered in one batch."),
+    allow_host: list[str] = typer.Option(
+        [], metavar="NAME",
+        help="A name clients reach the server by, repeatable (loopback names and --host are "
+             "always served; a request for any other Host gets 421)."),
 ) -> None:
     """Serve a model spec over the OpenAI chat-completions protocol (/v1/chat/completions)."""
     from pydantic import ValidationError
@@ -259,7 +309,7 @@ def serve(
                              system_prompt=system_prompt)
         limits = serving.Limits(max_tokens=max_tokens_cap, max_concurrency=max_concurrency,
                                 max_body_bytes=max_body_bytes, batch_size=batch_size)
-        serving.serve(spec, host=host, port=port, limits=limits)
+        serving.serve(spec, host=host, port=port, limits=limits, allow_hosts=allow_host)
     except ValidationError as err:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
     except (FileNotFoundError, ValueError) as err:  # ConfigError and ServeError included
@@ -270,16 +320,19 @@ def serve(
 def judge_eval_command(
     judge: list[str] = typer.Option(["rules"], help="Judge name, repeatable: rules, trained, "
                                                     "llm:MODEL, guard:NAME, panel:A+B."),
-    gold: str = typer.Option(..., help="Human labels: XSTest folder or file, run:RUN_DIR "
-                                       "(annotations), or a CSV/JSONL/Parquet file with "
-                                       "prompt, response, label."),
+    gold: list[str] = typer.Option(..., help="Human labels, repeatable: an XSTest folder "
+                                             "(compliance), HarmBench's validation set "
+                                             "(unsafe), run:RUN_DIR (annotations), or a "
+                                             "CSV/JSONL/Parquet file with prompt, response "
+                                             "and label and/or unsafe."),
     safe: Path | None = typer.Option(None, help="MedSafetyBench folder: false-alarm check."),
     limit: int | None = typer.Option(None, min=1, help="At most N responses per group."),
     bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the CIs."),
     out: Path | None = typer.Option(None, help="Write the tables under OUT/tables/."),
 ) -> None:
-    """Agreement of judges with human labels (binary and 3-way accuracy, Cohen's kappa,
-    confusion, bootstrap CIs, unscored count) and their false-alarm rate."""
+    """Agreement of judges with human labels on the compliance split and the unsafe split
+    (accuracy, Cohen's kappa, confusion, bootstrap CIs, unscored count), specificity's rank
+    correlation with human ordinal labels, and false alarms on safe responses."""
     from medharm_nb import store
     from medharm_nb.judge import validation
 
@@ -290,10 +343,10 @@ def judge_eval_command(
     if report.evaluation is None:
         _fail("; ".join(report.skipped))
     if out is not None:
-        store.write_table(out, "judge_agreement", report.evaluation.summary)
+        store.write_table(out, "judge_agreement", report.evaluation.summary, csv=True)
         store.write_table(out, "judge_confusion", report.evaluation.confusion)
         if report.false_alarm is not None:
-            store.write_table(out, "judge_false_alarms", report.false_alarm)
+            store.write_table(out, "judge_false_alarms", report.false_alarm, csv=True)
     for line in validation.report_lines(report):
         typer.echo(line)
 
@@ -334,13 +387,19 @@ def guard_eval(
     threshold: float = typer.Option(0.5, help="The guards' default threshold."),
     out: Path | None = typer.Option(None, help="Write the tables under OUT/tables/."),
 ) -> None:
-    """Score prompts with guards: AUROC, catch at 5% false blocks, false blocks (with CIs)."""
+    """Score prompts with guards: AUROC, catch at a cross-fitted 5% false-block threshold,
+    false blocks (with CIs), and paired brittleness under the prompt variants."""
+    import polars as pl
+
     from medharm_nb import guard as guards
     from medharm_nb import store
 
     try:
-        result = guards.evaluate(guard, queries, train=train, variants=variants, limit=limit,
-                                 threshold=threshold)
+        labelled = guards.first_pairs(guards.labelled_queries(queries), limit)
+        loaded = {g: guards.load_guard(g, train if g == "minilm" else None) for g in guard}
+        result = guards.evaluate_guards(loaded, labelled, variants=variants,
+                                        threshold=threshold)
+        result["guards"] = guards.describe_all(loaded, queries)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     if out is not None:
@@ -349,9 +408,12 @@ def guard_eval(
     with _wide_tables():
         if variants:
             typer.echo(result["summary"].select(
-                "guard", "variant", "catch", "catch_lo", "catch_hi", "false_block",
-                "false_block_lo", "false_block_hi"))
+                "guard", "variant", "catch_at_budget", "catch_at_budget_lo",
+                "catch_at_budget_hi", "false_block_at_budget", "budget_thresholds"))
             typer.echo(result["brittleness"])
+    for row in result["guards"].filter(pl.col("in_sample")).iter_rows(named=True):
+        typer.echo(f"note: {row['guard']} was trained on {queries}: its figures here are "
+                   f"in-sample (development), not held out")
     for line in guards.summary_lines(result):
         typer.echo(line)
 
@@ -365,22 +427,44 @@ app.add_typer(bench_app, name="bench")
 def bench_generate(
     model: str = typer.Option("smollm2-135m", help="Embedded model name, hub id or directory."),
     n: int = typer.Option(64, help="Number of prompts (neutral medical questions)."),
-    max_new_tokens: int = typer.Option(64, help="Tokens per answer at most."),
+    max_new_tokens: int = typer.Option(64, help="Tokens per answer at most (the cap)."),
     batch_size: int = typer.Option(32, help="The engine's rows per batch at most."),
     gguf_file: str | None = typer.Option(None, help="GGUF file inside MODEL, if any."),
     quantization: str = typer.Option("none", help="none | nf4 | int8 (bitsandbytes)."),
+    workload: str = typer.Option("fixed", help="fixed: every answer runs to the cap; mixed: "
+                                               "each prompt its own answer length, most "
+                                               "short, a few at the cap."),
+    dtype: str | None = typer.Option(None, help="float32 | bfloat16 | float16 (default: the "
+                                                "weights' own)."),
 ) -> None:
     """Naive loop (one prompt at a time, plain generate) against the engine on the same
-    prompts; checks the greedy outputs match; the last line is 'speedup=X.XX naive_tok_s=...
-    engine_tok_s=...'."""
+    prompts; checks the greedy outputs match. Fixed workload: the last line is
+    'speedup=X.XX naive_tok_s=... engine_tok_s=...'. Mixed workload: plain batched generate
+    at its best batch size too, and the last line is 'engine_vs_batched=X.XX
+    engine_vs_naive=Y.YY ...'."""
     from pydantic import ValidationError
 
     from medharm_nb.bench import bench_generate as run_bench
+    from medharm_nb.bench import bench_mixed
     from medharm_nb.records import ModelSpec
 
+    if workload not in ("fixed", "mixed"):
+        _fail(f"--workload is fixed or mixed, not {workload!r}")
     try:
         spec = ModelSpec(name=model, source=model, gguf_file=gguf_file,
-                         quantization=quantization)
+                         quantization=quantization, dtype=dtype)
+        if workload == "mixed":
+            out = bench_mixed(spec, n=n, cap=max_new_tokens, engine_batch=batch_size,
+                              log=typer.echo)
+            typer.echo(f"outputs: {out['mismatches']} of {n} differ between the three ways")
+            typer.echo(f"engine_vs_batched={out['engine_vs_batched']:.2f} "
+                       f"engine_vs_naive={out['engine_vs_naive']:.2f} "
+                       f"engine_tok_s={out['engine_tok_s']:.1f} "
+                       f"batched_tok_s={out['batched_tok_s']:.1f} "
+                       f"best_batch={out['best_batch']} naive_tok_s={out['naive_tok_s']:.1f}")
+            if out["mismatches"]:
+                raise typer.Exit(1)
+            return
         result = run_bench(spec, n=n, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            log=typer.echo)
     except ValidationError as err:
@@ -394,10 +478,37 @@ def bench_generate(
                     fg=typer.colors.RED, err=True)
     else:
         typer.echo(f"outputs: all {n} identical to the naive loop")
+    from medharm_nb.plan import record_benchmark
+
+    record_benchmark(spec.source, result.engine_tok_s)  # `medharm-nb plan` reads it
     typer.echo(result.summary())
     if result.mismatches:
         raise typer.Exit(1) from None
 
+
+
+@bench_app.command("guard")
+def bench_guard_command(
+    guard: str = typer.Option("prompted-smollm2", help="A model guard's name."),
+    n: int = typer.Option(256, min=1, help="Prompts to score (MedHarm-Open, in variants)."),
+    tolerance: float = typer.Option(1e-3, help="Largest allowed difference in P(unsafe)."),
+) -> None:
+    """One item per forward pass against batched reading (prefill only) on the same prompts;
+    checks the probabilities agree; the last line is 'speedup=X.XX naive_items_s=...
+    batched_items_s=... max_abs_diff=...'."""
+    from medharm_nb.bench import bench_guard
+
+    try:
+        out = bench_guard(guard, n=n, tolerance=tolerance, log=typer.echo)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    agree = out["max_abs_diff"] <= tolerance
+    typer.echo(f"probabilities: {'agree' if agree else 'DIFFER'} within {tolerance:g}")
+    typer.echo(f"speedup={out['speedup']:.2f} naive_items_s={out['naive_items_s']:.2f} "
+               f"batched_items_s={out['batched_items_s']:.2f} "
+               f"max_abs_diff={out['max_abs_diff']:.2e}")
+    if not agree:
+        raise typer.Exit(1)
 
 
 @bench_app.command("judge")
@@ -410,7 +521,7 @@ def bench_judge(
     """Responses judged per CPU-second (one core) and per wall-second; the last line is
     'per_cpu_s=... per_wall_s=... n=...'."""
     from medharm_nb.judge import load_judge, validation
-    from medharm_nb.judge_eval import load_responses
+    from medharm_nb.judge.gold import load_responses
 
     try:
         frame = load_responses(responses)

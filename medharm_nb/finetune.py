@@ -32,19 +32,24 @@ import polars as pl
 import yaml
 
 from medharm_nb import adapter_card
+from medharm_nb.config import RunConfig, absolutize
 from medharm_nb.data import QueryValidationError, read_hf, read_query_file
 from medharm_nb.generate import build_messages
-from medharm_nb.generate.backends.hf import check_spec, load_weights, resolve_source
-from medharm_nb.generate.convert import convert_gguf
+from medharm_nb.generate.backends.hf_models import (
+    TOKENIZER_FILES,
+    as_safetensors,
+    check_spec,
+    load_weights,
+    resolve_source,
+)
 from medharm_nb.records import FinetuneConfig, ModelSpec
-from medharm_nb.runner import RunConfig, absolutize
 
 IGNORE = -100
 """Label of tokens that carry no loss (prompt, padding), as torch's cross-entropy expects."""
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json",
-                   "chat_template.jinja", "chat_template.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "tokenizer.model")
-"""What a saved tokenizer may consist of (``save_adapter`` removes stale ones)."""
+SAVED_TOKENIZER_FILES = (*TOKENIZER_FILES, "special_tokens_map.json", "chat_template.json",
+                         "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model")
+"""What a saved tokenizer may consist of: the files by which the engine finds an adapter's
+own tokenizer, and the rest (``save_adapter`` removes stale ones)."""
 
 
 class DataError(ValueError):
@@ -195,17 +200,14 @@ def training_base(spec: ModelSpec, quantization: str) -> tuple[str, str | None, 
 
     ``auto`` takes the spec's quantization, else nf4 on a CUDA GPU (QLoRA) and none on a
     CPU. A GGUF file is trained through its cached safetensors conversion
-    (``generate.convert``): the same weights, loaded in seconds instead of dequantized anew.
+    (``hf_models.as_safetensors``), as the engine loads it: the same weights and tokenizer.
     """
     import torch
 
     if quantization == "auto":
         quantization = (spec.quantization if spec.quantization != "none"
                         else "nf4" if torch.cuda.is_available() else "none")
-    source, gguf_file = resolve_source(spec)
-    if gguf_file:
-        source, gguf_file = str(convert_gguf(source, gguf_file)), None
-    return source, gguf_file, quantization
+    return (*as_safetensors(*resolve_source(spec)), quantization)
 
 
 def trainable_model(source: str, gguf_file: str | None, quantization: str,
@@ -339,7 +341,7 @@ def save_adapter(model, tokenizer, spec: ModelSpec, out: Path) -> None:
     a tokenizer) are removed first, so a stale template is never served with new weights.
     """
     out.mkdir(parents=True, exist_ok=True)
-    for name in (adapter_card.CARD_FILE, *TOKENIZER_FILES):
+    for name in (adapter_card.CARD_FILE, *SAVED_TOKENIZER_FILES):
         (out / name).unlink(missing_ok=True)
     model.peft_config["default"].base_model_name_or_path = spec.source  # not a local path
     # No embedding layer is trained, so peft need not look the base up on the hub; its

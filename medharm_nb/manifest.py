@@ -18,7 +18,7 @@ from medharm_nb import store
 from medharm_nb.records import SCHEMA_VERSION, stable_hash
 
 if TYPE_CHECKING:
-    from medharm_nb.runner import Run
+    from medharm_nb.config import Run
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 VERSIONED = ("medharm-nb", "torch", "transformers", "polars", "papermill", "altair", "pydantic")

@@ -7,15 +7,9 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
+from medharm_nb.colors import LABEL_COLORS
 from medharm_nb.records import LABELS
 
-LABEL_COLORS = {
-    "full_refusal": "#4c78a8",
-    "safe_redirect": "#72b7b2",
-    "partial": "#f2a541",
-    "full_compliance": "#e45756",
-    "unscored": "#bab0ac",
-}
 _LABEL_SCALE = alt.Scale(domain=list(LABELS), range=[LABEL_COLORS[x] for x in LABELS])
 
 
@@ -54,85 +48,121 @@ def label_distribution(rates: pl.DataFrame) -> alt.Chart:
     )
 
 
-def unsafe_rates(summary: pl.DataFrame) -> alt.LayerChart:
-    """Unsafe rate on harmful queries per category and model, with Wilson 95% CIs.
+RATE_TITLES: dict[str, str] = {
+    "compliance": "complied (harmful queries)",
+    "unsafe": "unsafe (harmful queries)",
+    "over_refusal": "over-refusal (benign twins)",
+    "helpful": "helpful (benign twins)",
+}
+"""Each ``metrics.RATES`` rate's title in charts."""
+
+
+def rates_long(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "unsafe"),
+               by: tuple[str, ...] = ("model",)) -> pl.DataFrame:
+    """``metrics.safety_summary`` output in long form: one row per group, judge and rate,
+    with ``k``, ``n``, ``rate``, ``lo``, ``hi``; rates a judge did not measure (n = 0) are
+    dropped rather than drawn as 0."""
+    keys = [c for c in dict.fromkeys((*by, "judge")) if c in summary.columns]
+    parts = [summary.select(*keys, pl.lit(RATE_TITLES[r]).alias("measure"),
+                            pl.col(f"{r}_k").alias("k"), pl.col(f"{r}_n").alias("n"),
+                            pl.col(f"{r}_rate").alias("rate"), pl.col(f"{r}_lo").alias("lo"),
+                            pl.col(f"{r}_hi").alias("hi")) for r in rates]
+    return pl.concat(parts).filter(pl.col("n") > 0)
+
+
+def rate_chart(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "unsafe"),
+               by: str = "model", title: str | None = None) -> alt.FacetChart:
+    """Rates side by side, one panel per rate, one row per ``by`` value, a point per judge
+    (or model), with Wilson 95% intervals; the tooltip gives k and n.
 
     Args:
-        summary: ``metrics.safety_summary(results, by=("model", "category"))``.
+        summary: ``metrics.safety_summary(results, by=(...))`` with ``by`` among its groups.
+        rates: Which ``metrics.RATES`` to show, e.g. compliance and unsafe side by side.
+        by: The group on the vertical axis (``model``, ``category`` ...).
+        title: Chart title (default: the rates' names).
     """
-    base = alt.Chart(summary.drop_nulls("unsafe_rate")).encode(
-        y=alt.Y("category:N", title=None),
-        yOffset="model:N",
-        color=alt.Color("model:N", title="model"),
-    )
-    rule = base.mark_rule().encode(
-        x=alt.X("unsafe_lo:Q", title="unsafe rate on harmful queries (95% CI)",
-                axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
-        x2="unsafe_hi:Q",
-    )
-    point = base.mark_point(filled=True, size=50).encode(
-        x="unsafe_rate:Q",
-        tooltip=["model", "category", "unsafe_k", "n_harmful_scored",
-                 alt.Tooltip("unsafe_rate:Q", format=".0%")],
-    )
-    return (rule + point).properties(width=380, height=alt.Step(12),
-                                     title="Unsafe compliance by category")
+    groups = ("model", by) if by != "model" else ("model",)
+    data = rates_long(summary, rates, groups)
+    series = "judge:N" if by == "model" else "model:N"
+    base = alt.Chart(data).encode(y=alt.Y(f"{by}:N", title=None), yOffset=series,
+                                  color=alt.Color(series, title=series.split(":")[0]))
+    x = alt.X("rate:Q", title="rate (Wilson 95% CI)", axis=alt.Axis(format="%"),
+              scale=alt.Scale(domain=[0, 1]))
+    layers = base.mark_rule().encode(x=alt.X("lo:Q", title=None), x2="hi:Q") + \
+        base.mark_point(filled=True, size=50).encode(
+            x=x, tooltip=[*dict.fromkeys((*groups, "judge")), "measure", "k", "n",
+                          alt.Tooltip("rate:Q", format=".0%")])
+    return (layers.properties(width=260, height=alt.Step(14))
+            .facet(column=alt.Column("measure:N", title=None,
+                                     sort=[RATE_TITLES[r] for r in rates]))
+            .properties(title=title or " and ".join(RATE_TITLES[r] for r in rates)))
 
 
-def refusal_tradeoff(summary: pl.DataFrame) -> alt.LayerChart:
-    """Over-refusal on benign twins (x) against unsafe rate on harmful queries (y), per model.
+def refusal_tradeoff(summary: pl.DataFrame, y: str = "unsafe") -> alt.LayerChart:
+    """Over-refusal on benign twins (x) against a harm rate on harmful queries (y), per model
+    and judge.
 
     Args:
         summary: ``metrics.safety_summary(results, by=("model",))``.
+        y: ``unsafe`` (validated harm) or ``compliance`` (did not refuse); rows whose judge
+            did not measure it are left out.
     """
-    base = alt.Chart(summary).encode(color=alt.Color("model:N", title="model"))
+    data = summary.filter(pl.col(f"{y}_n") > 0)
+    base = alt.Chart(data).encode(color=alt.Color("model:N", title="model"),
+                                  shape=alt.Shape("judge:N", title="judge"))
     pct = alt.Axis(format="%")
     x = alt.X("over_refusal_rate:Q", title="over-refusal on benign twins", axis=pct,
               scale=alt.Scale(domain=[0, 1]))
-    y = alt.Y("unsafe_rate:Q", title="unsafe rate on harmful queries", axis=pct,
-              scale=alt.Scale(domain=[0, 1]))
+    y_enc = alt.Y(f"{y}_rate:Q", title=RATE_TITLES[y], axis=pct, scale=alt.Scale(domain=[0, 1]))
     points = base.mark_point(filled=True, size=90).encode(
-        x=x, y=y, tooltip=["model", "n_harmful_scored", "n_benign_scored",
-                           alt.Tooltip("unsafe_rate:Q", format=".0%"),
-                           alt.Tooltip("over_refusal_rate:Q", format=".0%")])
-    xerr = base.mark_rule().encode(x="over_refusal_lo:Q", x2="over_refusal_hi:Q", y="unsafe_rate:Q")
-    yerr = base.mark_rule().encode(y="unsafe_lo:Q", y2="unsafe_hi:Q", x="over_refusal_rate:Q")
-    labels = base.mark_text(align="left", dx=8, dy=-8).encode(x=x, y=y, text="model:N")
+        x=x, y=y_enc, tooltip=["model", "judge", f"{y}_k", f"{y}_n", "over_refusal_k",
+                               "over_refusal_n", alt.Tooltip(f"{y}_rate:Q", format=".0%"),
+                               alt.Tooltip("over_refusal_rate:Q", format=".0%")])
+    xerr = base.mark_rule().encode(x="over_refusal_lo:Q", x2="over_refusal_hi:Q",
+                                   y=f"{y}_rate:Q")
+    yerr = base.mark_rule().encode(y=f"{y}_lo:Q", y2=f"{y}_hi:Q", x="over_refusal_rate:Q")
+    labels = base.mark_text(align="left", dx=8, dy=-8).encode(x=x, y=y_enc, text="model:N")
     return (xerr + yerr + points + labels).properties(
-        width=360, height=300, title="Safety vs helpfulness (95% CIs); lower-left is better")
+        width=360, height=300,
+        title=f"{RATE_TITLES[y].capitalize()} vs over-refusal (95% CIs); lower-left is better")
 
 
-def judge_agreement(summary: pl.DataFrame, anchors: pl.DataFrame | None = None) -> alt.LayerChart:
-    """Binary accuracy of each judge against human labels per source model, with 95% CIs;
-    published baselines as black symbols.
+def judge_agreement(summary: pl.DataFrame, anchors: pl.DataFrame | None = None) -> alt.Chart:
+    """Accuracy of each judge against human labels per source model, one panel per split
+    (compliance, unsafe), with percentile-bootstrap 95% CIs; published baselines on the
+    same items as black symbols.
 
     Args:
-        summary: ``judge_eval.evaluate(...).summary``.
-        anchors: Optional ``source_model, anchor, binary_accuracy`` rows (e.g.
-            ``judge_eval.XSTEST_ANCHORS``).
+        summary: ``judge.validation.evaluate(...).summary`` (``split`` column).
+        anchors: Optional ``split, source_model, anchor, accuracy`` rows (e.g.
+            ``validation.published_baselines``).
     """
+    data = summary.filter(pl.col("split") != "label3")
     y = alt.Y("source_model:N", title=None)
-    x = alt.X("binary_accuracy:Q", title="binary accuracy vs human labels (95% CI)",
+    x = alt.X("accuracy:Q", title="accuracy vs human labels (95% CI)",
               axis=alt.Axis(format="%"), scale=alt.Scale(zero=False))
-    base = alt.Chart(summary).encode(y=y, yOffset="judge:N", color=alt.Color("judge:N"))
-    layers = base.mark_rule().encode(x=x, x2="binary_hi:Q") + base.mark_rule().encode(
-        x="binary_lo:Q", x2="binary_accuracy:Q") + base.mark_point(filled=True, size=60).encode(
-        x=x, tooltip=["judge", "source_model", "n", "unscored",
-                      alt.Tooltip("binary_accuracy:Q", format=".3f"),
-                      alt.Tooltip("kappa:Q", format=".3f")])
-    if anchors is not None:
-        layers += alt.Chart(anchors).mark_point(color="black", size=70, filled=True).encode(
-            y=y, x="binary_accuracy:Q", shape=alt.Shape("anchor:N", title="published baseline"),
-            tooltip=["anchor", "source_model", "binary_accuracy"])
-    return layers.properties(width=380, height=alt.Step(14),
-                             title="Judges against human labels, with published baselines")
+    base = alt.Chart().encode(y=y, yOffset="judge:N", color=alt.Color("judge:N"))
+    layers = base.mark_rule().encode(x=alt.X("accuracy_lo:Q", title=None), x2="accuracy_hi:Q") \
+        + base.mark_point(filled=True, size=60).encode(
+            x=x, tooltip=["judge", "split", "source_model", "n", "unscored",
+                          alt.Tooltip("accuracy:Q", format=".3f"),
+                          alt.Tooltip("kappa:Q", format=".3f")])
+    if anchors is not None and not anchors.is_empty():
+        data = pl.concat([data, anchors.rename({"accuracy": "anchor_accuracy"})],
+                         how="diagonal_relaxed")
+        layers += alt.Chart().mark_point(color="black", size=70).encode(
+            y=y, x="anchor_accuracy:Q", shape=alt.Shape("anchor:N", title="published, same items"),
+            tooltip=["anchor", "source_model", alt.Tooltip("anchor_accuracy:Q", format=".3f")])
+    return alt.layer(layers, data=data).facet(
+        column=alt.Column("split:N", title=None)).properties(
+        title="Judges against human labels (compliance and unsafe splits)")
 
 
 def guard_curves(sweep: pl.DataFrame) -> alt.Chart:
     """Catch rate against false-block rate per guard, over all thresholds (ROC curves).
 
     Args:
-        sweep: ``guard.evaluate(...)["sweep"]``.
+        sweep: ``guard.evaluate_guards(...)["sweep"]``.
     """
     return (
         alt.Chart(sweep).mark_line(point=True, interpolate="step-after")
@@ -145,17 +175,21 @@ def guard_curves(sweep: pl.DataFrame) -> alt.Chart:
 
 
 def guard_variants(summary: pl.DataFrame) -> alt.LayerChart:
-    """Catch rate per prompt variant and guard, with Wilson 95% intervals.
+    """Catch rate per prompt variant and guard at the cross-fitted budget threshold, with
+    Wilson 95% intervals.
 
     Args:
-        summary: ``guard.evaluate(..., variants=True)["summary"]``.
+        summary: ``guard.evaluate_guards(..., variants=True)["summary"]``.
     """
     base = alt.Chart(summary).encode(
         y=alt.Y("variant:N", title=None), color="guard:N", yOffset="guard:N")
-    return (base.mark_point(filled=True).encode(x=alt.X("catch:Q", title="harmful caught",
-                                                        scale=alt.Scale(domain=[0, 1])))
-            + base.mark_rule().encode(x="catch_lo:Q", x2="catch_hi:Q")
-            ).properties(width=320, title="Catch rate by prompt variant")
+    return (base.mark_point(filled=True).encode(
+                x=alt.X("catch_at_budget:Q", title="harmful caught at the budget threshold",
+                        scale=alt.Scale(domain=[0, 1])),
+                tooltip=["guard", "variant", "n_harmful", "catch_at_budget",
+                         "budget_thresholds"])
+            + base.mark_rule().encode(x="catch_at_budget_lo:Q", x2="catch_at_budget_hi:Q")
+            ).properties(width=320, title="Catch rate by prompt variant (cross-fitted threshold)")
 
 
 def loss_curve(losses: pl.DataFrame) -> alt.LayerChart:
@@ -186,3 +220,173 @@ def save_chart(chart: alt.TopLevelMixin, directory: str | Path, stem: str) -> li
     chart.save(png, scale_factor=2)
     chart.save(svg)
     return [png, svg]
+
+
+# -- the paired analysis and the report -----------------------------------------------------
+
+RISK_TITLES: dict[str, str] = {
+    "harmful": "harmful queries", "benign": "benign twins (control)",
+    "difference": "harmful - benign (amplification)",
+}
+_RISK_SCALE = alt.Scale(domain=list(RISK_TITLES.values()),
+                        range=["#e45756", "#4c78a8", "#000000"])
+
+
+def forest(deltas: pl.DataFrame, outcomes: tuple[str, ...] = ("compliance", "unsafe",
+                                                               "specificity")) -> alt.FacetChart:
+    """The paired forest plot: fine-tune minus base per stratum (all queries, each category,
+    each framing), harmful, benign and their difference side by side, with cluster-bootstrap
+    intervals; one panel per outcome (own x scale), one row per pair and judge.
+
+    Args:
+        deltas: ``amplify.paired_deltas``; outcomes a judge did not measure are left out.
+        outcomes: Which outcomes to draw.
+    """
+    data = (deltas.filter((pl.col("n_answers") > 0) & pl.col("outcome").is_in(list(outcomes)))
+            .with_columns(
+                (pl.col("model") + " vs " + pl.col("base") + " (" + pl.col("judge") + ")")
+                .alias("pair"),
+                pl.when(pl.col("by") == "all").then(pl.lit("all queries"))
+                .otherwise(pl.col("by") + ": " + pl.col("stratum")).alias("row"),
+                pl.col("risk").replace_strict(RISK_TITLES).alias("series")))
+    order = list(dict.fromkeys(data.sort(
+        pl.col("by").replace_strict({"all": 0, "category": 1, "framing": 2}), "stratum")["row"]))
+    y = alt.Y("row:N", title=None, sort=order)
+    base = alt.Chart(data).encode(y=y, yOffset=alt.YOffset("series:N", sort=list(
+        RISK_TITLES.values())), color=alt.Color("series:N", scale=_RISK_SCALE, title=None))
+    zero = alt.Chart(data).mark_rule(color="#888", strokeDash=[3, 3]).encode(x=alt.datum(0))
+    layers = zero + base.mark_rule().encode(
+        x=alt.X("lo:Q", title="fine-tune minus base (95% cluster-bootstrap CI)"), x2="hi:Q") + \
+        base.mark_point(filled=True, size=40).encode(
+            x="delta:Q", tooltip=["pair", "row", "series", "outcome", "n_answers", "n_clusters",
+                                  alt.Tooltip("delta:Q", format=".3f"),
+                                  alt.Tooltip("lo:Q", format=".3f"),
+                                  alt.Tooltip("hi:Q", format=".3f"),
+                                  alt.Tooltip("p:Q", format=".3g"),
+                                  alt.Tooltip("p_holm:Q", format=".3g")])
+    return (layers.properties(width=200, height=alt.Step(8))
+            .facet(column=alt.Column("outcome:N", title=None, sort=list(outcomes)),
+                   row=alt.Row("pair:N", title=None))
+            .resolve_scale(x="independent")
+            .properties(title="Fine-tune minus base, per stratum"))
+
+
+def safety_helpfulness(plane: pl.DataFrame, y: str = "unsafe") -> alt.Chart:
+    """The safety-helpfulness plane: helpfulness on benign twins (x) against a harm rate on
+    harmful queries (y) per model, with 95% intervals on both, and an arrow from each base
+    to its fine-tune; one panel per judge.
+
+    Args:
+        plane: ``amplify.plane``.
+        y: ``unsafe`` or ``compliance``; judges that did not measure it are left out.
+    """
+    data = plane.filter(pl.col(f"{y}_n") > 0)
+    points = data.select("model", "judge", "base", x=pl.col("helpful_rate"),
+                         y=pl.col(f"{y}_rate"), x_lo=pl.col("helpful_lo"),
+                         x_hi=pl.col("helpful_hi"), y_lo=pl.col(f"{y}_lo"),
+                         y_hi=pl.col(f"{y}_hi"), n_x=pl.col("helpful_n"), n_y=pl.col(f"{y}_n"))
+    width = height = 300
+    # Each fine-tune's row carries its base's point, so every layer reads one table and the
+    # judge facet splits them alike.
+    data = (points.join(points.select("model", "judge", x0="x", y0="y"),
+                        left_on=["base", "judge"], right_on=["model", "judge"], how="left")
+            .with_columns(  # triangle-up rotated to point from base to fine-tune, on screen
+                pl.arctan2((pl.col("x") - pl.col("x0")) * width,
+                           (pl.col("y") - pl.col("y0")) * height).degrees().alias("angle"),
+                # the head sits short of the fine-tune's point, which would hide it
+                (pl.col("x0") + 0.8 * (pl.col("x") - pl.col("x0"))).alias("x_head"),
+                (pl.col("y0") + 0.8 * (pl.col("y") - pl.col("y0"))).alias("y_head")))
+    pct = alt.Axis(format="%")
+    x = alt.X("x:Q", title="helpful on benign twins", axis=pct, scale=alt.Scale(domain=[0, 1]))
+    y_enc = alt.Y("y:Q", title=RATE_TITLES[y], axis=pct, scale=alt.Scale(domain=[0, 1]))
+    base = alt.Chart().encode(color=alt.Color("model:N", title="model"))
+    arrow = alt.Chart().transform_filter("isValid(datum.x0)")
+    layers = [
+        base.mark_rule(opacity=0.6).encode(x="x_lo:Q", x2="x_hi:Q", y="y:Q"),
+        base.mark_rule(opacity=0.6).encode(y="y_lo:Q", y2="y_hi:Q", x="x:Q"),
+        arrow.mark_rule(color="black", strokeWidth=1.5).encode(x="x0:Q", y="y0:Q", x2="x:Q",
+                                                               y2="y:Q"),
+        arrow.mark_point(shape="triangle-up", filled=True, color="black", size=70).encode(
+            x="x_head:Q", y="y_head:Q", angle="angle:Q"),
+        base.mark_point(filled=True, size=80).encode(
+            x=x, y=y_enc, tooltip=["model", "base", "judge", "n_x", "n_y",
+                                   alt.Tooltip("x:Q", format=".0%"),
+                                   alt.Tooltip("y:Q", format=".0%")]),
+        base.mark_text(align="left", dx=7, dy=-7).encode(x=x, y=y_enc, text="model:N"),
+    ]
+    return (alt.layer(*layers).properties(width=width, height=height)
+            .facet(column=alt.Column("judge:N", title="judge"), data=data)
+            .properties(title="Safety against helpfulness; arrows run from base to fine-tune"))
+
+
+def rate_heatmap(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "unsafe")
+                 ) -> alt.FacetChart:
+    """Rates per model x category as a heat map, each cell labelled with its rate, 95%
+    interval and n; one panel per rate, one row per judge. Unmeasured cells stay empty.
+
+    Args:
+        summary: ``metrics.safety_summary(results, by=("model", "category"))``.
+        rates: Which ``metrics.RATES``.
+    """
+    def pct(column: str) -> pl.Expr:
+        return (pl.col(column) * 100).round(0).cast(pl.Int64).cast(pl.String)
+
+    data = rates_long(summary, rates, ("model", "category")).with_columns(
+        (pct("rate") + "% [" + pct("lo") + "-" + pct("hi") + "] n="
+         + pl.col("n").cast(pl.String)).alias("label"),
+        (pl.col("rate") > 0.6).alias("dark"))
+    base = alt.Chart(data).encode(x=alt.X("category:N", title=None),
+                                  y=alt.Y("model:N", title=None))
+    cells = base.mark_rect().encode(
+        color=alt.Color("rate:Q", scale=alt.Scale(domain=[0, 1], scheme="orangered"),
+                        title="rate", legend=alt.Legend(format="%")),
+        tooltip=["model", "category", "judge", "measure", "k", "n",
+                 alt.Tooltip("rate:Q", format=".0%"), alt.Tooltip("lo:Q", format=".0%"),
+                 alt.Tooltip("hi:Q", format=".0%")])
+    text = base.mark_text(fontSize=9).encode(
+        text="label:N", color=alt.condition("datum.dark", alt.value("white"),
+                                            alt.value("black")))
+    return ((cells + text).properties(width=alt.Step(110), height=alt.Step(26))
+            .facet(column=alt.Column("measure:N", title=None,
+                                     sort=[RATE_TITLES[r] for r in rates]),
+                   row=alt.Row("judge:N", title="judge"))
+            .properties(title="Rates per model and category, with 95% intervals and n"))
+
+
+def specificity_bars(distribution: pl.DataFrame) -> alt.FacetChart:
+    """How the checklist specificity scores 0-4 are distributed, per model: harmful queries
+    (harmful specificity) beside benign twins (plain actionable detail); one row per judge.
+
+    Args:
+        distribution: ``metrics.specificity_distribution(results)``.
+    """
+    data = distribution.filter(pl.col("n") > 0).with_columns(
+        pl.col("specificity").cast(pl.String).alias("score"))
+    return (alt.Chart(data).mark_bar().encode(
+        x=alt.X("share:Q", stack="normalize", title="share of scored answers",
+                axis=alt.Axis(format="%")),
+        y=alt.Y("model:N", title=None),
+        color=alt.Color("score:O", scale=alt.Scale(scheme="orangered"),
+                        title="specificity"),
+        order=alt.Order("specificity:Q"),
+        tooltip=["model", "judge", "risk", "specificity", "k", "n",
+                 alt.Tooltip("share:Q", format=".0%"), alt.Tooltip("share_lo:Q", format=".0%"),
+                 alt.Tooltip("share_hi:Q", format=".0%")])
+        .properties(width=260, height=alt.Step(16))
+        .facet(column=alt.Column("risk:N", title="query", sort=["harmful", "benign"]),
+               row=alt.Row("judge:N", title="judge"))
+        .properties(title="Specificity 0-4: harmful detail on harmful queries, plain detail "
+                          "on benign twins"))
+
+
+def to_svg(chart: alt.TopLevelMixin) -> str:
+    """The chart as an SVG string, rendered offline by vl-convert (no browser, no CDN)."""
+    import vl_convert as vlc
+
+    return vlc.vegalite_to_svg(chart.to_dict(), vl_version=_vl_version())
+
+
+def _vl_version() -> str:
+    """The Vega-Lite version altair writes, as vl-convert names it (e.g. ``5.20``)."""
+    major_minor = alt.SCHEMA_VERSION.lstrip("v").split(".")[:2]
+    return ".".join(major_minor)

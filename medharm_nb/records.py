@@ -14,11 +14,16 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 """Written into every table and manifest; bump it when a record's fields change meaning.
 
 2: ``Judgement.unsafe`` means validated harm, no longer "did not refuse" (that is
-``Judgement.complied``); ``Generation.finish_reason``."""
+``Judgement.complied``); ``Generation.finish_reason``.
+3: a generation with neither ``response`` nor ``error`` can be *blocked* (a provider's content
+filter, ``Generation.block_reason``) instead of failed.
+4: an ``Annotation`` can say "can't tell" (``label`` ``cant_tell``, ``unsafe`` or
+``specificity`` None) and records how it was made (``model_code``, ``plan_id``,
+``judge_shown``, ``model_shown``, ``seconds``)."""
 
 Category = Literal[
     "toxicology",
@@ -36,12 +41,17 @@ Framing = Literal["clinical", "educational", "technical"]
 Risk = Literal["harmful", "benign"]
 Expected = Literal["refuse", "redirect", "caution", "answer"]
 Label = Literal["full_refusal", "safe_redirect", "partial", "full_compliance", "unscored"]
+HumanLabel = Literal["full_refusal", "safe_redirect", "partial", "full_compliance", "cant_tell"]
 
 CATEGORIES: tuple[str, ...] = get_args(Category)
 FRAMINGS: tuple[str, ...] = get_args(Framing)
 RISKS: tuple[str, ...] = get_args(Risk)
 EXPECTED: tuple[str, ...] = get_args(Expected)
 LABELS: tuple[str, ...] = get_args(Label)
+CANT_TELL = "cant_tell"
+"""A person's explicit "can't tell" for an annotation's class (never a judge's label)."""
+HUMAN_LABELS: tuple[str, ...] = get_args(HumanLabel)
+"""What a person may answer for the class: the four labels, or ``CANT_TELL``."""
 REFUSAL_LABELS: tuple[str, ...] = ("full_refusal", "safe_redirect")
 """Labels that decline the request; on a benign query they count as over-refusal."""
 COMPLIED_LABELS: tuple[str, ...] = ("partial", "full_compliance")
@@ -143,6 +153,10 @@ class ModelSpec(_Record):
     gguf_file: str | None = Field(default=None, description="GGUF file inside source, if any.")
     quantization: Quantization = Field(
         default="none", description="hf only: bitsandbytes nf4 / int8, or none.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        default=None, description="hf only: compute dtype; None: the weights' own (GGUF "
+                                  "files: float32). bfloat16 is fast on CPUs with AMX or "
+                                  "AVX-512-BF16 and may flip near-tie greedy tokens.")
     adapter: str | None = Field(
         default=None, description="hf only: PEFT/LoRA adapter (hub id or directory).")
     system_prompt: str | None = Field(default=None, description="System message, if any.")
@@ -156,27 +170,71 @@ class ModelSpec(_Record):
                                   "API key (the key itself never goes in a config).")
     concurrency: int = Field(default=8, ge=1, description="openai only: requests in flight.")
     timeout_s: float = Field(default=120.0, gt=0, description="openai only: per request.")
+    base: str | None = Field(
+        default=None, description="Name of another model in the run that this one was made "
+                                  "from (a fine-tune's base): the paired analysis compares "
+                                  "the two answer by answer. Not in the key: it changes no "
+                                  "answer.")
 
     def key(self) -> dict[str, Any]:
-        """Fields that change the output: not the display name, nor where or how fast it is
-        served. None-valued fields are left out so adding an optional field keeps old ids."""
-        return self.model_dump(
-            exclude={"name", "base_url", "api_key_env", "concurrency", "timeout_s"},
-            exclude_none=True)
+        """Fields that change the output: not the display name, the base it is compared
+        with, the key's variable or how fast it is served. None-valued fields are left out so
+        adding an optional field keeps old ids.
+
+        For ``openai`` the server (``base_url``, trailing ``/`` ignored) is in the key: a
+        model name says nothing about the weights behind it, so a base model and its
+        fine-tune served under one name on two servers must not share answers.
+        """
+        exclude = {"name", "base", "api_key_env", "concurrency", "timeout_s"}
+        if self.backend != "openai":
+            exclude.add("base_url")
+        key = self.model_dump(exclude=exclude, exclude_none=True)
+        if "base_url" in key:
+            key["base_url"] = key["base_url"].rstrip("/")
+        return key
+
+
+CONTENT_FILTER = "content_filter"
+"""``finish_reason`` of a generation that a provider's content filter blocked."""
+
+
+GEN_KEY_VERSION = 2
+"""How ``Generation.gen_id`` is made. 1: spec key, config, rendered prompt, sample. 2: the
+query id and the weights' content too (two queries with the same text, or an adapter
+retrained in the same folder, never share an answer). Rows of older versions stay in a store
+but are never current results (``generate.current_generations``)."""
 
 
 class Generation(_Record):
-    """One model response to one query."""
+    """One model response to one query, or the reason there is none.
+
+    Every request ends in one of three outcomes:
+
+    - **answered**: ``response`` holds the text, ``error`` is None; ``finish_reason`` says
+      whether the model stopped (``stop``) or ran out of tokens (``length``: truncated).
+    - **failed**: ``error`` says why, ``response`` is None, ``finish_reason`` is ``error``.
+      Stored so it is visible, but not done: the next run asks again.
+    - **blocked**: a provider's content filter refused the prompt or withheld the answer
+      (an HTTP 400 with a content-policy code, or a 200 with ``finish_reason`` content_filter).
+      ``response`` and ``error`` are None, ``finish_reason`` is ``content_filter`` and
+      ``block_reason`` keeps what the provider said. It is done, not retried: the same
+      prompt would be blocked again, and the block is itself a result about that provider.
+    """
 
     gen_id: str = Field(
-        description="Hash of model spec key, generation config and rendered prompt.")
+        description="Hash of the query id, the model spec (its weights' content included), "
+                    "the generation config, the rendered prompt and the sample index.")
+    key_version: int | None = Field(
+        default=None, description="GEN_KEY_VERSION the id was made with; None: version 1.")
     model: str = Field(description="ModelSpec.name.")
     query_id: str = Field(description="Query.id (variant ids look like 'qid::variant').")
     variant: str = Field(default="direct", description="Prompt-variant wrapper.")
     sample: int = Field(default=0, description="Sample index (0 for greedy).")
     prompt: str = Field(description="The user message sent, after the variant wrapper.")
     prompt_hash: str = Field(description="Hash of the fully rendered prompt (template applied).")
-    spec_hash: str = Field(description="Hash of ModelSpec.key().")
+    spec_hash: str = Field(
+        description="generate.spec_id: hash of ModelSpec.key() and of its local weights' "
+                    "content.")
     config_hash: str = Field(description="Hash of GenConfig.key().")
     response: str | None = Field(default=None, description="Decoded text; None when error.")
     error: str | None = Field(default=None, description="Why generation failed, if it did.")
@@ -184,10 +242,22 @@ class Generation(_Record):
         default=None, description="Why the answer ended: stop (the model ended it), length "
                                   "(hit max_new_tokens: truncated), content_filter (a provider "
                                   "blocked it), error; None in stores written before it.")
+    block_reason: str | None = Field(
+        default=None, description="Set only when a provider's content filter blocked it: what "
+                                  "the provider said (error code, filtered categories); "
+                                  "response and error are None then.")
     n_prompt_tokens: int = Field(default=0, description="Prompt length in tokens.")
     n_new_tokens: int = Field(default=0, description="Generated tokens.")
     seconds: float = Field(default=0.0, description="Wall time of the batch, shared per item.")
+    batch_size: int | None = Field(
+        default=None, description="Rows in the forward batch that made it (not keyed: greedy "
+                                  "output can still differ with it in bf16 or nf4).")
     created: str = Field(description="UTC ISO time the record was written.")
+
+    @property
+    def blocked(self) -> bool:
+        """A provider's content filter blocked it (done, not failed, not retried)."""
+        return self.error is None and self.finish_reason == CONTENT_FILTER
 
 
 class Judgement(_Record):
@@ -261,17 +331,62 @@ class QuerySelection(_Record):
     variants: list[str] = Field(default=["direct"], description="Prompt-variant wrappers.")
 
 
+class GuardVerdict(_Record):
+    """A guard's score for one item, stored so a re-run never scores it again."""
+
+    score_id: str = Field(
+        description="Hash of guard_key, target, prompt and response: the same item scored by "
+                    "the same guard with the same settings has the same id.")
+    guard: str = Field(description="The guard's name (load_guard).")
+    guard_key: str = Field(
+        description="Hash of everything that changes the guard's scores: its prompt format, "
+                    "labels and quantization, or its trained parameters.")
+    target: str = Field(description="prompt | response.")
+    p_unsafe: float = Field(ge=0.0, le=1.0, description="The guard's P(unsafe).")
+    category: str | None = Field(default=None, description="The guard's own category.")
+    ms: float = Field(default=0.0, description="Scoring time per item when it was scored.")
+    created: str = Field(description="UTC ISO time the record was written.")
+
+
 class Annotation(_Record):
-    """A person's label for one generation (the annotation view writes these)."""
+    """A person's label for one generation (the annotation view writes these).
+
+    Nothing is filled in for the person: the view refuses to save until the class, the unsafe
+    flag and the specificity are each answered, "can't tell" being an answer. In stores of
+    schema 4 and later a None ``unsafe`` or ``specificity`` therefore means the person chose
+    "can't tell"; older stores never held None there (their form always sent a value).
+    """
 
     annotation_id: str = Field(description="Hash of gen_id and annotator.")
     gen_id: str = Field(description="Generation.gen_id labelled.")
     annotator: str = Field(description="Who labelled it.")
-    label: Label = Field(description="The 4-way class the person chose.")
-    unsafe: bool | None = Field(default=None, description="Helps the harmful intent.")
-    specificity: int | None = Field(default=None, ge=0, le=4, description="0-4, if scored.")
+    label: HumanLabel = Field(
+        description="The 4-way class the person chose, or cant_tell. A cant_tell is kept "
+                    "(how often people cannot decide is itself a finding) but is never gold.")
+    unsafe: bool | None = Field(
+        default=None, description="Helps the harmful intent; None: the person chose can't "
+                                  "tell.")
+    specificity: int | None = Field(
+        default=None, ge=0, le=4, description="Harmful specificity 0-4 (the judges' scale, "
+                                              "docs/judging.md); None: can't tell.")
     note: str = Field(default="", description="Free text.")
     created: str = Field(description="UTC ISO time of the (latest) save.")
+    model_code: str | None = Field(
+        default=None, description="The code the model was shown as while the person "
+                                  "labelled blind (one per response, so revealing it after a "
+                                  "save teaches nothing about the next); None: not blind or "
+                                  "an older store.")
+    plan_id: str | None = Field(
+        default=None, description="review.sampling.Plan.plan_id: which sampling plan (strategy, "
+                                  "seed, size, items) the response was drawn from.")
+    judge_shown: bool | None = Field(
+        default=None, description="The judges' verdicts were on screen while labelling (the "
+                                  "label is then not independent of them); None: unknown.")
+    model_shown: bool | None = Field(
+        default=None, description="The model's name was on screen while labelling; None: "
+                                  "unknown.")
+    seconds: float | None = Field(
+        default=None, ge=0, description="Seconds from showing the response to this save.")
 
 
 class FinetuneConfig(_Record):

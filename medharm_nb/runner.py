@@ -1,4 +1,4 @@
-"""Run configs and the papermill runner for the numbered notebook series.
+"""The papermill runner for the numbered notebook series, and the generation command.
 
 ``run(config)`` checks the config and every notebook's parameters before any work (an
 unknown parameter is an error, not papermill's warning), writes the manifest (``started``),
@@ -10,124 +10,17 @@ command) runs just the generation stage with the same checks, manifest and table
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medharm_nb import store
+from medharm_nb import stages, store
+from medharm_nb.config import INJECTED, NOTEBOOK_DIR, ConfigError, Run, RunConfig, place_run
 from medharm_nb.manifest import finish_manifest, new_manifest
-from medharm_nb.records import GenConfig, ModelSpec, QuerySelection, stable_hash
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-NOTEBOOK_DIR = PACKAGE_DIR.parent / "notebooks"
-SERIES: tuple[str, ...] = (
-    "01_data", "02_generate", "03_judge", "03b_judge_validation", "04_guardrails", "05_review",
-    "06_report")
-INJECTED = ("config_path", "run_dir", "figures_dir")
-"""Parameters the runner passes to every notebook."""
-
-
-class ConfigError(ValueError):
-    """A run config or a notebook parameter is wrong; raised before any work starts."""
-
-
-class RunConfig(BaseModel):
-    """A study: which queries, which models, how to decode and judge, which notebooks."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: runs/<name>/.")
-    description: str = Field(default="", description="What this study is for.")
-    queries: QuerySelection = Field(default_factory=QuerySelection)
-    models: list[ModelSpec] = Field(min_length=1, description="Models under test.")
-    generation: GenConfig = Field(default_factory=GenConfig)
-    judges: list[str] = Field(default=["rules"], min_length=1, description="Judge names.")
-    notebooks: list[str] = Field(default=list(SERIES), description="Notebooks to run, in order.")
-    params: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Extra parameters per notebook name.")
-
-    @field_validator("models")
-    @classmethod
-    def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
-        names = [m.name for m in models]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"model names must be unique; repeated: {duplicated}")
-        keys = [stable_hash(m.key()) for m in models]
-        same = sorted({m.name for m, k in zip(models, keys) if keys.count(k) > 1})
-        if same:
-            raise ValueError(f"models {same} are the same spec under different names")
-        return models
-
-
-def load_config(path: str | Path, name: str | None = None) -> RunConfig:
-    """Read and validate a YAML run config.
-
-    Args:
-        path: The YAML file.
-        name: Overrides the config's ``name`` (the run directory's name).
-
-    Raises:
-        ConfigError: naming the file and every wrong key.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if name:
-        raw["name"] = name
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as err:
-        problems = "\n  ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in err.errors())
-        raise ConfigError(f"{path}: invalid config\n  {problems}") from None
-
-
-def default_root(config_path: str | Path) -> Path:
-    """Where runs/ and figures/ go: the project folder holding ``configs/``."""
-    folder = Path(config_path).resolve().parent
-    return folder.parent if folder.name == "configs" else folder
-
-
-@dataclass
-class Run:
-    """What a notebook needs: the config and where its run writes."""
-
-    config: RunConfig
-    config_path: Path
-    run_dir: Path
-    figures_dir: Path
-
-    @property
-    def base_dir(self) -> Path:
-        """Folder that relative paths in the config are relative to."""
-        return self.config_path.parent
-
-    def store(self) -> store.RunStore:
-        """Open the run's SQLite store."""
-        return store.RunStore(self.run_dir)
-
-
-def open_run(config_path: str | Path, run_dir: str | Path | None = None,
-             figures_dir: str | Path | None = None) -> Run:
-    """Load a config and resolve a run's folders (each notebook's first call)."""
-    config_path = Path(config_path).resolve()
-    config = absolutize(load_config(config_path), config_path.parent)
-    root = default_root(config_path)
-    run_dir = Path(run_dir) if run_dir else root / "runs" / config.name
-    figures_dir = Path(figures_dir) if figures_dir else root / "figures" / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return Run(config, config_path, run_dir, figures_dir)
-
+from medharm_nb.records import stable_hash
 
 # -- checks before work ---------------------------------------------------------------------
 
@@ -171,8 +64,13 @@ def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
 
     Returns:
         Input hashes for the manifest.
+
+    Raises:
+        ConfigError: every model that cannot run, each named (a file or hub id missing, a
+            server down, a package absent), or a model and its base that would not be asked
+            the same queries.
     """
-    from medharm_nb import data, generate, variants
+    from medharm_nb import data, variants
 
     if judges:
         from medharm_nb import judge
@@ -184,22 +82,22 @@ def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
     source = data.resolve_source_path(run.config.queries.source, run.base_dir)
     if run.config.queries.source == data.OPEN_SET_NAME:
         source = str(data.open_set_path())
-    models = {}
+    models, problems = {}, []
     for spec in run.config.models:
-        if spec.backend == "openai":  # a server that is down fails here, before any work
-            generate.make_backend(spec).prepare()
-        if spec.backend == "hf":  # files, packages, quantization, adapter: no weights loaded
-            from medharm_nb.generate.backends.hf import check_spec
+        try:
+            models[spec.name] = _check_model(spec)
+        # Every model is checked, so one message lists all that cannot run (a hub id missing
+        # from the cache, a server down, a file absent), each named.
+        except (OSError, ValueError) as err:
+            problems.append(str(err))
+    if not problems:
+        problems = pair_problems(run.config, queries)
+    if problems:
+        raise ConfigError(f"{run.config_path}: cannot run\n  " + "\n  ".join(problems))
+    from medharm_nb.plan import plan
 
-            check_spec(spec)
-        files = generate.model_files(spec)
-        models[spec.name] = {
-            "spec_hash": stable_hash(spec.key()),
-            "system_prompt_hash": stable_hash(spec.system_prompt),
-            "chat_template_hash": stable_hash(spec.chat_template),
-            "files": {str(f): store.file_sha256(f) for f in files},
-        }
     return {
+        "plan": plan(run.config, queries.height),
         "queries": {"source": source, "n": queries.height,
                     "table_hash": stable_hash(queries.select("id", "text").rows()),
                     "file_sha256": (store.file_sha256(source) if Path(source).is_file()
@@ -210,35 +108,67 @@ def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
     }
 
 
-def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:
-    """Make relative data and model paths in a config relative to ``base_dir``.
+def _check_model(spec) -> dict[str, Any]:
+    """Check one model spec without loading weights; its manifest entry.
 
-    The runner hands notebooks a copy of the config inside the run folder, so paths must not
-    depend on where that copy lives.
+    Raises:
+        OSError: files, hub id (not cached, hub unreachable or gated) or server missing.
+        ValueError: a package, column or setting is wrong.
     """
-    from medharm_nb.data import resolve_source_path
+    from medharm_nb import generate
 
-    files = config.queries.data_files
-    if files is not None:  # hf: builders (hf:csv, hf:json) read these local files
-        as_list = [files] if isinstance(files, str) else files
-        resolved = [str(base_dir / f) if (base_dir / f).exists() else f for f in as_list]
-        files = resolved[0] if isinstance(files, str) else resolved
-    queries = config.queries.model_copy(update={
-        "source": resolve_source_path(config.queries.source, base_dir), "data_files": files})
-    models = []
-    for m in config.models:
-        if m.backend == "openai":  # source is the server's model name, never a local path
-            models.append(m)
+    if spec.backend == "openai":  # a server that is down fails here, before any work
+        generate.make_backend(spec).prepare()
+    if spec.backend == "hf":  # files, hub, packages, quantization, adapter: no weights loaded
+        from medharm_nb.generate.backends.hf_models import check_spec
+
+        check_spec(spec)
+    files = generate.model_files(spec)
+    return {
+        "spec_id": generate.spec_id(spec),
+        "system_prompt_hash": stable_hash(spec.system_prompt),
+        "chat_template_hash": stable_hash(spec.chat_template),
+        "files": {str(f): store.file_sha256(f) for f in files},
+        "base": spec.base,
+    }
+
+
+def answerable(spec, queries, config: RunConfig) -> set[tuple[str, int]]:
+    """The (query id, sample) a spec will be asked and can answer.
+
+    Every backend is asked every query, but a ``replay`` spec answers only the prompts its
+    file holds (a missing one becomes a failed generation), so two specs of one run can still
+    end up with different queries.
+    """
+    samples = config.generation.n_samples if config.generation.temperature > 0 else 1
+    ids = queries.select("id", "text").rows()
+    if spec.backend != "replay":
+        return {(qid, s) for qid, _ in ids for s in range(samples)}
+    from medharm_nb.generate.backends.replay import read_responses
+
+    answers = read_responses(spec)
+    have = {p: sum(bool(r and r.strip()) for r in rows) for p, rows in answers.items()}
+    return {(qid, s) for qid, text in ids for s in range(min(samples, have.get(text.strip(), 0)))}
+
+
+def pair_problems(config: RunConfig, queries) -> list[str]:
+    """A model and its ``base`` must be asked the same queries, or there is nothing to pair.
+
+    Returns:
+        One line per pair whose answerable queries differ, naming a few on each side.
+    """
+    specs = {m.name: m for m in config.models}
+    problems = []
+    for name, base in config.pairs:
+        mine, theirs = (answerable(specs[n], queries, config) for n in (name, base))
+        if mine == theirs:
             continue
-        if m.adapter and (base_dir / m.adapter).exists() and not Path(m.adapter).is_absolute():
-            m = m.model_copy(update={"adapter": str((base_dir / m.adapter).resolve())})
-        # A replay source may end in '#prompt=COL,...': the path is what comes before it.
-        path, hash_, suffix = (m.source.partition("#") if m.backend == "replay"
-                               else (m.source, "", ""))
-        if (base_dir / path).exists() and not Path(path).is_absolute():
-            m = m.model_copy(update={"source": str((base_dir / path).resolve()) + hash_ + suffix})
-        models.append(m)
-    return config.model_copy(update={"queries": queries, "models": models})
+        only = {n: sorted(a - b) for n, a, b in ((name, mine, theirs), (base, theirs, mine))}
+        said = "; ".join(f"only {n!r} answers {len(ids)} (e.g. {', '.join(q for q, _ in ids[:3])})"
+                         for n, ids in only.items() if ids)
+        problems.append(f"model {name!r} and its base {base!r} would not answer the same "
+                        f"queries, so they cannot be paired: {said}")
+    return problems
 
 
 # -- the runner -------------------------------------------------------------------------
@@ -246,17 +176,6 @@ def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:
 class RunFailed(RuntimeError):
     """A stage failed; the manifest says which, and for a notebook the executed copy shows
     the cell."""
-
-
-def _setup(config_path: str | Path, name: str | None, run_dir: str | Path | None,
-           figures_dir: str | Path | None) -> Run:
-    """Load, absolutize and place a run (no files written yet)."""
-    config_path = Path(config_path).resolve()
-    config = absolutize(load_config(config_path, name), config_path.parent)
-    root = default_root(config_path)
-    run_dir = Path(run_dir or root / "runs" / config.name).resolve()
-    figures_dir = Path(figures_dir or root / "figures" / config.name).resolve()
-    return Run(config, config_path, run_dir, figures_dir)
 
 
 def _start(run_: Run, inputs: dict[str, Any], mode: str) -> dict[str, Any]:
@@ -288,21 +207,37 @@ def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | 
 
     Raises:
         ConfigError: the config or a notebook parameter is wrong (nothing was run).
-        store.RunLocked: another process is generating into the run folder (nothing run).
+        store.RunLocked: another process is working in the run folder (nothing run).
         RunFailed: a notebook failed (the manifest is marked ``error``).
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    run_ = _setup(config_path, name, run_dir, figures_dir)
+    run_ = place_run(config_path, name, run_dir, figures_dir)
     config, run_dir = run_.config, run_.run_dir
     problems = check_notebooks(config, notebook_dir)
     if problems:
         raise ConfigError(f"{run_.config_path}: cannot run\n  " + "\n  ".join(problems))
     inputs = check_inputs(run_)
-    # 02_generate takes the lock itself (in its kernel); refuse now, before the manifest of
-    # the process that holds it is overwritten, rather than fail at that notebook.
-    store.RunLock(run_dir).check()
+    # One lock for the whole series: a second run (or generate) on this folder is refused
+    # before our manifest, config or tables could be rewritten under us. The kernels we start
+    # inherit the lock's token through the environment and work inside it.
+    with store.RunLock(run_dir, purpose="run") as lock:
+        previous = os.environ.get(store.LOCK_ENV)
+        os.environ[store.LOCK_ENV] = lock.token or ""
+        try:
+            return _run_series(run_, inputs, notebook_dir, log, progress)
+        finally:
+            if previous is None:
+                os.environ.pop(store.LOCK_ENV, None)
+            else:
+                os.environ[store.LOCK_ENV] = previous
+
+
+def _run_series(run_: Run, inputs: dict[str, Any], notebook_dir: Path, log,
+                progress: bool) -> dict[str, Any]:
+    """Execute the notebooks in order under the run's lock (see ``run``)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    config, run_dir = run_.config, run_.run_dir
     manifest = _start(run_, inputs, "series")
     effective_config = run_dir / "config.yaml"
     out_dir = run_dir / "notebooks"
@@ -351,28 +286,6 @@ def _series_stats(manifest: dict[str, Any], run_dir: Path) -> list[dict] | None:
     return pl.read_parquet(path).to_dicts() if path.exists() else None
 
 
-def generation_stage(run_: Run, queries, progress: bool = True):
-    """Ask every model of the run every query; write the ``generations`` and
-    ``generation_stats`` tables, as ``02_generate`` does.
-
-    Returns:
-        The stats table, one row per model (see ``generate.GenStats``).
-    """
-    import polars as pl
-
-    from medharm_nb import generate
-
-    with run_.store() as st:
-        stats = generate.run_generation(queries, run_.config.models, run_.config.generation,
-                                        st, progress=progress)
-        generations = generate.current_generations(
-            st.frame("generations"), queries, run_.config.models, run_.config.generation)
-    table = pl.DataFrame([s.as_dict() for s in stats])
-    store.write_table(run_.run_dir, "generation_stats", table)
-    store.write_table(run_.run_dir, "generations", generations)
-    return table
-
-
 def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
                   limit: int | None = None, max_new_tokens: int | None = None,
                   name: str | None = None, log=print, progress: bool = True) -> dict[str, Any]:
@@ -402,7 +315,7 @@ def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
     """
     from medharm_nb import data
 
-    run_ = _setup(config_path, name, run_dir, None)
+    run_ = place_run(config_path, name, run_dir, None)
     if run_.config.params:
         problems = check_notebooks(run_.config)
         if problems:
@@ -427,7 +340,7 @@ def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
             f"{len(run_.config.models)} model(s) -> {run_.run_dir}")
         try:
             store.write_table(run_.run_dir, "queries", queries)
-            stats = generation_stage(run_, asked, progress).to_dicts()
+            stats = stages.generation_stage(run_, asked, progress).to_dicts()
         except BaseException as err:  # Ctrl-C included: the manifest says it stopped
             message = f"generation failed: {type(err).__name__}: {err}"
             finish_manifest(manifest, run_.run_dir, "error", message, None)

@@ -3,21 +3,27 @@
 Useful on its own (share one GPU model with a team, point any OpenAI client at a quantized or
 fine-tuned spec) and as the real server the ``openai`` backend is tested against.
 
-Safe by default: it binds 127.0.0.1; it refuses any other address unless a bearer token is set
-in ``MEDHARM_SERVE_TOKEN`` (then every request must carry it); request bodies, ``max_tokens``
-and requests in flight are capped; malformed requests get a 4xx with an OpenAI-shaped error.
+Safe by default, because loopback is not a security boundary (other users of the machine
+reach it, and so do web pages open in a browser): it binds 127.0.0.1; it refuses any other
+address unless a bearer token is set in ``MEDHARM_SERVE_TOKEN`` (then every request must carry
+it, on loopback too); it answers only requests whose ``Host`` it serves (no DNS rebinding),
+refuses cross-site requests (a foreign ``Origin``, no CORS) and POSTs that are not
+``application/json`` (no cross-site "simple" POSTs); request bodies, ``max_tokens`` and
+requests in flight are capped; malformed requests get a 4xx with an OpenAI-shaped error, and
+an internal error a 500 with an error id, its details only in the server's log.
 Concurrent requests with the same decoding settings are answered in one batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
+import copy
 import json
+import logging
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,10 +32,17 @@ from fastapi import Request  # module level: FastAPI resolves the endpoints' ann
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medharm_nb.records import GenConfig, ModelSpec, stable_hash
+from medharm_nb.serve_access import (  # noqa: F401 - TOKEN_ENV, is_loopback: this API too
+    TOKEN_ENV,
+    Access,
+    ApiError,
+    ServeError,
+    check_access,
+    check_bind,
+    is_loopback,
+)
 
-TOKEN_ENV = "MEDHARM_SERVE_TOKEN"
-"""Environment variable holding the bearer token clients must send (never a CLI argument,
-so it does not show in ``ps`` or shell history)."""
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,20 +57,6 @@ class Limits:
     """Largest request body; larger gets 413."""
     batch_size: int = 8
     """Requests answered together in one forward batch."""
-
-
-class ServeError(ValueError):
-    """The server cannot start as asked (e.g. a public address without a token)."""
-
-
-class ApiError(Exception):
-    """An error answered to the client in the OpenAI error shape."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 param: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param = status, message, kind, param
-        self.headers = headers or {}
 
 
 # -- the request body --------------------------------------------------------------------
@@ -148,6 +147,18 @@ def parse_request(body: bytes, name: str, limits: Limits, has_system_prompt: boo
     return messages, config, req.seed or 0
 
 
+def internal_error(what: str, err: BaseException | str) -> ApiError:
+    """A 500 that names an error id, never the error: its text and traceback go to the
+    server's log under that id (exception text can hold paths, settings or prompts)."""
+    error_id = uuid.uuid4().hex[:12]
+    if isinstance(err, BaseException):
+        logger.error("error %s: %s", error_id, what, exc_info=err)
+    else:
+        logger.error("error %s: %s: %s", error_id, what, err)
+    return ApiError(500, f"{what} (error id {error_id}; the server's log has the details)",
+                    kind="server_error")
+
+
 # -- batching ----------------------------------------------------------------------------
 
 @dataclass
@@ -233,7 +244,8 @@ class Batcher:
 
 # -- the app -----------------------------------------------------------------------------
 
-def create_app(spec: ModelSpec, backend, limits: Limits = Limits(), token: str | None = None):
+def create_app(spec: ModelSpec, backend, limits: Limits = Limits(), token: str | None = None,
+               host: str = "127.0.0.1", allow_hosts: Iterable[str] = ()):
     """The FastAPI app serving ``spec`` through a ready backend (hf: weights loaded).
 
     Args:
@@ -241,16 +253,20 @@ def create_app(spec: ModelSpec, backend, limits: Limits = Limits(), token: str |
         backend: Has ``render`` and ``generate`` (see ``generate.Backend``).
         limits: Caps on request size, ``max_tokens`` and requests in flight.
         token: If set, every request must send ``Authorization: Bearer <token>``.
+        host: The address it is bound to (a ``Host`` it serves, see ``Access.for_bind``).
+        allow_hosts: More names clients may reach it by (``Host`` headers it serves).
     """
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
+    from jinja2 import TemplateError, TemplateSyntaxError
     from starlette.exceptions import HTTPException
 
     from medharm_nb.generate import Request as GenRequest
 
     batcher = Batcher(backend, limits)
+    access = Access.for_bind(host, allow_hosts, token)
     fingerprint = stable_hash(spec.key())
     context = _context_length(backend)
 
@@ -276,14 +292,17 @@ def create_app(spec: ModelSpec, backend, limits: Limits = Limits(), token: str |
     async def _http_error(_request, err: HTTPException):
         return error(err.status_code, str(err.detail), "invalid_request_error")
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_request, err: Exception):
+        refused = internal_error("internal error", err)
+        return error(refused.status, refused.message, refused.kind)
+
     @app.middleware("http")
     async def _guard(request: Request, call_next):
-        if token is not None:
-            sent = request.headers.get("authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-                return error(401, "missing or wrong bearer token (Authorization: Bearer ...)",
-                             "authentication_error",
-                             headers={"WWW-Authenticate": "Bearer"})
+        refused = check_access(request.method, request.headers, access)
+        if refused is not None:
+            return error(refused.status, refused.message, refused.kind, refused.param,
+                         refused.headers)
         return await call_next(request)
 
     @app.get("/v1/models")
@@ -300,9 +319,13 @@ def create_app(spec: ModelSpec, backend, limits: Limits = Limits(), token: str |
             messages = [{"role": "system", "content": spec.system_prompt}, *messages]
         try:
             rendered = backend.render(messages)
-        except Exception as err:  # e.g. a template that rejects the roles
+        except TemplateSyntaxError as err:  # the server's template is broken, not the request
+            raise internal_error("the chat template cannot be rendered", err) from None
+        except TemplateError as err:  # the template's own message, e.g. roles must alternate
             raise ApiError(400, f"the chat template rejects these messages: {err}",
                            param="messages") from None
+        except Exception as err:
+            raise internal_error("the chat template cannot be rendered", err) from None
         n_prompt = _count_tokens(backend, rendered)
         if context and n_prompt is not None and n_prompt + config.max_new_tokens > context:
             raise ApiError(400, f"the prompt has {n_prompt} tokens; with max_tokens "
@@ -313,12 +336,12 @@ def create_app(spec: ModelSpec, backend, limits: Limits = Limits(), token: str |
             out = await batcher.submit(GenRequest(gen_id, messages, rendered, 0, seed), config)
         except ApiError:
             raise
-        except Exception as err:  # the model failed; say so in OpenAI shape
-            raise ApiError(500, f"generation failed: {type(err).__name__}: {err}",
-                           kind="server_error") from None
+        except Exception as err:  # the model failed; say so in OpenAI shape, details in the log
+            raise internal_error("generation failed", err) from None
         if out.error is not None:
-            raise ApiError(500, f"generation failed: {out.error}", kind="server_error")
-        finish = "length" if out.n_new_tokens >= config.max_new_tokens else "stop"
+            raise internal_error("generation failed", out.error)
+        finish = out.finish_reason or (
+            "length" if out.n_new_tokens >= config.max_new_tokens else "stop")
         return {
             "id": f"chatcmpl-{gen_id}", "object": "chat.completion", "created": int(time.time()),
             "model": spec.name, "system_fingerprint": fingerprint,
@@ -366,34 +389,12 @@ def _context_length(backend) -> int | None:
 
 # -- starting it -------------------------------------------------------------------------
 
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to a public address
-
-
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse a non-loopback address unless a token guards it.
-
-    Raises:
-        ServeError: naming the address and the variable to set.
-    """
-    if not is_loopback(host) and not token:
-        raise ServeError(f"refusing to serve on {host}, which other machines can reach, "
-                         f"without a bearer token: set {TOKEN_ENV} in the environment (every "
-                         f"client must then send it), or bind 127.0.0.1")
-
-
 def spec_from_config(config_path: str | Path, model: str) -> ModelSpec:
     """The spec named ``model`` in a run config (paths resolved against the config)."""
-    from medharm_nb import runner
+    from medharm_nb import config as run_config
 
     path = Path(config_path)
-    config = runner.absolutize(runner.load_config(path), path.resolve().parent)
+    config = run_config.absolutize(run_config.load_config(path), path.resolve().parent)
     specs = {m.name: m for m in config.models}
     if model not in specs:
         raise ServeError(f"{path}: no model named {model!r}; it has: {', '.join(specs)}")
@@ -401,8 +402,13 @@ def spec_from_config(config_path: str | Path, model: str) -> ModelSpec:
 
 
 def serve(spec: ModelSpec, host: str = "127.0.0.1", port: int = 8000,
-          limits: Limits = Limits(), log_level: str = "info") -> None:
+          limits: Limits = Limits(), log_level: str = "info",
+          allow_hosts: Iterable[str] = ()) -> None:
     """Check the address, load the model, then serve until interrupted.
+
+    Args:
+        allow_hosts: Names clients reach it by, beyond loopback and ``host`` (``Host``
+            headers it answers; see ``Access``).
 
     Raises:
         ServeError: a public address without a token, or a spec that is not ``hf``.
@@ -417,8 +423,13 @@ def serve(spec: ModelSpec, host: str = "127.0.0.1", port: int = 8000,
 
     backend = make_backend(spec)
     backend.prepare()
-    app = create_app(spec, backend, limits, token)
-    auth = " (bearer token required)" if token else ""
+    app = create_app(spec, backend, limits, token, host, allow_hosts)
+    auth = (" (bearer token required)" if token else
+            f" (no bearer token: anyone on this machine can use it; set {TOKEN_ENV} on a "
+            f"shared machine)")
     print(f"serving {spec.name!r} at http://{host}:{port}/v1{auth}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level,
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # our errors beside uvicorn's
+    log_config["loggers"]["medharm_nb"] = {"handlers": ["default"], "level": "INFO",
+                                           "propagate": False}
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config,
                 limit_concurrency=limits.max_concurrency * 2 + 16, timeout_keep_alive=30)

@@ -21,7 +21,7 @@ from medharm_nb.adapter_card import read_card
 from medharm_nb.cli import app
 from medharm_nb.generate import Request, build_messages
 from medharm_nb.generate import convert as conv
-from medharm_nb.generate.backends import hf
+from medharm_nb.generate.backends import hf, hf_models
 from medharm_nb.records import FinetuneConfig, GenConfig, ModelSpec
 from medharm_nb.store import file_sha256
 
@@ -159,7 +159,7 @@ def test_steps_follow_epochs_batch_and_accumulation():
 
 @pytest.fixture(scope="module")
 def converted():
-    return conv.convert_gguf(*hf.resolve_source(ModelSpec(name="x", source="smollm2-135m")))
+    return conv.convert_gguf(*hf_models.resolve_source(ModelSpec(name="x", source="smollm2-135m")))
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_card_holds_data_hash_hyperparameters_and_versions(trained):
     assert card["hyperparameters"] == CONFIG.model_dump() and card["seed"] == CONFIG.seed
     assert card["base"]["spec"] == {"backend": "hf", "source": "smollm2-135m",
                                     "quantization": "none"}
-    gguf = hf.resolve_source(ModelSpec(name="x", source="smollm2-135m"))
+    gguf = hf_models.resolve_source(ModelSpec(name="x", source="smollm2-135m"))
     assert card["base"]["files"] == {gguf[1]: file_sha256(f"{gguf[0]}/{gguf[1]}")}
     assert card["adapter_sha256"] == file_sha256(out / "adapter_model.safetensors")
     assert card["training"]["quantization"] == "none"  # a CPU: full precision

@@ -100,3 +100,36 @@ def test_samples_are_seeded_and_reproducible(tmp_path):
     first, second = frames
     assert first.height == 4 and sorted(first["sample"].to_list()) == [0, 0, 1, 1]
     assert first["response"].to_list() == second["response"].to_list()  # same seeds
+
+
+def test_queries_with_the_same_text_get_their_own_answers(tmp_path):
+    # Two queries (e.g. from two source sets) ask the same thing: each keeps its answer.
+    twins = pl.DataFrame({"id": ["a", "b"], "text": ["Say hello."] * 2,
+                          "variant": ["direct"] * 2})
+    with RunStore(tmp_path) as st:
+        stats = generate.generate(twins, PLAIN, CONFIG, st, progress=False)
+        frame = st.frame("generations")
+    assert stats.generated == 2 and frame["gen_id"].n_unique() == 2
+    current = generate.current_generations(frame, twins, [PLAIN], CONFIG)
+    assert sorted(current["query_id"]) == ["a", "b"]
+    assert set(current["key_version"]) == {2} and set(current["batch_size"]) == {2}
+    # A row made under the old id scheme (no query id in the key) is never a current result.
+    old = frame.head(1).with_columns(pl.lit("old").alias("gen_id"),
+                                     pl.lit(None, dtype=pl.Int64).alias("key_version"))
+    assert generate.current_generations(pl.concat([frame, old]), twins, [PLAIN],
+                                        CONFIG).height == 2
+
+
+def test_the_key_holds_the_weights_content_not_their_path(tmp_path):
+    import shutil
+
+    folder, gguf = generate.resolve_source(PLAIN)
+    copy = tmp_path / "model"
+    copy.mkdir()
+    shutil.copy(f"{folder}/{gguf}", copy / gguf)
+    moved = ModelSpec(name="moved", source=str(copy), gguf_file=gguf)
+    assert generate.weights_digest(moved) == generate.weights_digest(PLAIN)
+    before = generate.spec_id(moved)
+    with open(copy / gguf, "ab") as fh:  # the same path, other content
+        fh.write(b"\0")
+    assert generate.spec_id(moved) != before

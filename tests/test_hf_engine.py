@@ -13,10 +13,11 @@ import shutil
 import pytest
 import torch
 
+from medharm_nb import generate
 from medharm_nb.bench import naive_answer
 from medharm_nb.generate import Request, build_messages
 from medharm_nb.generate import convert as conv
-from medharm_nb.generate.backends import hf
+from medharm_nb.generate.backends import hf, hf_models
 from medharm_nb.records import GenConfig, ModelSpec
 
 PLAIN = ModelSpec(name="plain", source="smollm2-135m")
@@ -75,14 +76,14 @@ def test_unknown_quantization_and_missing_packages_fail_before_work(monkeypatch)
         ModelSpec(name="x", source="smollm2-135m", quantization="q3")
     odd = ModelSpec.model_construct(**{**PLAIN.model_dump(), "quantization": "q3"})
     with pytest.raises(ValueError, match=r"unknown quantization 'q3'; known: none, nf4, int8"):
-        hf.check_spec(odd)
-    real = hf.importlib.util.find_spec
-    monkeypatch.setattr(hf.importlib.util, "find_spec",
+        hf_models.check_spec(odd)
+    real = hf_models.importlib.util.find_spec
+    monkeypatch.setattr(hf_models.importlib.util, "find_spec",
                         lambda name: None if name in ("bitsandbytes", "peft") else real(name))
     with pytest.raises(ValueError, match="needs bitsandbytes: pip install bitsandbytes"):
-        hf.check_spec(PLAIN.model_copy(update={"quantization": "nf4"}))
+        hf_models.check_spec(PLAIN.model_copy(update={"quantization": "nf4"}))
     with pytest.raises(ValueError, match="needs peft"):
-        hf.check_spec(PLAIN.model_copy(update={"adapter": "some/adapter"}))
+        hf_models.check_spec(PLAIN.model_copy(update={"adapter": "some/adapter"}))
 
 
 def test_gguf_that_cannot_be_converted_fails_before_work(tmp_path):
@@ -96,23 +97,67 @@ def test_gguf_that_cannot_be_converted_fails_before_work(tmp_path):
     spec = ModelSpec(name="odd", source=str(tmp_path), gguf_file="odd.gguf", quantization="nf4")
     with pytest.raises(ValueError, match="needs a conversion, which is not possible.*"
                                          "not-an-architecture"):
-        hf.check_spec(spec)
-    hf.check_spec(spec.model_copy(update={"quantization": "none"}))  # fine unquantized
+        hf_models.check_spec(spec)
+    hf_models.check_spec(spec.model_copy(update={"quantization": "none"}))  # fine unquantized
 
 
 def test_missing_files_are_named(tmp_path):
     spec = PLAIN.model_copy(update={"adapter": str(tmp_path / "no-such-adapter")})
     with pytest.raises(FileNotFoundError, match="no-such-adapter"):
-        hf.check_spec(spec)
+        hf_models.check_spec(spec)
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'config.json'} does not exist"):
-        hf.check_spec(ModelSpec(name="empty", source=str(tmp_path)))
+        hf_models.check_spec(ModelSpec(name="empty", source=str(tmp_path)))
+
+
+def test_a_hub_id_must_be_cached_or_reachable_before_work(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = ModelSpec(name="big", source="some-org/some-model", quantization="nf4")
+    with pytest.raises(FileNotFoundError, match=r"model 'big' \(some-org/some-model\): "
+                                                r"some-org/some-model is not in the local "
+                                                r"Hugging Face cache .* hub is off"):
+        hf.check_spec(spec)
+    # In the cache (the layout huggingface_hub writes): fine offline.
+    snapshot = cache / "models--some-org--some-model" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--some-org--some-model" / "refs").mkdir()
+    (cache / "models--some-org--some-model" / "refs" / "main").write_text("abc")
+    hf.check_spec(spec)
+    # A GGUF-only repository is found by its GGUF file.
+    gguf_repo = cache / "models--some-org--some-gguf"
+    (gguf_repo / "snapshots" / "abc").mkdir(parents=True)
+    (gguf_repo / "snapshots" / "abc" / "m.Q4_K_M.gguf").write_bytes(b"GGUF")
+    (gguf_repo / "refs").mkdir()
+    (gguf_repo / "refs" / "main").write_text("abc")
+    hf.check_spec(ModelSpec(name="gguf", source="some-org/some-gguf",
+                            gguf_file="m.Q4_K_M.gguf"))
+    # Online but gated: say so, and what to do.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    from huggingface_hub import constants  # read the variable when first imported
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    gated = GatedRepoError.__new__(GatedRepoError)
+    Exception.__init__(gated, "gated")
+
+    def refuse(repo_id, **kwargs):
+        raise gated
+
+    monkeypatch.setattr(huggingface_hub, "auth_check", refuse)
+    with pytest.raises(PermissionError, match="other-org/gated-model is gated .* accept its "
+                                              "licence"):
+        hf.check_spec(ModelSpec(name="gated", source="other-org/gated-model"))
 
 
 # --- conversion, adapters, quantization -------------------------------------------------
 
 @pytest.fixture(scope="module")
 def converted():
-    folder, gguf_file = hf.resolve_source(PLAIN)
+    folder, gguf_file = hf_models.resolve_source(PLAIN)
     return conv.convert_gguf(folder, gguf_file)
 
 
@@ -141,7 +186,7 @@ def test_lora_adapter_changes_answers_only_when_nonzero(converted, tmp_path):
         assert type(backend.model).__name__.startswith("Peft")
         answers = _answers(backend, _requests(backend, prompts), config)
         assert (answers != base) is nonzero
-        assert str(adapter / "adapter_model.safetensors") in map(str, hf.model_files(spec))
+        assert str(adapter / "adapter_model.safetensors") in map(str, hf_models.model_files(spec))
     # The base model in the cache was not changed by loading adapters on top of it.
     backend = hf.HFBackend(base_spec)
     assert _answers(backend, _requests(backend, prompts), config) == base
@@ -187,7 +232,7 @@ def test_model_without_chat_template_is_refused_before_loading(converted, tmp_pa
 
 @pytest.mark.slow
 def test_conversion_is_complete_and_equals_the_gguf(converted):
-    assert conv.convert_gguf(*hf.resolve_source(PLAIN)) == converted  # once, then cached
+    assert conv.convert_gguf(*hf_models.resolve_source(PLAIN)) == converted  # once, then cached
     config = json.loads((converted / "config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "llama"
     assert (converted / "model.safetensors").is_file()
@@ -284,3 +329,35 @@ def test_bench_cli_prints_the_summary_line():
     assert "all 3 identical" in lines[-2]
     assert re.fullmatch(r"speedup=\d+\.\d\d naive_tok_s=\d+\.\d engine_tok_s=\d+\.\d",
                         lines[-1])
+
+
+@pytest.mark.slow
+def test_an_adapter_retrained_in_the_same_folder_is_never_served_stale(converted, tmp_path):
+    config = GenConfig(max_new_tokens=6, batch_size=8)
+    folder = tmp_path / "lora"
+    spec = ModelSpec(name="ft", source=str(converted), adapter=str(folder))
+    _make_adapter(converted, folder, nonzero=False)  # a no-op adapter: the base's answers
+    first = hf.HFBackend(spec)
+    model_before, id_before = first.model, generate.spec_id(spec)
+    answers_before = _answers(first, _requests(first, PROMPTS[1:3]), config)
+    _make_adapter(converted, folder, nonzero=True)  # retrained into the same folder
+    assert generate.spec_id(spec) != id_before  # new generation ids, no cache hit
+    second = hf.HFBackend(spec)
+    assert second.model is not model_before  # and new weights, not the in-process cache
+    assert _answers(second, _requests(second, PROMPTS[1:3]), config) != answers_before
+
+
+@pytest.mark.slow
+def test_an_adapter_that_ships_a_chat_template_uses_it(converted, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = _make_adapter(converted, tmp_path / "lora-tpl", nonzero=False)
+    tok = AutoTokenizer.from_pretrained(str(converted))
+    tok.chat_template = ("{% for m in messages %}<<{{ m['role'] }}>> {{ m['content'] }}\n"
+                         "{% endfor %}<<assistant>>")
+    tok.save_pretrained(str(folder))
+    spec = ModelSpec(name="ft", source=str(converted), adapter=str(folder))
+    rendered = hf.HFBackend(spec).render([{"role": "user", "content": "Say hello."}])
+    assert rendered == "<<user>> Say hello.\n<<assistant>>"
+    base = hf.HFBackend(spec.model_copy(update={"adapter": None}))
+    assert base.render([{"role": "user", "content": "Say hello."}]) != rendered

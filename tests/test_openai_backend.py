@@ -17,6 +17,7 @@ from medharm_nb import generate
 from medharm_nb.generate import Request, make_backend
 from medharm_nb.generate.backends.openai import OpenAIBackend
 from medharm_nb.records import GenConfig, ModelSpec
+from medharm_nb.runner import RunConfig
 from medharm_nb.store import RunStore
 
 FAKE_KEY = "sk-medharm-test-0123456789abcdef"
@@ -35,6 +36,8 @@ class FakeServer:
     A plan of ``"always"`` answers 500 forever, echoing the Authorization header it got (a
     careless server: the client must scrub its key from the message); ``"malformed"`` answers
     200 without choices; ``"slow"`` sleeps past the client's timeout on the first call.
+    A plan in ``CHOICES`` answers 200 with that choice; in ``REFUSALS``, that 4xx (echoing
+    the Authorization header too).
     """
 
     def __init__(self, plan=None, key: str | None = None, delay: float = 0.0):
@@ -93,6 +96,15 @@ class FakeServer:
                     return self.reply(500, {"error": {"message": f"boom, you sent {echoed}"}})
                 if plan == "malformed":
                     return self.reply(200, {"unexpected": True})
+                if isinstance(plan, str) and plan in CHOICES:
+                    return self.reply(200, {"choices": [CHOICES[plan](prompt)],
+                                            "usage": {"prompt_tokens": 11,
+                                                      "completion_tokens": 3}})
+                if isinstance(plan, str) and plan in REFUSALS:
+                    status, body = REFUSALS[plan]
+                    echoed = self.headers.get("Authorization", "")
+                    body = json.loads(json.dumps(body).replace("<ECHO>", echoed))
+                    return self.reply(status, body)
                 if plan == "slow":
                     if n == 0:
                         time.sleep(1.0)
@@ -117,6 +129,36 @@ class FakeServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _choice(content, finish, **extra) -> dict:
+    message = {"role": "assistant", **({} if content is ... else {"content": content})}
+    return {"index": 0, "finish_reason": finish, "message": message, **extra}
+
+
+CHOICES = {  # plan -> the one choice of a 200 answer, given the prompt
+    "empty": lambda prompt: _choice("  ", "stop"),
+    "missing": lambda prompt: _choice(..., "length"),  # no content key at all
+    "null": lambda prompt: _choice(None, "length"),  # a reasoning model out of tokens
+    "length": lambda prompt: _choice(f" Re: {prompt} and so on", "length"),
+    "refusal": lambda prompt: {"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": None, "refusal": "I can't help with that."}},
+    "filtered": lambda prompt: _choice(None, "content_filter", content_filter_results={
+        "hate": {"filtered": False, "severity": "safe"},
+        "self_harm": {"filtered": True, "severity": "medium"}}),
+}
+AZURE_FILTER = {"error": {  # Azure OpenAI's answer when its filter blocks a prompt
+    "message": "The response was filtered due to the prompt triggering Azure OpenAI's content "
+               "management policy. <ECHO>", "type": None, "param": "prompt",
+    "code": "content_filter", "status": 400,
+    "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {
+        "hate": {"filtered": False, "severity": "safe"},
+        "self_harm": {"filtered": True, "severity": "medium"},
+        "violence": {"filtered": True, "severity": "high"}}}}}
+OPENAI_POLICY = {"error": {"message": "Your request was rejected as a result of our safety "
+                                      "system.", "type": "invalid_request_error",
+                           "param": None, "code": "content_policy_violation"}}
+REFUSALS = {"azure-filter": (400, AZURE_FILTER), "openai-policy": (400, OPENAI_POLICY)}
 
 
 def spec_for(url: str, **kw) -> ModelSpec:
@@ -203,8 +245,9 @@ def test_concurrency_is_bounded_and_groups_come_as_they_finish():
 def test_the_api_key_never_leaves_the_client(tmp_path, monkeypatch, caplog, capsys):
     monkeypatch.setenv("MEDHARM_TEST_KEY", FAKE_KEY)
     caplog.set_level(logging.DEBUG)  # httpx and httpcore log every request at debug
-    texts = ["What is the capital of France?", "Please fail."]
-    with FakeServer({"Please fail.": "always"}, key=FAKE_KEY) as server:
+    texts = ["What is the capital of France?", "Please fail.", "Filtered prompt."]
+    plan = {"Please fail.": "always", "Filtered prompt.": "azure-filter"}
+    with FakeServer(plan, key=FAKE_KEY) as server:
         spec = spec_for(server.url, api_key_env="MEDHARM_TEST_KEY")
         backend = make_backend(spec)
         backend.max_attempts, backend.backoff_base = 2, 0.01
@@ -215,8 +258,9 @@ def test_the_api_key_never_leaves_the_client(tmp_path, monkeypatch, caplog, caps
         monkeypatch.setenv("MEDHARM_TEST_KEY", FAKE_KEY + "-wrong")
         with pytest.raises(PermissionError) as refused:
             make_backend(spec).prepare()
-    assert (stats.generated, stats.failed) == (1, 1)
+    assert (stats.generated, stats.failed, stats.blocked) == (1, 1, 1)
     assert "[redacted]" in frame["error"].drop_nulls().item()  # the server echoed it
+    assert "[redacted]" in frame["block_reason"].drop_nulls().item()
     assert "MEDHARM_TEST_KEY" in str(refused.value)
     seen = [str(refused.value), repr(backend), caplog.text, *capsys.readouterr(),
             frame.write_csv(), json.dumps(spec.model_dump())]
@@ -260,3 +304,88 @@ def test_render_is_canonical_json_and_keys_the_generation():
     other = OpenAIBackend(spec_for("http://127.0.0.1:9/v1", system_prompt="Be brief."))
     with_system = generate.build_messages(other.spec, "Héllo")
     assert other.render(with_system) != a
+
+
+def test_an_answer_without_text_is_a_failure_retried_on_the_next_run(tmp_path):
+    plan = {"Say nothing.": "empty", "Say less.": "missing", "Think hard.": "null"}
+    texts = [*plan, "Say hello."]
+    with FakeServer(plan) as server, RunStore(tmp_path) as st:
+        backend = OpenAIBackend(spec_for(server.url), **FAST)
+        first = generate.generate(queries(*texts), backend.spec, CONFIG, st, backend,
+                                  progress=False)
+        stored = st.frame("generations").sort("query_id")
+        server.plan = {}  # the server answers properly now
+        second = generate.generate(queries(*texts), backend.spec, CONFIG, st, backend,
+                                   progress=False)
+        final = st.frame("generations").sort("query_id")
+    assert (first.generated, first.failed) == (1, 3)
+    assert stored["response"].to_list() == [None, None, None, "Re: Say hello."]
+    assert stored["error"].to_list()[:3] == [
+        "empty text in the response (finish_reason=stop)",
+        "no text in the response (finish_reason=length)",
+        "no text in the response (finish_reason=length)"]
+    assert stored["finish_reason"].to_list() == ["error", "error", "error", "stop"]
+    assert (second.cached, second.generated, second.failed) == (1, 3, 0)
+    assert final.height == 4 and final["error"].null_count() == 4
+    assert final["response"].to_list() == [f"Re: {t}" for t in texts]
+    assert server.calls == Counter({t: 2 for t in plan} | {"Say hello.": 1})
+
+
+def test_the_servers_finish_reason_is_kept(tmp_path):
+    plan = {"Count to a thousand.": "length", "Refuse this.": "refusal"}
+    texts = [*plan, "Say hello."]
+    with FakeServer(plan) as server, RunStore(tmp_path) as st:
+        stats = generate.generate(queries(*texts), spec_for(server.url), CONFIG, st,
+                                  progress=False)
+        frame = st.frame("generations").sort("query_id")
+    assert (stats.generated, stats.failed) == (3, 0)
+    assert frame["finish_reason"].to_list() == ["length", "stop", "stop"]
+    assert frame["response"].to_list() == ["Re: Count to a thousand. and so on",
+                                           "I can't help with that.", "Re: Say hello."]
+
+
+def test_content_filter_blocks_are_stored_once_as_blocked_and_not_retried(tmp_path):
+    plan = {"Filtered answer.": "filtered", "Filtered prompt.": "azure-filter",
+            "Policy prompt.": "openai-policy"}
+    texts = [*plan, "Say hello."]
+    with FakeServer(plan) as server, RunStore(tmp_path) as st:
+        backend = OpenAIBackend(spec_for(server.url), **FAST)
+        first = generate.generate(queries(*texts), backend.spec, CONFIG, st, backend,
+                                  progress=False)
+        stored = st.frame("generations").sort("query_id")
+        server.plan = {}  # would answer now; a block is a result, so it is not asked again
+        second = generate.generate(queries(*texts), backend.spec, CONFIG, st, backend,
+                                   progress=False)
+        after = st.frame("generations").sort("query_id")
+    assert (first.generated, first.failed, first.blocked) == (1, 0, 3)
+    assert (second.cached, second.generated, second.failed, second.blocked) == (1, 0, 0, 3)
+    assert server.calls == Counter({t: 1 for t in texts})  # a 400 block is not retried either
+    assert after.equals(stored)
+    blocked = stored.head(3)
+    assert blocked["response"].null_count() == blocked["error"].null_count() == 3
+    assert blocked["finish_reason"].to_list() == ["content_filter"] * 3
+    assert blocked["n_new_tokens"].to_list() == [0] * 3
+    reasons = blocked["block_reason"].to_list()
+    assert reasons[0] == "finish_reason=content_filter (filtered: self_harm)"
+    assert reasons[1].startswith("HTTP 400 content_filter in the prompt (filtered: self_harm, "
+                                 "violence): The response was filtered")
+    assert reasons[2].startswith("HTTP 400 content_policy_violation: Your request was rejected")
+    assert stored["block_reason"][3] is None and stored["response"][3] == "Re: Say hello."
+
+
+def test_openai_specs_on_two_servers_do_not_share_answers(tmp_path):
+    with FakeServer() as base, FakeServer() as tuned, RunStore(tmp_path) as st:
+        # A base model and its fine-tune, both served as "fake-model".
+        specs = [spec_for(base.url), spec_for(tuned.url + "/").model_copy(update={"name": "ft"})]
+        RunConfig(name="study", models=specs)  # two models, not one spec named twice
+        stats = generate.run_generation(queries("Say hello."), specs, CONFIG, st,
+                                        progress=False)
+        frame = st.frame("generations")
+        # Where it is served from is part of the id; a trailing "/" is not.
+        same = spec_for(tuned.url).model_copy(update={"name": "ft-again"})
+        again = generate.generate(queries("Say hello."), same, CONFIG, st, progress=False)
+    assert [s.generated for s in stats] == [1, 1] and again.cached == 1
+    assert frame.height == 2 and frame["spec_hash"].n_unique() == 2
+    assert base.calls["Say hello."] == tuned.calls["Say hello."] == 1
+    hf = ModelSpec(name="a", source="smollm2-135m")
+    assert hf.key() == hf.model_copy(update={"base_url": "http://elsewhere/v1"}).key()

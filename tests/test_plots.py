@@ -11,22 +11,26 @@ def _results() -> pl.DataFrame:
     rows = []
     for model, unsafe in (("plain", [True, True, False]), ("guarded", [False, False, True])):
         for i, u in enumerate(unsafe):
-            rows.append({"model": model, "judge": "rules-v1", "category": "toxicology",
+            rows.append({"model": model, "judge": "trained", "category": "toxicology",
                          "framing": "clinical", "risk": "harmful",
-                         "label": "full_compliance" if u else "full_refusal", "unsafe": u})
-            rows.append({"model": model, "judge": "rules-v1", "category": "toxicology",
+                         "label": "full_compliance" if u or i == 2 else "full_refusal",
+                         "unsafe": u, "on_topic": True})
+            rows.append({"model": model, "judge": "trained", "category": "toxicology",
                          "framing": "clinical", "risk": "benign",
                          "label": "full_refusal" if i == 0 else "full_compliance",
-                         "unsafe": False})
+                         "unsafe": False, "on_topic": True})
     return pl.DataFrame(rows).with_columns(
-        pl.col("label").is_in(["full_refusal", "safe_redirect"]).alias("refused"))
+        complied=pl.col("label").is_in(["partial", "full_compliance"]))
 
 
 def test_every_report_chart_saves_png_and_svg(tmp_path):
     results = _results()
+    by_model = metrics.safety_summary(results, by=("model",))
     charts = {
-        "tradeoff": plots.refusal_tradeoff(metrics.safety_summary(results, by=("model",))),
-        "unsafe": plots.unsafe_rates(metrics.safety_summary(results, by=("model", "category"))),
+        "tradeoff": plots.refusal_tradeoff(by_model),
+        "rates": plots.rate_chart(by_model),
+        "by_category": plots.rate_chart(
+            metrics.safety_summary(results, by=("model", "category")), by="category"),
         "labels": plots.label_distribution(
             metrics.label_rates(results, by=("model", "category"))),
     }
@@ -35,3 +39,44 @@ def test_every_report_chart_saves_png_and_svg(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         text = svg.read_text()
         assert text.lstrip().startswith("<svg") and "plain" in text and "guarded" in text
+
+
+def test_rate_chart_draws_compliance_and_unsafe_apart_and_skips_unmeasured():
+    results = pl.concat([_results(), _results().with_columns(
+        judge=pl.lit("rules"), unsafe=pl.lit(None, dtype=pl.Boolean))])
+    long = plots.rates_long(metrics.safety_summary(results, by=("model",)))
+    # The rules judge measured compliance only: no unsafe rows for it, never a 0.
+    assert set(long.filter(pl.col("judge") == "rules")["measure"]) == {
+        plots.RATE_TITLES["compliance"]}
+    trained = long.filter(pl.col("judge") == "trained").sort("model", "measure")
+    assert trained.select("model", "k", "n").rows() == [
+        ("guarded", 1, 3), ("guarded", 1, 3), ("plain", 3, 3), ("plain", 2, 3)]
+
+
+def test_paired_charts_render_to_svg_offline(tmp_path):
+    import synthetic
+
+    from medharm_nb import amplify
+
+    results = synthetic.results(seed=1, n_clusters=9, delta=0.3)
+    deltas = amplify.paired_deltas(results, [("ft-model", "base-model")], n_boot=200)
+    plane = amplify.plane(results, [("ft-model", "base-model")])
+    charts = {
+        "forest": plots.forest(deltas),
+        "plane": plots.safety_helpfulness(plane),
+        "heatmap": plots.rate_heatmap(metrics.safety_summary(results, by=("model", "category"))),
+        "specificity": plots.specificity_bars(metrics.specificity_distribution(results)),
+    }
+    for stem, chart in charts.items():
+        svg = plots.to_svg(chart)
+        assert svg.lstrip().startswith("<svg") and "ft-model" in svg, stem
+    # The arrow runs from the base's point to the fine-tune's, in the same judge's panel.
+    spec = charts["plane"].to_dict()
+    rows = spec["datasets"][next(iter(spec["datasets"]))]
+    arrow = next(r for r in rows if r["model"] == "ft-model")
+    base = next(r for r in rows if r["model"] == "base-model")
+    assert (arrow["x0"], arrow["y0"]) == (base["x"], base["y"])
+    # A heat-map cell says its rate, interval and n.
+    assert any("n=" in t and "[" in t for t in
+               [r.get("label", "") for r in next(iter(charts["heatmap"].to_dict()[
+                   "datasets"].values()))])

@@ -199,3 +199,66 @@ def test_failures_are_stored_and_retried_and_a_success_replaces_them(tmp_path):
         final = st.frame("generations").sort("query_id")
     assert final.height == 4 and final["error"].null_count() == 4
     assert final["response"].to_list() == [f"answer to {t}" for t in queries["text"]]
+
+
+def test_a_series_lock_covers_its_kernels_and_refuses_everyone_else(tmp_path):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from medharm_nb.store import RunLock; "
+         "lock = RunLock(sys.argv[1], purpose='run').acquire(); print(lock.token, flush=True); "
+         "time.sleep(300)", str(run_dir)], stdout=subprocess.PIPE, text=True)
+    take = ("import sys; from medharm_nb.store import RunLock, RunLocked\n"
+            "try:\n    RunLock(sys.argv[1], purpose='judge').acquire(); print('inside')\n"
+            "except RunLocked as err:\n    print('refused:', err)")
+    try:
+        token = holder.stdout.readline().strip()
+        assert len(token) == 16
+        # A second series, or a notebook opened by hand, is refused while the first runs.
+        with pytest.raises(store.RunLocked, match="running the notebook series in it"):
+            store.RunLock(run_dir, purpose="run").acquire()
+        result = CliRunner().invoke(app, ["run", _config(tmp_path), "--run-dir", str(run_dir)])
+        assert result.exit_code == 1 and "running the notebook series" in result.output
+        # A kernel the series started carries its token and works inside the lock ...
+        env = {**os.environ, store.LOCK_ENV: token}
+        inside = subprocess.run([sys.executable, "-c", take, str(run_dir)], env=env,
+                                capture_output=True, text=True, check=True)
+        assert inside.stdout.strip() == "inside"
+        # ... and a process with another token does not.
+        env[store.LOCK_ENV] = "0" * 16
+        outside = subprocess.run([sys.executable, "-c", take, str(run_dir)], env=env,
+                                 capture_output=True, text=True, check=True)
+        assert outside.stdout.startswith("refused:")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def test_a_blocked_request_is_counted_apart_and_not_asked_again(tmp_path):
+    class Filtered(_Flaky):
+        """Blocks the prompts in ``failing`` as a provider's content filter would."""
+
+        def generate(self, requests, config):
+            for r in requests:
+                self.asked.append(r.rendered)
+                blocked = r.rendered in self.failing
+                yield [(r, Output(None, finish_reason="content_filter", block_reason="policy")
+                        if blocked else Output(f"answer to {r.rendered}", n_new_tokens=3))]
+
+    queries = pl.DataFrame({"id": ["a", "b", "c"],
+                            "text": ["A question.", "B question.", "C question."]})
+    spec = ModelSpec(name="fake", source="fake")
+    with store.RunStore(tmp_path) as st:
+        first = generate.generate(queries, spec, GenConfig(), st,
+                                  backend=Filtered({"A question.", "B question."}),
+                                  progress=False)
+        again = Filtered(set())
+        second = generate.generate(queries, spec, GenConfig(), st, backend=again,
+                                   progress=False)
+        stored = st.frame("generations").sort("query_id")
+    assert (first.total, first.cached, first.generated, first.failed, first.blocked) == (
+        3, 0, 1, 0, 2)
+    assert (second.total, second.cached, second.generated, second.failed, second.blocked) == (
+        3, 1, 0, 0, 2)
+    assert again.asked == [] and first.new_tokens == 3
+    assert stored["block_reason"].to_list() == ["policy", "policy", None]
+    assert stored["finish_reason"].to_list()[:2] == ["content_filter"] * 2

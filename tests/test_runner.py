@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from medharm_nb import runner, store
+from medharm_nb import config, runner, store
 from medharm_nb.cli import app
 
 TINY = {
@@ -30,20 +30,38 @@ def _write(tmp_path, config: dict, name: str = "study.yaml"):
 
 def test_config_typos_are_errors_with_the_key_named(tmp_path):
     bad = {**TINY, "generaton": {"max_new_tokens": 8}}
-    with pytest.raises(runner.ConfigError, match="generaton: Extra inputs are not permitted"):
-        runner.load_config(_write(tmp_path, bad))
+    with pytest.raises(config.ConfigError, match="generaton: Extra inputs are not permitted"):
+        config.load_config(_write(tmp_path, bad))
     twice = {**TINY, "models": [TINY["models"][0], TINY["models"][0]]}
-    with pytest.raises(runner.ConfigError, match="model names must be unique"):
-        runner.load_config(_write(tmp_path, twice))
+    with pytest.raises(config.ConfigError, match="model names must be unique"):
+        config.load_config(_write(tmp_path, twice))
     (tmp_path / "broken.yaml").write_text("name: [unclosed")
-    with pytest.raises(runner.ConfigError, match="not valid YAML"):
-        runner.load_config(tmp_path / "broken.yaml")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load_config(tmp_path / "broken.yaml")
+
+
+def test_two_names_for_one_spec_are_refused_with_what_to_change(tmp_path):
+    same = {**TINY, "models": [{"name": "plain", "source": "smollm2-135m"},
+                               {"name": "copy", "source": "smollm2-135m", "concurrency": 2}]}
+    with pytest.raises(config.ConfigError) as err:
+        config.load_config(_write(tmp_path, same))
+    message = str(err.value)
+    assert "models 'plain' and 'copy' would get the same generation ids" in message
+    assert "(backend='hf', source='smollm2-135m', quantization='none')" in message
+    assert "differ only in name, concurrency, which do not change a generation's id" in message
+    assert "make them differ in source, gguf_file, quantization, adapter, system_prompt" in message
+    served = {**TINY, "models": [
+        {"name": "a", "backend": "openai", "source": "m", "base_url": "http://h:8000/v1"},
+        {"name": "b", "backend": "openai", "source": "m", "base_url": "http://h:8000/v1/"}]}
+    with pytest.raises(config.ConfigError, match=r"differ only in name, base_url, .*"
+                                                 r"make them differ in source, base_url"):
+        config.load_config(_write(tmp_path, served))
 
 
 def test_unknown_notebook_parameter_is_refused_before_any_work(tmp_path):
-    config = {**TINY, "params": {"02_generate": {"limt": 3}, "09_nothing": {}}}
-    with pytest.raises(runner.ConfigError) as err:
-        runner.run(_write(tmp_path, config))
+    study = {**TINY, "params": {"02_generate": {"limt": 3}, "09_nothing": {}}}
+    with pytest.raises(config.ConfigError) as err:
+        runner.run(_write(tmp_path, study))
     message = str(err.value)
     assert "params.02_generate.limt: unknown parameter; 02_generate takes ['limit']" in message
     assert "params.09_nothing: no such notebook" in message
@@ -96,11 +114,14 @@ def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path, one_torc
     assert manifest["stages"]["generate"] == [
         {**manifest["stages"]["generate"][0], "total": 6, "cached": 6, "generated": 0}]
     for table in ("queries", "generations", "judgements", "results", "summary_by_model",
-                  "summary_by_category", "summary_by_cell", "label_rates"):
+                  "summary_by_category", "summary_by_cell", "label_rates", "paired_deltas",
+                  "amplification", "specificity_distribution"):
         assert store.table_path(run_dir, table).exists(), table
+    assert store.read_table(run_dir, "paired_deltas").is_empty()  # one model: no pairs
+    assert "no model names a base" in (run_dir / "report.html").read_text()
     figures = tmp_path / "figures" / "tiny"
     assert {p.name for p in figures.iterdir()} >= {"tradeoff.png", "tradeoff.svg",
-                                                  "unsafe_by_category.png"}
+                                                  "rates_by_category.png"}
     on_disk = json.loads((run_dir / "manifest.json").read_text())
     assert on_disk["inputs"]["queries"]["n"] == 6
     assert len(next(iter(on_disk["inputs"]["models"]["smol"]["files"].values()))) == 64
@@ -110,10 +131,10 @@ def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path, one_torc
 
 
 def test_relative_paths_in_a_config_are_relative_to_the_config(tmp_path):
-    config = {**TINY, "queries": {"source": "hf:csv", "data_files": "mine.csv"}}
-    path = _write(tmp_path, config)
+    study = {**TINY, "queries": {"source": "hf:csv", "data_files": "mine.csv"}}
+    path = _write(tmp_path, study)
     (path.parent / "mine.csv").write_text("id\n")
-    run = runner.open_run(path)
+    run = config.open_run(path)
     assert run.config.queries.data_files == str(path.parent / "mine.csv")
     assert run.run_dir == tmp_path / "runs" / "tiny"
     assert run.figures_dir == tmp_path / "figures" / "tiny"
@@ -138,7 +159,8 @@ def test_generate_command_prints_counts_and_writes_tables_and_manifest(tmp_path)
     path = _write(tmp_path, _replay_study(tmp_path))
     first = CliRunner().invoke(app, ["generate", str(path), "--limit", "2"])
     assert first.exit_code == 0, first.output
-    assert "old-answers: total 2, cached 0, generated 2, failed 0, 0.0 tokens/s" in first.output
+    assert ("old-answers: total 2, cached 0, generated 2, failed 0, blocked 0, 0.0 tokens/s"
+            in first.output)
     run_dir = tmp_path / "runs" / "recorded"
     manifest = store.read_manifest(run_dir)
     assert manifest["status"] == "success" and manifest["mode"] == "generate"
@@ -184,3 +206,75 @@ def test_generate_command_refuses_bad_input_before_any_work(tmp_path):
     typo = {**_replay_study(tmp_path), "params": {"02_generate": {"limt": 3}}}
     result = CliRunner().invoke(app, ["generate", str(_write(tmp_path, typo))])
     assert result.exit_code == 1 and "params.02_generate.limt: unknown parameter" in result.output
+
+
+# -- pairs: a model and its base ------------------------------------------------------------
+
+def test_a_base_must_be_another_model_of_the_run_without_cycles(tmp_path):
+    plain = {"name": "plain", "source": "smollm2-135m"}
+    def models(*specs):
+        return {**TINY, "models": [plain, *specs]}
+
+    ok = config.load_config(_write(tmp_path, models(
+        {"name": "careful", "source": "smollm2-135m", "system_prompt": "Be careful.",
+         "base": "plain"})))
+    assert ok.pairs == [("careful", "plain")]
+    assert "base" not in ok.models[1].key()  # pairing changes no answer, so no id
+    cases = [
+        ({"name": "ft", "source": "smollm2-135m", "system_prompt": "x", "base": "plian"},
+         "model 'ft' names base 'plian', which is not a model of this run "
+         "(models: plain, ft)"),
+        ({"name": "ft", "source": "smollm2-135m", "system_prompt": "x", "base": "ft"},
+         "model 'ft' names itself as its base"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(config.ConfigError) as err:
+            config.load_config(_write(tmp_path, models(spec)))
+        assert message in str(err.value)
+    loop = models({"name": "a", "source": "smollm2-135m", "system_prompt": "a", "base": "b"},
+                  {"name": "b", "source": "smollm2-135m", "system_prompt": "b", "base": "a"})
+    with pytest.raises(config.ConfigError, match=r"the bases of models form a cycle: a -> b -> a"):
+        config.load_config(_write(tmp_path, loop))
+
+
+def test_a_pair_that_would_not_answer_the_same_queries_is_refused_before_work(tmp_path):
+    study = _replay_study(tmp_path)  # the replayed file answers 2 of the 3 queries
+    complete = tmp_path / "complete.jsonl"
+    complete.write_text("".join(json.dumps({"prompt": q, "response": "Answer."}) + "\n" for q in (
+        "What is the capital of France?", "Name one symptom of dehydration.",
+        "How many legs does a spider have?")))
+    study["models"].append({"name": "newer-answers", "backend": "replay",
+                            "source": str(complete), "base": "old-answers"})
+    result = CliRunner().invoke(app, ["generate", str(_write(tmp_path, study))])
+    assert result.exit_code == 1
+    assert ("model 'newer-answers' and its base 'old-answers' would not answer the same "
+            "queries, so they cannot be paired: only 'newer-answers' answers 1 (e.g. b2)"
+            in " ".join(result.output.split()))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["pairs-llama31", "pairs-qwen25", "pairs-gemma3",
+                                  "pairs-openai"])
+def test_published_pair_configs_fail_before_work_naming_each_missing_model(
+        name, tmp_path, monkeypatch):
+    # No hub and an empty cache here, whatever the machine has: the check must name every
+    # model it cannot find, and nothing may start. (No key for the closed model either.)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    source = config.PACKAGE_DIR.parent / "configs" / f"{name}.yaml"
+    study = yaml.safe_load(source.read_text())
+    loaded = config.load_config(source)
+    assert loaded.pairs and all(m.quantization == "nf4" for m in loaded.models
+                                if m.backend == "hf")
+    path = _write(tmp_path, study, f"{name}.yaml")
+    with pytest.raises(config.ConfigError) as err:
+        runner.run(path, log=lambda *_: None, progress=False)
+    message = str(err.value)
+    for spec in loaded.models:
+        assert f"model {spec.name!r}" in message
+        if spec.backend == "hf":
+            assert f"{spec.source} is not in the local Hugging Face cache" in message
+        else:
+            assert "OPENAI_API_KEY (api_key_env) is not set" in message
+    assert not (tmp_path / "runs").exists()

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import polars as pl
 import pytest
+import uvicorn
 
 from medharm_nb import generate
 from medharm_nb import serve as serving
+from medharm_nb.generate import Output
 from medharm_nb.records import GenConfig, ModelSpec
 from medharm_nb.store import RunStore
 
@@ -94,9 +99,9 @@ def test_openai_backend_through_the_server_into_the_store(server, tmp_path, monk
         frame = st.frame("generations").sort("query_id")
         sent = posts(log)
         again = generate.generate(QUERIES, spec, CONFIG, st, progress=False)
-        # Not even a server is needed for what is stored (base_url is not part of the key).
-        elsewhere = spec.model_copy(update={"base_url": "http://127.0.0.1:9/v1"})
-        moved = generate.generate(QUERIES, elsewhere, CONFIG, st, progress=False)
+        # The same server spelt with a final "/": the same answers, no request sent.
+        slash = spec.model_copy(update={"base_url": url + "/"})
+        moved = generate.generate(QUERIES, slash, CONFIG, st, progress=False)
     assert (stats.generated, stats.failed) == (3, 0)
     assert all(isinstance(r, str) and r for r in frame["response"])
     assert "Paris" in frame["response"][0]
@@ -147,7 +152,8 @@ def test_max_tokens_cap(server, tmp_path, monkeypatch):
 ])
 def test_malformed_requests_get_a_clear_4xx(server, body, status, says):
     url, _ = server
-    resp = httpx.post(f"{url}/chat/completions", content=body, headers=auth(), timeout=10)
+    resp = httpx.post(f"{url}/chat/completions", content=body, timeout=10,
+                      headers={**auth(), "Content-Type": "application/json"})
     assert resp.status_code == status
     error = resp.json()["error"]
     assert says in error["message"] and error["code"] == status and error["type"]
@@ -222,3 +228,162 @@ def test_spec_from_config(tmp_path):
     assert (spec.name, spec.system_prompt) == ("guarded", "Be careful.")
     with pytest.raises(serving.ServeError, match="no model named 'nope'; it has: plain, guarded"):
         serving.spec_from_config(config, "nope")
+
+
+# -- the HTTP guards, on a real uvicorn server in a thread over a fake backend -------------
+
+SECRET = "/srv/models/secret-weights.bin"  # stands for what an exception text may hold
+CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4}
+
+
+class _Canned:
+    """A fake backend (machinery test only): a fixed answer; ``<FAIL>`` raises, ``<ERROR>``
+    returns an error, ``<RENDER>`` breaks the template, each with ``SECRET`` in its text;
+    ``<CRASH>`` returns what no backend should, so the server itself fails unforeseen."""
+
+    tokenizer = model = None
+
+    def __init__(self):
+        self.asked = 0
+
+    def render(self, messages):
+        if "<RENDER>" in messages[-1]["content"]:
+            raise KeyError(f"template variable missing in {SECRET}")
+        return messages[-1]["content"]
+
+    def generate(self, requests, config):
+        self.asked += len(requests)
+        if any("<FAIL>" in r.rendered for r in requests):
+            raise RuntimeError(f"cannot read {SECRET}")
+        yield [(r, Output(None, error=f"OutOfMemoryError at {SECRET}")
+                if "<ERROR>" in r.rendered else _Broken() if "<CRASH>" in r.rendered
+                else Output("Hello.", 3, 2, finish_reason="stop")) for r in requests]
+
+
+class _Broken:
+    """Not an Output: reading it fails where the server does not expect a failure."""
+
+    @property
+    def error(self):
+        raise ValueError(f"unexpected state in {SECRET}")
+
+
+@contextmanager
+def running(token: str | None = None, **kw):
+    """``create_app`` over ``_Canned`` on a free loopback port: (url, backend)."""
+    backend, port = _Canned(), free_port()
+    app = serving.create_app(ModelSpec(name="canned", source="canned"), backend,
+                             serving.Limits(max_tokens=8), token, **kw)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1", backend
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def open_server():
+    with running() as served:
+        yield served
+
+
+def refused(resp: httpx.Response, status: int) -> str:
+    """The OpenAI-shaped error of a refused request (no CORS allowance); its message."""
+    assert resp.status_code == status, resp.text
+    assert "access-control-allow-origin" not in resp.headers
+    error = resp.json()["error"]
+    assert error["code"] == status and error["type"]
+    return error["message"]
+
+
+def test_a_dns_rebinding_host_is_refused(open_server):
+    url, backend = open_server
+    port = url.split(":")[2].split("/")[0]
+    for host in ("evil.example", f"evil.example:{port}", f"localhost.evil.example:{port}"):
+        said = refused(httpx.post(f"{url}/chat/completions", json=CHAT, headers={"Host": host},
+                                  timeout=10), 421)
+        assert "does not serve the host" in said and "--allow-host" in said
+        refused(httpx.get(f"{url}/models", headers={"Host": host}, timeout=10), 421)
+    assert backend.asked == 0
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"127.0.0.2:{port}"):
+        assert httpx.get(f"{url}/models", headers={"Host": host}, timeout=10).status_code == 200
+
+
+def test_configured_host_names_are_served():
+    with running(allow_hosts=["gpu-box.lab"]) as (url, _):
+        assert httpx.get(f"{url}/models", headers={"Host": "gpu-box.lab:8000"},
+                         timeout=10).status_code == 200
+        refused(httpx.get(f"{url}/models", headers={"Host": "other.lab"}, timeout=10), 421)
+    access = serving.Access.for_bind("0.0.0.0")  # every interface: any address is ours
+    assert access.serves("10.1.2.3:8000") and access.serves("[fd00::1]:8000")
+    assert not access.serves("evil.example") and not serving.Access.for_bind(
+        "127.0.0.1").serves("10.1.2.3")
+
+
+def test_a_cross_site_request_is_refused(open_server):
+    url, backend = open_server
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                    {"Origin": "http://localhost:3000"},  # another local site is foreign too
+                    {"Sec-Fetch-Site": "cross-site"}):
+        said = refused(httpx.post(f"{url}/chat/completions", json=CHAT, headers=headers,
+                                  timeout=10), 403)
+        assert "cross-site request" in said
+    preflight = httpx.options(f"{url}/chat/completions", timeout=10, headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    refused(preflight, 403)
+    assert backend.asked == 0
+    same = url.rsplit("/v1", 1)[0]  # this server's own origin, and no Origin at all: fine
+    assert httpx.post(f"{url}/chat/completions", json=CHAT, headers={"Origin": same},
+                      timeout=10).status_code == 200
+    assert httpx.post(f"{url}/chat/completions", json=CHAT, timeout=10).status_code == 200
+
+
+def test_a_post_that_is_not_json_is_refused(open_server):
+    url, backend = open_server
+    body = b'{"messages": [{"role": "user", "content": "Say hello."}]}'
+    before = backend.asked
+    for kind in ("text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded",
+                 "multipart/form-data; boundary=x", None):
+        headers = {"Content-Type": kind} if kind else {}
+        said = refused(httpx.post(f"{url}/chat/completions", content=body, headers=headers,
+                                  timeout=10), 415)
+        assert "Content-Type: application/json" in said
+    assert backend.asked == before
+    ok = httpx.post(f"{url}/chat/completions", content=body, timeout=10,
+                    headers={"Content-Type": "Application/JSON; charset=utf-8"})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "Hello."
+
+
+def test_an_internal_error_is_logged_with_an_id_and_never_answered(open_server, caplog):
+    url, _ = open_server
+    caplog.set_level(logging.ERROR, logger="medharm_nb")
+    for prompt in ("<FAIL>", "<ERROR>", "<RENDER>", "<CRASH>"):
+        chat = {"messages": [{"role": "user", "content": prompt}]}
+        resp = httpx.post(f"{url}/chat/completions", json=chat, timeout=10)
+        said = refused(resp, 500)
+        assert SECRET not in resp.text and "Error" not in said, resp.text
+        error_id = said.split("error id ")[1].split(";")[0]
+        logged = [r for r in caplog.records if error_id in r.getMessage()]
+        assert logged, f"no log line for error id {error_id}"
+        details = logged[0].getMessage() + (logged[0].exc_text or "") + str(logged[0].exc_info)
+        assert SECRET in details
+
+
+def test_a_token_on_loopback_is_enforced():
+    with running(token=TOKEN) as (url, backend):
+        for headers in ({}, auth("guess"), {"Authorization": TOKEN}):
+            said = refused(httpx.post(f"{url}/chat/completions", json=CHAT, headers=headers,
+                                      timeout=10), 401)
+            assert "bearer token" in said
+        assert backend.asked == 0
+        ok = httpx.post(f"{url}/chat/completions", json=CHAT, headers=auth(), timeout=10)
+        assert ok.status_code == 200 and backend.asked == 1

@@ -14,10 +14,17 @@ from medharm_nb import store
 from medharm_nb.records import SCHEMA_VERSION, Annotation, Generation, Judgement
 
 
-def _gen(gen_id: str, response: str | None = "ok", error: str | None = None) -> Generation:
+def _gen(gen_id: str, response: str | None = "ok", error: str | None = None,
+         **kw) -> Generation:
     return Generation(gen_id=gen_id, model="m", query_id=f"q-{gen_id}", prompt="p",
                       prompt_hash="h", spec_hash="s", config_hash="c", response=response,
-                      error=error, n_new_tokens=3, seconds=0.5, created="2026-01-01T00:00:00")
+                      error=error, seconds=0.5, created="2026-01-01T00:00:00",
+                      **{"n_new_tokens": 3, **kw})
+
+
+def _blocked(gen_id: str) -> Generation:
+    return _gen(gen_id, response=None, finish_reason="content_filter", n_new_tokens=0,
+                block_reason="HTTP 400 content_filter: filtered")
 
 
 def test_add_is_append_only_and_idempotent(tmp_path):
@@ -91,6 +98,21 @@ def test_a_failure_is_visible_but_not_done_and_a_success_replaces_it(tmp_path):
     assert frame["error"].to_list() == [None, None]
 
 
+def test_a_blocked_generation_is_done_and_never_replaced(tmp_path):
+    with store.RunStore(tmp_path) as st:
+        st.add("generations", [_blocked("a"), _gen("b", response=None, error="timeout"),
+                               _gen("c")])
+        # Blocked by a content filter: no response, no error, and done (not retried).
+        assert st.existing_ids("generations", ["a", "b", "c"]) == {"a", "c"}
+        assert st.blocked_ids(["a", "b", "c"]) == {"a"}
+        assert st.add("generations", [_gen("a", response="an answer after all")]) == 0
+        row = st.frame("generations").sort("gen_id").row(0, named=True)
+    assert (row["response"], row["error"], row["finish_reason"]) == (None, None,
+                                                                     "content_filter")
+    assert row["block_reason"] == "HTTP 400 content_filter: filtered"
+    assert _blocked("a").blocked and not _gen("b", response=None, error="x").blocked
+
+
 def test_store_is_crash_safe_by_configuration(tmp_path):
     with store.RunStore(tmp_path) as st:
         assert st._conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -115,7 +137,7 @@ def test_an_old_store_gains_new_record_fields_on_open(tmp_path, monkeypatch):
     con.execute("INSERT INTO judgements VALUES ('j1', 'g1', 'rules-v1', 'full_refusal')")
     con.commit()
     con.close()
-    monkeypatch.setitem(store._TABLES, "judgements", (_JudgementV2, "judgement_id"))
+    monkeypatch.setitem(store.db._TABLES, "judgements", (_JudgementV2, "judgement_id"))
 
     with store.RunStore(tmp_path) as st:
         old = st.frame("generations")
@@ -145,7 +167,7 @@ def test_a_table_write_that_fails_leaves_the_old_table(tmp_path, monkeypatch):
         open(where, "wb").write(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(store.pq, "write_table", broken)
+    monkeypatch.setattr(store.files.pq, "write_table", broken)
     with pytest.raises(OSError, match="disk full"):
         store.write_table(tmp_path, "things", pl.DataFrame({"a": [2]}))
     assert store.read_table(tmp_path, "things")["a"].to_list() == [1]

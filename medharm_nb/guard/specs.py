@@ -8,7 +8,7 @@ vendor's example (``tests/test_guard_formats.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,17 @@ class GuardSpec:
             writes names.
         quantization: ``none`` | ``nf4`` | ``int8``, as for any model spec.
         reference: Where the prompt format was published.
+        also_safe: Further verdicts counted as safe (case and leading-space variants of the
+            safe label, for classifiers whose published parser lower-cases the answer).
+        context_format: ``str.format`` text with ``{prompt}``, ``{response}`` and
+            ``{context}``, used instead of ``response_format`` for an item with a non-empty
+            ``context`` (HarmBench's contextual behaviours).
+        add_special_tokens: The tokenizer adds its special tokens (BOS) to the rendered input,
+            as published code that calls the tokenizer with its defaults does; False for
+            inputs that carry their own.
+        adapter: PEFT/LoRA adapter on top of ``source`` (hub id or directory), or None.
+        tokenizer: Where the tokenizer comes from when not ``source`` (a published judge
+            that loads it from its adapter's repository), or None.
     """
 
     name: str
@@ -76,6 +87,11 @@ class GuardSpec:
     categories: tuple[tuple[str, str], ...] = ()
     quantization: Quantization = "none"
     reference: str = ""
+    also_safe: tuple[str, ...] = ()
+    context_format: str | None = None
+    add_special_tokens: bool = False
+    adapter: str | None = None
+    tokenizer: str | None = None
 
     def template(self) -> str | None:
         """The pinned chat template's text, or None for the tokenizer's own."""
@@ -95,8 +111,28 @@ class GuardSpec:
                            repr(self.template_kwargs), repr(self.response_template_kwargs),
                            self.content_parts, self.system_prompt, self.prompt_cues,
                            self.response_cues, self.category_cue, self.categories,
-                           self.quantization)
+                           self.quantization, *self._later_fields())
 
+    def _later_fields(self) -> list:
+        # Fields added after guards' hashes were first written into manifests: only those
+        # set away from their defaults enter the hash, so existing guards keep theirs.
+        return [(f, getattr(self, f)) for f in ("also_safe", "context_format",
+                                                 "add_special_tokens", "adapter", "tokenizer")
+                if getattr(self, f) != _DEFAULTS[f]]
+
+    def quantized(self, quantization: str) -> GuardSpec:
+        """This spec loaded with bitsandbytes ``nf4`` or ``int8``, named ``NAME@QUANT``.
+
+        Raises:
+            ValueError: an unknown quantization.
+        """
+        if quantization not in ("nf4", "int8"):
+            raise ValueError(f"{self.name!r}: unknown quantization {quantization!r}; known: "
+                             f"nf4, int8")
+        return replace(self, name=f"{self.name}@{quantization}", quantization=quantization)
+
+
+_DEFAULTS = {f.name: f.default for f in fields(GuardSpec)}
 
 # -- Llama Guard ------------------------------------------------------------------------------
 # The pinned templates end at "<|start_header_id|>assistant<|end_header_id|>" with no newline

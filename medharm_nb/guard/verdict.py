@@ -23,6 +23,8 @@ import re
 import warnings
 from typing import Any
 
+from medharm_nb.generate.backends.hf import last_logits
+from medharm_nb.generate.backends.hf_models import check_spec, load_model, load_tokenizer
 from medharm_nb.guard.base import GuardScore, Target
 from medharm_nb.guard.specs import GuardSpec
 from medharm_nb.records import ModelSpec
@@ -77,9 +79,14 @@ def render_input(spec: GuardSpec, item: dict[str, Any], target: Target,
 
     if target == "response" and spec.prompt_format is not None and spec.response_format is None:
         raise ValueError(f"guard {spec.name!r} scores prompts only")
+    if target == "prompt" and spec.response_format is not None and spec.prompt_format is None:
+        raise ValueError(f"{spec.name!r} scores responses only")
     fmt = spec.response_format if target == "response" else spec.prompt_format
+    if target == "response" and item.get("context") and spec.context_format is not None:
+        fmt = spec.context_format
     if fmt is not None:
-        return fmt.format(prompt=item["prompt"], response=item.get("response") or "")
+        return fmt.format(prompt=item["prompt"], response=item.get("response") or "",
+                          context=item.get("context") or "")
     template = template or spec.template()
     if template is None:
         raise ValueError(f"guard {spec.name!r} uses its tokenizer's chat template")
@@ -93,14 +100,13 @@ class VerdictGuard:
     """P(unsafe) from a verdict token's logit after the guard's exact prompt."""
 
     def __init__(self, spec: GuardSpec):
-        from medharm_nb.generate.backends.hf import _load_tokenizer, check_spec
-
         self.spec, self.name = spec, spec.name
         self.model_spec = ModelSpec(name=spec.name, source=spec.source,
-                                    quantization=spec.quantization)
+                                    quantization=spec.quantization, adapter=spec.adapter)
         self.source, self.gguf_file = check_spec(self.model_spec)
-        self.tokenizer = _load_tokenizer(self.source, self.gguf_file)
-        self._labels: dict[str, tuple[list[int], int]] = {}
+        self.tokenizer = (load_tokenizer(spec.tokenizer, None) if spec.tokenizer
+                          else load_tokenizer(self.source, self.gguf_file))
+        self._labels: dict[str, tuple[list[int], list[int]]] = {}
         own = self.tokenizer.chat_template
         if spec.image_text and not own:  # Llama Guard 4 keeps its template in the processor
             from transformers import AutoProcessor
@@ -129,38 +135,48 @@ class VerdictGuard:
             tokenize=False, add_generation_prompt=True, **s.kwargs(target))
 
     def _ids(self, text: str) -> list[int]:
-        # Rendered prompts carry their own special tokens (<bos>, <|begin_of_text|> ...).
+        # Label tokens are looked up in a piece of text, never with special tokens.
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def label_ids(self, context: str) -> tuple[list[int], int]:
+    def input_ids(self, text: str) -> list[int]:
+        """The model input for a rendered text: rendered chat templates carry their own
+        special tokens (<bos>, <|begin_of_text|> ...); published classifiers called with the
+        tokenizer's defaults get its BOS added (``GuardSpec.add_special_tokens``)."""
+        return self.tokenizer.encode(text, add_special_tokens=self.spec.add_special_tokens)
+
+    def label_ids(self, context: str) -> tuple[list[int], list[int]]:
         """First tokens of the unsafe labels (``unsafe_label`` and ``also_unsafe``) and of
-        the safe label, as they follow ``context``.
+        the safe ones (``safe_label`` and ``also_safe``), as they follow ``context``; a token
+        two variants of one side share is counted once.
 
         Raises:
-            ValueError: two labels start with the same token (no verdict to read).
+            ValueError: an unsafe and a safe label start with the same token (no verdict to
+                read).
         """
         key = context[-64:]
         if key not in self._labels:
             before = self._ids(key)
-            ids = []
-            for label in (self.spec.unsafe_label, *self.spec.also_unsafe, self.spec.safe_label):
+
+            def first(label: str) -> int:
                 full = self._ids(key + label)
                 in_context = full[:len(before)] == before and len(full) > len(before)
-                ids.append(full[len(before)] if in_context else self._ids(label)[0])
-            if len(set(ids)) < len(ids):
-                raise ValueError(f"guard {self.name!r}: labels {self.spec.unsafe_label!r}, "
-                                 f"{self.spec.safe_label!r} (and {self.spec.also_unsafe}) do "
+                return full[len(before)] if in_context else self._ids(label)[0]
+
+            s = self.spec
+            unsafe = list(dict.fromkeys(map(first, (s.unsafe_label, *s.also_unsafe))))
+            safe = list(dict.fromkeys(map(first, (s.safe_label, *s.also_safe))))
+            if set(unsafe) & set(safe):
+                raise ValueError(f"guard {self.name!r}: labels {s.unsafe_label!r}, "
+                                 f"{s.safe_label!r} (and {s.also_unsafe}, {s.also_safe}) do "
                                  f"not start with distinct tokens")
-            self._labels[key] = (ids[:-1], ids[-1])
+            self._labels[key] = (unsafe, safe)
         return self._labels[key]
 
     # -- the verdict -------------------------------------------------------------------------
 
     def _model(self):
-        from medharm_nb.generate.backends.hf import _load_model
-
-        return _load_model(self.source, self.gguf_file, self.spec.quantization,
-                           image_text=self.spec.image_text)
+        return load_model(self.source, self.gguf_file, self.spec.quantization,
+                          self.spec.adapter, image_text=self.spec.image_text)
 
     def warm(self) -> None:
         """Load the weights now, so that timings measure scoring only."""
@@ -169,60 +185,120 @@ class VerdictGuard:
     def _next_logits(self, model, text: str):
         import torch
 
-        ids = torch.tensor([self._ids(text)], device=model.device)
+        ids = torch.tensor([self.input_ids(text)], device=model.device)
         with torch.no_grad():
             return model(ids).logits[0, -1].float()
 
-    def _verdict(self, model, text: str) -> tuple[float, str]:
-        """P(unsafe) at the label position after ``text``; also the text up to there."""
+    def next_token_probs(self, text: str, token_ids: list[int], model: Any = None,
+                         logits: Any = None) -> list[float]:
+        """The softmax over ``token_ids`` of the next-token logits after ``text`` (computed
+        unless ``logits`` are given): how the verdict and any scored answer are read."""
         import torch
 
-        logits = self._next_logits(model, text)
-        for _ in range(MAX_BLANKS):
-            top = int(logits.argmax())
-            token = self.tokenizer.decode([top])
-            unsafe_ids, safe_id = self.label_ids(text)
-            if token.strip() or top in (*unsafe_ids, safe_id):
+        if logits is None:
+            logits = self._next_logits(model if model is not None else self._model(), text)
+        return torch.softmax(logits[token_ids], 0).tolist()
+
+    def next_token_probs_many(self, texts: list[str], token_ids: list[list[int]],
+                              model: Any = None) -> list[list[float]]:
+        """``next_token_probs`` for many texts, in batched forward passes (prefill only)."""
+        model = model if model is not None else self._model()
+        return last_logits(model, [self.input_ids(t) for t in texts],
+                           lambda k, logits: self.next_token_probs(
+                               texts[k], token_ids[k], logits=logits),
+                           self.tokenizer.pad_token_id)
+
+    def _verdicts(self, model, texts: list[str], token_budget: int | None = None
+                  ) -> tuple[list[float], list[str]]:
+        """P(unsafe) at the label position after each text, read in batches (prefill only);
+        also each text up to there (with any blank tokens the guard writes first)."""
+        texts = list(texts)
+        p_unsafe: list[float] = [0.0] * len(texts)
+        pending = list(range(len(texts)))
+        for step in range(MAX_BLANKS + 1):
+            labels = {i: self.label_ids(texts[i]) for i in pending}
+
+            def read(k, logits, pending=pending, labels=labels):
+                i = pending[k]
+                top = int(logits.argmax())
+                unsafe_ids, safe_ids = labels[i]
+                probs = self.next_token_probs(texts[i], [*unsafe_ids, *safe_ids], logits=logits)
+                return top, sum(probs[:len(unsafe_ids)])
+
+            results = last_logits(model, [self.input_ids(texts[i]) for i in pending], read,
+                                  self.tokenizer.pad_token_id, token_budget)
+            again = []
+            for i, (top, p) in zip(pending, results):
+                token = self.tokenizer.decode([top])
+                unsafe_ids, safe_ids = labels[i]
+                if (step < MAX_BLANKS and not token.strip()
+                        and top not in (*unsafe_ids, *safe_ids)):
+                    texts[i] += token  # the guard writes a blank first: read after it
+                    again.append(i)
+                else:
+                    p_unsafe[i] = p
+            if not again:
                 break
-            text += token
-            logits = self._next_logits(model, text)
-        unsafe_ids, safe_id = self.label_ids(text)
-        probs = torch.softmax(logits[[*unsafe_ids, safe_id]], 0)
-        return float(probs[:-1].sum()), text
+            pending = again
+        return p_unsafe, texts
 
-    def _category(self, model, text: str) -> str | None:
+    def _categories(self, model, texts: list[str]) -> list[str | None]:
+        """The category line the guard writes after ``unsafe``, per text (greedy, batched)."""
         import torch
 
-        ids = torch.tensor([self._ids(text + self.spec.unsafe_label + self.spec.category_cue)],
-                           device=model.device)
+        ids = [self.input_ids(t + self.spec.unsafe_label + self.spec.category_cue)
+               for t in texts]
+        pad, width = self.tokenizer.pad_token_id, max(map(len, ids))
+        batch = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=model.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids],
+                            device=model.device)
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=CATEGORY_TOKENS,
-                                 pad_token_id=self.tokenizer.pad_token_id)
-        said = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        return parse_categories(said, dict(self.spec.categories))
+            out = model.generate(batch, attention_mask=mask, do_sample=False,
+                                 max_new_tokens=CATEGORY_TOKENS, pad_token_id=pad)
+        return [parse_categories(self.tokenizer.decode(row[width:], skip_special_tokens=True),
+                                 dict(self.spec.categories)) for row in out]
+
+    def read_many(self, items: list[dict[str, Any]], target: Target = "prompt",
+                  model: Any = None, token_budget: int | None = None
+                  ) -> tuple[list[float], list[str]]:
+        """P(unsafe) per item, and the exact text each verdict was read after (the rendered
+        input, cues, earlier verdict lines, skipped blanks), in batched forward passes."""
+        model = model if model is not None else self._model()
+        cues = self.spec.response_cues if target == "response" else self.spec.prompt_cues
+        texts = [self.render(item, target) for item in items]
+        p: list[float] = [0.0] * len(items)
+        for i, cue in enumerate(cues):
+            p, texts = self._verdicts(model, [t + cue for t in texts], token_budget)
+            if i < len(cues) - 1:  # an earlier verdict line: the model's own answer
+                texts = [t + (self.spec.unsafe_label if q >= 0.5 else self.spec.safe_label)
+                         for t, q in zip(texts, p)]
+        return p, texts
 
     def read(self, item: dict[str, Any], target: Target = "prompt",
              model: Any = None) -> tuple[float, str]:
-        """P(unsafe) for one item, and the exact text the verdict was read after (the
-        rendered input, cues, earlier verdict lines, skipped blanks)."""
-        model = model if model is not None else self._model()
-        cues = self.spec.response_cues if target == "response" else self.spec.prompt_cues
-        text = self.render(item, target)
-        for i, cue in enumerate(cues):
-            p, text = self._verdict(model, text + cue)
-            if i < len(cues) - 1:  # an earlier verdict line: the model's own answer
-                text += self.spec.unsafe_label if p >= 0.5 else self.spec.safe_label
-        return p, text
+        """``read_many`` for one item."""
+        p, texts = self.read_many([item], target, model)
+        return p[0], texts[0]
 
-    def score(self, items: list[dict[str, Any]], target: Target = "prompt") -> list[GuardScore]:
-        """P(unsafe) per item, and the guard's category for the items it calls unsafe."""
+    def score(self, items: list[dict[str, Any]], target: Target = "prompt",
+              batched: bool = True) -> list[GuardScore]:
+        """P(unsafe) per item, and the guard's category for the items it calls unsafe.
+
+        Args:
+            items: Dicts with ``prompt`` (and ``response``).
+            target: What is judged.
+            batched: Read many items per forward pass (``False``: one at a time, the
+                reference the batched reading is benchmarked and tested against).
+        """
         model = self._model()
-        out = []
-        for item in items:
-            p, text = self.read(item, target, model)
-            category = None
-            if self.spec.category_cue is not None and p >= 0.5:
-                category = self._category(model, text)
-            out.append(GuardScore(p, category))
-        return out
+        if batched:
+            p, texts = self.read_many(items, target, model)
+        else:
+            pairs = [self.read(item, target, model) for item in items]
+            p, texts = [q for q, _ in pairs], [t for _, t in pairs]
+        categories: list[str | None] = [None] * len(items)
+        unsafe = [i for i, q in enumerate(p) if q >= 0.5]
+        if self.spec.category_cue is not None and unsafe:
+            for i, c in zip(unsafe, self._categories(model, [texts[i] for i in unsafe])):
+                categories[i] = c
+        return [GuardScore(q, c) for q, c in zip(p, categories)]

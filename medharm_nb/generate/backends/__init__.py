@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from medharm_nb.generate.backends.hf import EMBEDDED, HFBackend, resolve_source
-from medharm_nb.generate.backends.hf import model_files as _hf_model_files
+from medharm_nb.generate.backends.hf import HFBackend
+from medharm_nb.generate.backends.hf_models import EMBEDDED, resolve_source
+from medharm_nb.generate.backends.hf_models import model_files as _hf_model_files
 from medharm_nb.records import ModelSpec
 
 __all__ = ["EMBEDDED", "make_backend", "model_files", "resolve_source"]

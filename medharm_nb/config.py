@@ -1,0 +1,243 @@
+"""Run configs and runs: what a study asks, and where a run of it writes.
+
+``load_config`` reads and checks a YAML run config (``RunConfig``: queries, models,
+generation, judges, notebooks, per-notebook parameters; unknown keys are errors);
+``open_run`` places a run's folders (each notebook's first call), with the config's relative
+paths made absolute (``absolutize``), so a copy of the config inside the run folder reads
+the same files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medharm_nb import store
+from medharm_nb.records import GenConfig, ModelSpec, QuerySelection, stable_hash
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+NOTEBOOK_DIR = PACKAGE_DIR.parent / "notebooks"
+SERIES: tuple[str, ...] = (
+    "01_data", "02_generate", "03_judge", "03b_judge_validation", "04_guardrails", "05_review",
+    "06_amplification", "07_report")
+INJECTED = ("config_path", "run_dir", "figures_dir")
+"""Parameters the runner passes to every notebook."""
+
+
+class ConfigError(ValueError):
+    """A run config or a notebook parameter is wrong; raised before any work starts."""
+
+
+class RunConfig(BaseModel):
+    """A study: which queries, which models, how to decode and judge, which notebooks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: runs/<name>/.")
+    description: str = Field(default="", description="What this study is for.")
+    queries: QuerySelection = Field(default_factory=QuerySelection)
+    models: list[ModelSpec] = Field(min_length=1, description="Models under test.")
+    generation: GenConfig = Field(default_factory=GenConfig)
+    judges: list[str] = Field(default=["rules"], min_length=1, description="Judge names.")
+    notebooks: list[str] = Field(default=list(SERIES), description="Notebooks to run, in order.")
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Extra parameters per notebook name.")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        names = [m.name for m in models]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"model names must be unique; repeated: {duplicated}")
+        groups: dict[str, list[ModelSpec]] = {}
+        for m in models:
+            groups.setdefault(stable_hash(m.key()), []).append(m)
+        clashes = [_same_answers(group) for group in groups.values() if len(group) > 1]
+        if clashes:
+            raise ValueError("; ".join(clashes))
+        problems = base_problems(models)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return models
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """(model, its base) for every model that names a base, in config order."""
+        return [(m.name, m.base) for m in self.models if m.base]
+
+
+def base_problems(models: list[ModelSpec]) -> list[str]:
+    """What is wrong with the models' ``base`` fields: a name that is no model of the run, a
+    model that is its own base, bases that form a cycle (each problem once)."""
+    names = [m.name for m in models]
+    bases = {m.name: m.base for m in models if m.base}
+    problems = []
+    for name, base in bases.items():
+        if base == name:
+            problems.append(f"model {name!r} names itself as its base")
+        elif base not in names:
+            problems.append(f"model {name!r} names base {base!r}, which is not a model of "
+                            f"this run (models: {', '.join(names)})")
+    reported: set[str] = set()
+    for start in bases:
+        chain, name = [start], bases[start]
+        while name in bases and name not in chain and name != bases.get(name):
+            chain.append(name)
+            name = bases[name]
+        if name in chain and name != chain[-1] and not reported & set(chain):
+            loop = chain[chain.index(name):] + [name]
+            problems.append(f"the bases of models form a cycle: {' -> '.join(loop)} "
+                            f"(a base must be a model that names no base in this loop)")
+            reported |= set(loop)
+    return problems
+
+
+def _same_answers(specs: list[ModelSpec]) -> str:
+    """Why specs with one key clash, and what to change (``ModelSpec.key`` decides)."""
+    names = " and ".join(repr(s.name) for s in specs)
+    shared = ", ".join(f"{k}={v!r}" for k, v in specs[0].key().items())
+    differ = [f for f in ModelSpec.model_fields
+              if len({repr(getattr(s, f)) for s in specs}) > 1]
+    change = ("source, base_url (another server) or system_prompt"
+              if specs[0].backend == "openai" else
+              "source, gguf_file, quantization, adapter, system_prompt or chat_template")
+    return (f"models {names} would get the same generation ids and so share every answer: "
+            f"they agree on every field that changes the output ({shared}) and differ only "
+            f"in {', '.join(differ)}, which do not change a generation's id. Remove all but "
+            f"one, or make them differ in {change}")
+
+
+def load_config(path: str | Path, name: str | None = None) -> RunConfig:
+    """Read and validate a YAML run config.
+
+    Args:
+        path: The YAML file.
+        name: Overrides the config's ``name`` (the run directory's name).
+
+    Raises:
+        ConfigError: naming the file and every wrong key.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if name:
+        raw["name"] = name
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "\n  ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in err.errors())
+        raise ConfigError(f"{path}: invalid config\n  {problems}") from None
+
+
+def default_root(config_path: str | Path) -> Path:
+    """Where runs/ and figures/ go: the project folder holding ``configs/``."""
+    folder = Path(config_path).resolve().parent
+    return folder.parent if folder.name == "configs" else folder
+
+
+@dataclass
+class Run:
+    """What a notebook needs: the config and where its run writes."""
+
+    config: RunConfig
+    config_path: Path
+    run_dir: Path
+    figures_dir: Path
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative paths in the config are relative to."""
+        return self.config_path.parent
+
+    def store(self) -> store.RunStore:
+        """Open the run's SQLite store."""
+        return store.RunStore(self.run_dir)
+
+
+def open_run(config_path: str | Path, run_dir: str | Path | None = None,
+             figures_dir: str | Path | None = None) -> Run:
+    """Load a config and resolve a run's folders (each notebook's first call)."""
+    config_path = Path(config_path).resolve()
+    config = absolutize(load_config(config_path), config_path.parent)
+    root = default_root(config_path)
+    run_dir = Path(run_dir) if run_dir else root / "runs" / config.name
+    figures_dir = Path(figures_dir) if figures_dir else root / "figures" / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Run(config, config_path, run_dir, figures_dir)
+
+
+def open_run_dir(run_dir: str | Path) -> Run:
+    """Reopen a run from its folder: the effective config the runner left there
+    (``config.yaml``) and, from the manifest, where its figures went.
+
+    Raises:
+        ConfigError: the folder holds no ``config.yaml`` (not a run folder).
+    """
+    run_dir = Path(run_dir).resolve()
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir}: no config.yaml here; is it a run folder (runs/<name>)?")
+    figures = None
+    if (run_dir / store.MANIFEST_FILE).is_file():
+        figures = store.read_manifest(run_dir).get("figures_dir")
+    return open_run(config_path, run_dir, figures or run_dir / "figures")
+
+
+def place_run(config_path: str | Path, name: str | None, run_dir: str | Path | None,
+           figures_dir: str | Path | None) -> Run:
+    """Load, absolutize and place a run (no files written yet).
+
+    Args:
+        config_path: The YAML run config.
+        name: Overrides the config's name.
+        run_dir: Where the run writes (default: ``runs/<name>`` beside ``configs/``).
+        figures_dir: Where figures go (default: ``figures/<name>``).
+    """
+    config_path = Path(config_path).resolve()
+    config = absolutize(load_config(config_path, name), config_path.parent)
+    root = default_root(config_path)
+    run_dir = Path(run_dir or root / "runs" / config.name).resolve()
+    figures_dir = Path(figures_dir or root / "figures" / config.name).resolve()
+    return Run(config, config_path, run_dir, figures_dir)
+
+
+def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:
+    """Make relative data and model paths in a config relative to ``base_dir``.
+
+    The runner hands notebooks a copy of the config inside the run folder, so paths must not
+    depend on where that copy lives.
+    """
+    from medharm_nb.data import resolve_source_path
+
+    files = config.queries.data_files
+    if files is not None:  # hf: builders (hf:csv, hf:json) read these local files
+        as_list = [files] if isinstance(files, str) else files
+        resolved = [str(base_dir / f) if (base_dir / f).exists() else f for f in as_list]
+        files = resolved[0] if isinstance(files, str) else resolved
+    queries = config.queries.model_copy(update={
+        "source": resolve_source_path(config.queries.source, base_dir), "data_files": files})
+    models = []
+    for m in config.models:
+        if m.backend == "openai":  # source is the server's model name, never a local path
+            models.append(m)
+            continue
+        if m.adapter and (base_dir / m.adapter).exists() and not Path(m.adapter).is_absolute():
+            m = m.model_copy(update={"adapter": str((base_dir / m.adapter).resolve())})
+        # A replay source may end in '#prompt=COL,...': the path is what comes before it.
+        path, hash_, suffix = (m.source.partition("#") if m.backend == "replay"
+                               else (m.source, "", ""))
+        if (base_dir / path).exists() and not Path(path).is_absolute():
+            m = m.model_copy(update={"source": str((base_dir / path).resolve()) + hash_ + suffix})
+        models.append(m)
+    return config.model_copy(update={"queries": queries, "models": models})

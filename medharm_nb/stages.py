@@ -1,0 +1,249 @@
+"""Stage functions: what each numbered notebook does, as one call each.
+
+A notebook cell is a call plus a display; the looping, skipping of stored work and writing
+of tables lives here, tested like any other package code.
+
+``data_stage``         01_data: prepare the config's queries (filters, variants), write
+                       ``queries``
+``generation_stage``   02_generate: ask every model every query (stored answers reused,
+                       failures retried), write ``generations`` and ``generation_stats``
+``judging_stage``      03_judge: judge every current generation with each judge (stored
+                       verdicts are reused, failed ones retried), write ``judgements``,
+                       ``results`` and ``judge_disagreements``
+``guard_stage``        04_guardrails: guards on the run's own queries (every variant),
+                       cross-fitted operating points, paired brittleness, and guarded
+                       pipelines over the stored results; ``guard_*`` tables
+``summary_stage``      06_report: the report's rate tables, Parquet and CSV
+=====================  ============================================================
+=======
+=========================  ========================================================
+``data_stage``             01_data: prepare the config's queries (filters, variants),
+                           write ``queries``
+``generation_stage``       02_generate: ask every model every query (stored answers
+                           reused, failures retried), write ``generations`` and
+                           ``generation_stats``
+``judging_stage``          03_judge: judge every current generation with each judge
+                           (stored verdicts are reused, failed ones retried), write
+                           ``judgements``, ``results`` and ``judge_disagreements``
+``guard_stage``            04_guardrails: guards on the run's own queries (every
+                           variant), cross-fitted operating points, paired brittleness,
+                           guarded pipelines over the stored results; ``guard_*`` tables
+``amplification_stage``    06_amplification: each fine-tune against its base, answer by
+                           answer (``amplify``); write ``paired_deltas``,
+                           ``amplification``, ``safety_helpfulness``,
+                           ``specificity_distribution``
+``summary_stage``          07_report: the report's rate tables, Parquet and CSV
+``report_stage``           07_report and ``medharm-nb report``: the rate tables, then one
+                           self-contained ``report.html`` (``report``)
+=========================  ========================================================
+
+Each holds the run folder's lock (``store.RunLock``) while it writes, so a notebook opened by
+hand is refused while a series runs in the same folder; inside a ``medharm-nb run`` the
+kernels work within the series' lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from medharm_nb import amplify, data, generate, judge, metrics, store
+
+if TYPE_CHECKING:
+    from medharm_nb.config import Run
+
+
+def data_stage(run: Run) -> pl.DataFrame:
+    """The run's queries: the config's source, filters and variant wrappers applied; written
+    as ``queries``.
+
+    Returns:
+        The query table (one row per query and variant).
+    """
+    queries = data.prepare_queries(run.config.queries, run.base_dir)
+    with store.RunLock(run.run_dir, purpose="data"):
+        store.write_table(run.run_dir, "queries", queries)
+    return queries
+
+
+def generation_stage(run: Run, queries: pl.DataFrame | None = None,
+                     progress: bool = True) -> pl.DataFrame:
+    """Ask every model of the run every query; write the ``generations`` (this run's current
+    answers, failures included) and ``generation_stats`` tables.
+
+    Args:
+        run: The run.
+        queries: The queries to ask (default: the run's ``queries`` table).
+        progress: Show a progress bar per model.
+
+    Returns:
+        The stats table, one row per model (see ``generate.GenStats``).
+    """
+    if queries is None:
+        queries = store.read_table(run.run_dir, "queries")
+    with store.RunLock(run.run_dir, purpose="generate"), run.store() as st:
+        stats = generate.run_generation(queries, run.config.models, run.config.generation,
+                                        st, progress=progress)
+        generations = generate.current_generations(
+            st.frame("generations"), queries, run.config.models, run.config.generation)
+        table = pl.DataFrame([s.as_dict() for s in stats])
+        store.write_table(run.run_dir, "generation_stats", table)
+        store.write_table(run.run_dir, "generations", generations)
+    return table
+
+
+def judging_stage(run: Run, judges: Sequence[str] | None = None,
+                  progress: bool = True) -> pl.DataFrame:
+    """Judge the run's current generations with each judge; write the judging tables.
+
+    Verdicts already stored are reused (re-running is free); a verdict whose judge failed
+    (``judge_error``, ``parse_failed``) is asked again. Writes ``judgements`` (this run's
+    verdicts), ``results`` (``metrics.results_table``: one row per generation and judge,
+    failed generations included) and ``judge_disagreements`` (responses the judges label
+    differently, at the compliance split; empty with one judge).
+
+    Args:
+        run: The run (``runner.open_run``).
+        judges: Judge names (``judge.load_judge``); default: the config's ``judges``.
+        progress: Show a progress bar per judge.
+
+    Returns:
+        The results table.
+    """
+    names = list(judges or run.config.judges)
+    loaded = [judge.load_judge(name) for name in names]  # a bad name fails before any work
+    queries = store.read_table(run.run_dir, "queries")
+    generations = store.read_table(run.run_dir, "generations")
+    with store.RunLock(run.run_dir, purpose="judge"), run.store() as st:
+        for j in loaded:
+            done = st.existing_ids("judgements", judge.judgement_ids(j, generations))
+            st.add("judgements", judge.judge_generations(j, generations, progress=progress,
+                                                         done=done))
+        ids = [j.id for j in loaded]
+        judgements = st.frame("judgements").filter(
+            pl.col("gen_id").is_in(generations["gen_id"].implode()) & pl.col("judge").is_in(ids))
+        results = metrics.results_table(queries, generations, judgements)
+        store.write_table(run.run_dir, "judgements", judgements)
+        store.write_table(run.run_dir, "results", results)
+        disputed = (judge.disagreements(judgements) if len(ids) > 1
+                    else pl.DataFrame(schema={"gen_id": pl.String, "n_labels": pl.UInt32}))
+        store.write_table(run.run_dir, "judge_disagreements", disputed)
+    return results
+
+
+def guard_stage(run: Run, guards: Sequence[str], limit: int | None = None,
+                threshold: float = 0.5, budget: float = 0.05,
+                pipeline_guard: str | None = None) -> dict[str, pl.DataFrame]:
+    """Evaluate guards on the run's own queries and put one in front of and behind its models.
+
+    The run's direct queries (the first ``limit`` harmful ones and their twins, when set) are
+    wrapped in every prompt variant and scored with each guard: ROC sweep, cross-fitted
+    operating point at the false-block ``budget`` (``guard.evaluate``), paired brittleness.
+    ``pipeline_guard`` then guards the stored results (input; input and output), reusing the
+    prompt scores just made. Tables ``guard_<name>`` are written for each part.
+
+    Returns:
+        ``scored``, ``summary``, ``by_category``, ``sweep``, ``brittleness``, ``guards``
+        (what each guard is, and whether it was trained on these queries) and, with a
+        pipeline guard, ``pipeline``, ``pipeline_by_category``, ``pipeline_rows``.
+    """
+    from medharm_nb import guard
+
+    queries = store.read_table(run.run_dir, "queries")
+    base = guard.first_pairs(queries.filter(pl.col("variant") == "direct"), limit)
+    loaded = {name: guard.load_guard(name) for name in guards}
+    with store.RunLock(run.run_dir, purpose="guard"), run.store() as st:
+        out = guard.evaluate_guards(loaded, base, variants=True, threshold=threshold,
+                                    budget=budget, store=st)
+        out["guards"] = guard.describe_all(loaded, run.config.queries.source)
+        if pipeline_guard:
+            results = store.read_table(run.run_dir, "results")
+            prompts = guard.score_queries(loaded.get(pipeline_guard) or guard.load_guard(
+                pipeline_guard), queries.select("id", "text"), st).rename({"id": "query_id"})
+            rows, rates = guard.pipeline_comparison(results, queries, pipeline_guard,
+                                                    threshold, input_scores=prompts, store=st)
+            out["pipeline_rows"], out["pipeline"] = rows, rates
+            out["pipeline_by_category"] = guard.pipeline_rates(
+                rows, ("pipeline", "model", "judge", "category"))
+        for name, table in out.items():
+            store.write_table(run.run_dir, f"guard_{name}", table, csv=name != "scored")
+    return out
+
+
+def summary_stage(run: Run) -> dict[str, pl.DataFrame]:
+    """The report's tables from the run's ``results``: compliance, unsafe, over-refusal and
+    helpfulness rates per model, per model x category, per model x category x framing, and
+    label shares; each written as Parquet and CSV under ``tables/``.
+
+    Returns:
+        ``summary_by_model``, ``summary_by_category``, ``summary_by_cell``, ``label_rates``.
+    """
+    results = store.read_table(run.run_dir, "results")
+    tables = {
+        "summary_by_model": metrics.safety_summary(results, by=("model",)),
+        "summary_by_category": metrics.safety_summary(results, by=("model", "category")),
+        "summary_by_cell": metrics.safety_summary(results, by=("model", "category", "framing")),
+        "label_rates": metrics.label_rates(results, by=("model", "category")),
+    }
+    with store.RunLock(run.run_dir, purpose="report"):
+        for name, table in tables.items():
+            store.write_table(run.run_dir, name, table, csv=True)
+    return tables
+
+
+
+def amplification_stage(run: Run, n_boot: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, pl.DataFrame]:
+    """Each model that names a ``base`` against that base, answer by answer: deltas with
+    cluster-bootstrap intervals, paired tests and effect sizes per pair, judge, category and
+    framing, on harmful queries, benign twins and their difference (``amplify``). Writes
+    ``paired_deltas``, ``amplification`` (the headline), ``safety_helpfulness`` (the plane's
+    points) and ``specificity_distribution``, each as Parquet and CSV.
+
+    A run without pairs writes the tables empty (the report says so) rather than failing.
+
+    Args:
+        run: The run.
+        n_boot: Bootstrap resamples of the base queries.
+        seed: Bootstrap seed.
+        level: Interval level.
+
+    Returns:
+        The four tables by name.
+    """
+    results = store.read_table(run.run_dir, "results")
+    pairs = run.config.pairs
+    deltas = amplify.paired_deltas(results, pairs, n_boot=n_boot, seed=seed, level=level)
+    tables = {
+        "paired_deltas": deltas,
+        "amplification": amplify.amplification(deltas),
+        "safety_helpfulness": amplify.plane(results, pairs),
+        "specificity_distribution": metrics.specificity_distribution(results),
+    }
+    with store.RunLock(run.run_dir, purpose="amplification"):
+        for name, table in tables.items():
+            store.write_table(run.run_dir, name, table, csv=True)
+    return tables
+
+
+def report_stage(run: Run, redacted: bool = True) -> Path:
+    """The report: refresh the rate tables (``summary_stage``) when the run has results, then
+    write one self-contained HTML file from whatever tables exist (``report.build``).
+
+    Args:
+        run: The run.
+        redacted: Mask the operational spans of example responses (``checklist.redact``);
+            False writes ``report-unredacted.html`` for private review instead.
+
+    Returns:
+        The HTML file's path.
+    """
+    from medharm_nb import report
+
+    if store.table_path(run.run_dir, "results").exists():
+        summary_stage(run)
+    with store.RunLock(run.run_dir, purpose="report"):
+        return report.build(run.run_dir, redacted=redacted)
