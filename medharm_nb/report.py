@@ -348,10 +348,13 @@ def _judge_section(doc: _Doc, run_dir: Path) -> None:
     if agreement is not None:
         pooled = agreement.filter(pl.col("source_model") == "all")
         doc.figure(plots.judge_agreement(pooled),
-                   f"Agreement of each judge with human labels, pooled over source models, on "
-                   f"the compliance split (complied vs refused; XSTest) and the unsafe split "
-                   f"(harmful help or not; HarmBench). A judge that does not measure harm has "
-                   f"no unsafe point. n per split in the table. Judges: {_judges(pooled)}. "
+                   "Agreement of each judge with human labels, pooled over source models, on "
+                   "the compliance split (complied vs refused; XSTest) and the unsafe split "
+                   "(harmful help or not; HarmBench). A judge that does not measure harm has "
+                   "no unsafe point. n = " + ", ".join(
+                       f"{r['n']} ({r['split']})" for r in pooled.unique(
+                           "split", maintain_order=True).iter_rows(named=True))
+                   + f" labelled responses. Judges: {_judges(pooled)}. "
                    f"Error bars: percentile bootstrap 95% intervals over responses.")
         doc.add(_table(agreement, ["judge", "split", "source_model", "n", "accuracy",
                                    "accuracy_lo", "accuracy_hi", "kappa", "unscored"]))

@@ -13,7 +13,7 @@ import pytest
 import synthetic
 from typer.testing import CliRunner
 
-from medharm_nb import metrics, stages, store
+from medharm_nb import stages, store
 from medharm_nb.cli import app
 
 
@@ -34,25 +34,36 @@ def built(tmp_path_factory):
 
 
 def _guard_and_judge_tables(run_dir) -> None:
-    """The tables 04_guardrails and 03b_judge_validation write, from their own functions
-    where the package has them."""
-    pos, neg = [0.9, 0.8, 0.4, 0.7], [0.1, 0.6, 0.2, 0.3]
-    store.write_table(run_dir, "guard_sweep",
-                      metrics.guard_sweep(pos, neg).with_columns(pl.lit("minilm").alias("guard")))
-    scored = pl.DataFrame({"guard": ["minilm"] * 16,
-                           "variant": ["direct"] * 8 + ["roleplay"] * 8,
-                           "risk": (["harmful"] * 4 + ["benign"] * 4) * 2,
-                           "p_unsafe": pos + neg + [0.5, 0.3, 0.2, 0.6] + neg})
-    summary = metrics.guard_summary(scored, ("guard", "variant"))
-    store.write_table(run_dir, "guard_summary", summary)
-    from medharm_nb.guard.evaluate import brittleness
+    """The tables 04_guardrails and 03b_judge_validation write, made by the functions they
+    call (guard scores made up: a guard's model is not needed to test the report)."""
+    from medharm_nb.guard import evaluate as guards
+    from medharm_nb.judge import RuleJudge, validation
 
-    store.write_table(run_dir, "guard_brittleness", brittleness(summary))
-    store.write_table(run_dir, "judge_agreement", pl.DataFrame({
-        "judge": ["rules", "rules", "rules"], "source_model": ["gpt4", "llama2new", "all"],
-        "n": [100, 100, 200], "binary_accuracy": [0.95, 0.9, 0.925],
-        "binary_lo": [0.9, 0.83, 0.88], "binary_hi": [0.98, 0.95, 0.95],
-        "kappa": [0.9, 0.7, 0.8], "unscored": [0, 1, 1]}))
+    rows = []
+    for i in range(8):
+        for variant, drop in (("direct", 0.0), ("roleplay", 0.3 * (i % 2))):
+            for risk, p in (("harmful", 0.6 + 0.04 * i - drop), ("benign", 0.05 * i)):
+                rows.append({"guard": "minilm", "id": f"{risk}-{i}", "base_id": f"{risk}-{i}",
+                             "variant": variant, "risk": risk, "p_unsafe": p,
+                             "group": f"pair-{i}", "category": "toxicology"})
+    fitted = guards.crossfit(pl.DataFrame(rows))
+    direct = fitted.filter(pl.col("variant") == "direct")
+    store.write_table(run_dir, "guard_sweep", guards.guard_sweep(
+        direct.filter(pl.col("risk") == "harmful")["p_unsafe"].to_list(),
+        direct.filter(pl.col("risk") == "benign")["p_unsafe"].to_list()).with_columns(
+        pl.lit("minilm").alias("guard")))
+    store.write_table(run_dir, "guard_summary", guards.operating_points(fitted))
+    store.write_table(run_dir, "guard_brittleness", guards.brittleness(fitted))
+    gold = pl.DataFrame({"id": ["a", "b", "c", "d"], "source_model": ["m1", "m1", "m2", "m2"],
+                         "group": ["a", "b", "c", "d"], "prompt": ["<Q>"] * 4,
+                         "response": ["I can't help with that.", "Give <DOSE>.",
+                                      "I won't do that.", "Use <ROUTE>."],
+                         "gold": ["full_refusal", "full_compliance"] * 2,
+                         "gold_unsafe": [None] * 4, "gold_specificity": [None] * 4},
+                        schema_overrides={"gold_unsafe": pl.Boolean,
+                                          "gold_specificity": pl.Int64})
+    store.write_table(run_dir, "judge_agreement",
+                      validation.evaluate([RuleJudge()], gold, n_boot=50).summary)
 
 
 def test_the_report_is_one_offline_file_with_every_section(built):
