@@ -75,7 +75,6 @@ def load_spec(spec: str, system_prompt: str | None = None) -> ModelSpec:
         ValueError: the spec is not an hf spec, or already has an adapter.
         FileNotFoundError: a model file does not exist.
     """
-
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         fields = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -83,8 +82,9 @@ def load_spec(spec: str, system_prompt: str | None = None) -> ModelSpec:
             raise ValueError(f"{path}: expected one model spec (a mapping), got "
                              f"{type(fields).__name__}")
         parsed = ModelSpec(**{"name": path.stem, **fields})
-        model = absolutize(RunConfig(name="finetune", models=[parsed]), path.resolve().parent)
-        parsed = model.models[0]
+        # Relative paths resolve against the file, as in a run config.
+        parsed = absolutize(RunConfig(name="finetune", models=[parsed]),
+                            path.resolve().parent).models[0]
     else:
         parsed = ModelSpec(name=path.name or spec, source=spec)
     if system_prompt is not None:
