@@ -6,6 +6,11 @@ from pathlib import Path
 
 import typer
 
+from medharm_nb.records import FinetuneConfig
+
+_FT = FinetuneConfig()
+"""The fine-tuning defaults, defined once (in records), shown by ``finetune --help``."""
+
 app = typer.Typer(
     help="medharm-nb: measure how LLMs fail on high-risk medical questions.",
     no_args_is_help=True,
@@ -162,6 +167,77 @@ def generate_stage(
     run_path = Path(manifest["run_dir"])
     typer.echo(f"  tables:   {run_path / 'tables'}")
     typer.echo(f"  manifest: {run_path / 'manifest.json'}")
+
+
+@app.command("finetune")
+def finetune_command(
+    spec: str = typer.Argument(..., help="Model to fine-tune: embedded name (smollm2-135m), "
+                                         "hub id, local folder, or a YAML model spec file."),
+    data: str = typer.Argument(..., help="Prompt/response pairs: CSV, JSONL, Parquet or "
+                                         "hf:NAME (any datasets source)."),
+    out: Path = typer.Option(..., help="Adapter folder to write; use it as adapter: in a spec."),
+    prompt_column: str = typer.Option("prompt", help="The data's prompt column."),
+    response_column: str = typer.Option("response", help="The data's response column."),
+    split: str = typer.Option("train", help="Split of an hf: source."),
+    data_files: list[str] = typer.Option([], help="data_files of an hf: builder, repeatable."),
+    system_prompt: str | None = typer.Option(
+        None, help="System prompt to train under (default: the spec's; '' for none)."),
+    rank: int = typer.Option(_FT.rank, min=1, help="LoRA rank."),
+    alpha: float = typer.Option(_FT.alpha, help="LoRA alpha (scale = alpha / rank)."),
+    dropout: float = typer.Option(_FT.dropout, help="LoRA dropout."),
+    target_modules: str = typer.Option(
+        ",".join(_FT.target_modules),
+        help="Comma-separated module names (q_proj,v_proj) or all-linear."),
+    lr: float = typer.Option(_FT.learning_rate,
+                             help="Peak learning rate (AdamW, linear warmup/decay)."),
+    epochs: int = typer.Option(_FT.epochs, min=1, help="Passes over the data."),
+    max_steps: int | None = typer.Option(None, min=1, help="Optimizer steps (overrides "
+                                                           "--epochs)."),
+    max_length: int = typer.Option(_FT.max_length, help="Tokens per example at most."),
+    batch_size: int = typer.Option(_FT.batch_size, min=1, help="Examples per forward pass."),
+    grad_accum: int = typer.Option(_FT.grad_accum, min=1,
+                                   help="Forward passes per optimizer step."),
+    warmup_ratio: float = typer.Option(_FT.warmup_ratio, help="Share of steps warming up."),
+    seed: int = typer.Option(_FT.seed, help="Seed of LoRA's initialisation, shuffling, dropout."),
+    quantization: str = typer.Option(
+        _FT.quantization, help="Base weights while training: auto (the spec's; if none, nf4 "
+                               "on a CUDA GPU, full precision on a CPU), none, nf4, int8."),
+    eval_examples: int = typer.Option(
+        _FT.eval_examples, min=0, help="Examples whose loss is measured before and after "
+                                       "(0: skip)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+) -> None:
+    """Train a LoRA adapter (QLoRA on a GPU) on prompt/response pairs; write it with its
+    card (card.json, README.md, loss.png)."""
+    from pydantic import ValidationError
+
+    from medharm_nb import finetune
+
+    try:
+        config = FinetuneConfig(
+            rank=rank, alpha=alpha, dropout=dropout, learning_rate=lr, epochs=epochs,
+            target_modules=[m.strip() for m in target_modules.split(",") if m.strip()],
+            max_steps=max_steps, max_length=max_length, batch_size=batch_size,
+            grad_accum=grad_accum, warmup_ratio=warmup_ratio, seed=seed,
+            quantization=quantization, eval_examples=eval_examples)
+        model = finetune.load_spec(spec, system_prompt=system_prompt)
+        card = finetune.finetune(model, data, out, config, prompt_column=prompt_column,
+                                 response_column=response_column, split=split,
+                                 data_files=data_files or None, overwrite=overwrite)
+    except finetune.DataError as err:
+        for line in err.errors:
+            typer.echo(line, err=True)
+        _fail(f"{len(err.errors)} problem(s) in the training data; nothing was trained")
+    except ValidationError as err:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
+    except (OSError, ValueError) as err:  # OSError: missing files, a hub id offline
+        _fail(str(err).splitlines()[0] if isinstance(err, OSError) else str(err))
+    loss = card["loss"]
+    typer.echo(f"trained {card['training']['steps']} steps in "
+               f"{card['training']['seconds']['total']:.0f} s on {card['data']['n_used']} "
+               f"pairs; loss on answer tokens {loss['before']} -> {loss['after']}")
+    typer.echo(f"  adapter: {out} (use it as adapter: in a model spec)")
+    typer.echo(f"  card:    {out / 'card.json'}, {out / 'README.md'}")
 
 
 @app.command()

@@ -262,7 +262,16 @@ def summary_table(df: pl.DataFrame) -> pl.DataFrame:
 
 # -- Hugging Face datasets ------------------------------------------------------------------
 
-def _load_hf(name: str, mapping, categories, split: str, data_files) -> pl.DataFrame:
+def read_hf(name: str, split: str = "train",
+            data_files: str | list[str] | None = None) -> pl.DataFrame:
+    """Read one split of anything ``datasets`` loads as strings, unvalidated.
+
+    Args:
+        name: Hub name, builder (``csv``, ``json`` with ``data_files``) or a folder written
+            by ``save_to_disk``.
+        split: The split to read.
+        data_files: ``data_files`` for builders.
+    """
     import datasets  # heavy import, only when needed
 
     path = Path(name)
@@ -274,7 +283,11 @@ def _load_hf(name: str, mapping, categories, split: str, data_files) -> pl.DataF
             ds = ds[split]
     else:
         ds = datasets.load_dataset(name, split=split, data_files=data_files)
-    df = pl.from_arrow(ds.data.table).with_columns(pl.all().cast(pl.String))
+    return pl.from_arrow(ds.data.table).with_columns(pl.all().cast(pl.String))
+
+
+def _load_hf(name: str, mapping, categories, split: str, data_files) -> pl.DataFrame:
+    df = read_hf(name, split, data_files)
     where = f"hf:{name}[{split}]"
     df = apply_mapping(df, mapping, where)
     if "source" not in df.columns:

@@ -192,6 +192,22 @@ def guard_variants(summary: pl.DataFrame) -> alt.LayerChart:
             ).properties(width=320, title="Catch rate by prompt variant (cross-fitted threshold)")
 
 
+def loss_curve(losses: pl.DataFrame) -> alt.LayerChart:
+    """Training loss per optimizer step, and its running mean (a fine-tune's card).
+
+    Args:
+        losses: Columns ``step``, ``loss`` and ``smoothed`` (see ``adapter_card``).
+    """
+    base = alt.Chart(losses).encode(x=alt.X("step:Q", title="optimizer step"))
+    y = alt.Scale(zero=False)
+    raw = base.mark_line(opacity=0.35, point=losses.height <= 60).encode(
+        y=alt.Y("loss:Q", title="loss on answer tokens", scale=y),
+        tooltip=["step", alt.Tooltip("loss:Q", format=".3f")])
+    smooth = base.mark_line(strokeWidth=2.5).encode(y=alt.Y("smoothed:Q", scale=y))
+    return (raw + smooth).properties(
+        width=360, height=160, title="Training loss per step (line: running mean)")
+
+
 def save_chart(chart: alt.TopLevelMixin, directory: str | Path, stem: str) -> list[Path]:
     """Save a chart as PNG (2x scale) and SVG, offline through vl-convert.
 

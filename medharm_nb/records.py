@@ -387,3 +387,39 @@ class Annotation(_Record):
                                   "unknown.")
     seconds: float | None = Field(
         default=None, ge=0, description="Seconds from showing the response to this save.")
+
+
+class FinetuneConfig(_Record):
+    """How ``finetune`` trains a LoRA adapter; every field is written into the adapter's card.
+
+    Defaults follow common LoRA / QLoRA practice for chat models of 0.1-10B parameters.
+    """
+
+    rank: int = Field(default=8, ge=1, description="LoRA rank r.")
+    alpha: float = Field(default=16.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on LoRA inputs.")
+    target_modules: list[str] = Field(
+        default=["all-linear"],
+        description="Module names to adapt (e.g. q_proj, v_proj), or 'all-linear': every "
+                    "linear layer except the output head.")
+    learning_rate: float = Field(default=2e-4, gt=0, description="AdamW peak learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        default=0.03, ge=0, lt=1, description="Share of steps warming up linearly; then the "
+                                              "rate decays linearly to 0.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    epochs: int = Field(default=1, ge=1, description="Passes over the data.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Optimizer steps; overrides epochs when set.")
+    max_length: int = Field(
+        default=1024, ge=8, description="Tokens per example at most; longer answers are cut, "
+                                        "examples whose prompt alone is longer are dropped.")
+    batch_size: int = Field(default=4, ge=1, description="Examples per forward pass.")
+    grad_accum: int = Field(default=1, ge=1, description="Forward passes per optimizer step.")
+    seed: int = Field(default=0, description="Seeds LoRA's initialisation, shuffling, dropout.")
+    quantization: Literal["auto", "none", "nf4", "int8"] = Field(
+        default="auto", description="Base weights while training: auto = the spec's, else nf4 "
+                                    "on a CUDA GPU (QLoRA) and none (full precision) on a CPU.")
+    eval_examples: int = Field(
+        default=64, ge=0, description="Examples whose loss is measured before and after "
+                                      "training (the first N; 0 skips it).")

@@ -2,8 +2,9 @@
 folders and GGUF files, bitsandbytes quantization (nf4, int8) and PEFT adapters.
 
 ``check_spec`` checks all of it without loading weights (a run refuses a bad spec before
-any work); ``load_model`` and ``load_tokenizer`` load and cache. An adapter that ships its
-own tokenizer or chat template is used with them (``adapter_tokenizer``).
+any work); ``load_model`` and ``load_tokenizer`` load and cache (``load_weights`` loads
+without caching, for fine-tuning). An adapter that ships its own tokenizer or chat template
+is used with them (``adapter_tokenizer``).
 """
 
 from __future__ import annotations
@@ -258,28 +259,19 @@ def _bnb_config(quantization: str):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-@lru_cache(maxsize=2)
-def load_model(source: str, gguf_file: str | None, quantization: str = "none",
-               adapter: str | None = None, image_text: bool = False,
-               content: str | None = None, dtype: str | None = None):
-    """A model's weights (cached, in eval mode), quantized and with an adapter as asked.
+def load_weights(source: str, gguf_file: str | None, quantization: str = "none",
+                 image_text: bool = False, dtype: str | None = None):
+    """A model's weights, uncached and in training mode: what ``load_model`` caches, and
+    what fine-tuning (``medharm_nb.finetune``) puts LoRA layers on.
 
     Args:
         source: Hub id or local directory (``resolve_source``'s first value).
         gguf_file: GGUF file inside ``source``, or None.
         quantization: ``none``, ``nf4`` or ``int8`` (bitsandbytes).
-        adapter: PEFT/LoRA adapter (hub id or directory) put on top, or None.
-        image_text: Load as an image-text-to-text model (Llama Guard 4).
-        content: A digest of the local files (``store.files_digest``): weights rewritten
-            in place are loaded again, never served from this cache.
+        image_text: Load as an image-text-to-text model (Llama Guard 4), whose language
+            model AutoModelForCausalLM does not load.
         dtype: ``float32``, ``bfloat16`` or ``float16``; None: the weights' own.
     """
-    # Two specs on the same weights (e.g. with and without a safety system prompt) share one
-    # loaded model. An adapter is part of the key: peft changes the base model in place.
-    # ``content``: a digest of the local files, so weights rewritten in place (an adapter
-    # retrained into the same folder) are loaded again, never served from this cache.
-    # ``image_text``: checkpoints published as image-text-to-text models (Llama Guard 4),
-    # whose language model AutoModelForCausalLM does not load.
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -300,7 +292,30 @@ def load_model(source: str, gguf_file: str | None, quantization: str = "none",
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
     auto = AutoModelForImageTextToText if image_text else AutoModelForCausalLM
-    model = auto.from_pretrained(source, **kwargs)
+    return auto.from_pretrained(source, **kwargs)
+
+
+@lru_cache(maxsize=2)
+def load_model(source: str, gguf_file: str | None, quantization: str = "none",
+               adapter: str | None = None, image_text: bool = False,
+               content: str | None = None, dtype: str | None = None):
+    """A model's weights (cached, in eval mode), quantized and with an adapter as asked.
+
+    Args:
+        source: Hub id or local directory (``resolve_source``'s first value).
+        gguf_file: GGUF file inside ``source``, or None.
+        quantization: ``none``, ``nf4`` or ``int8`` (bitsandbytes).
+        adapter: PEFT/LoRA adapter (hub id or directory) put on top, or None.
+        image_text: Load as an image-text-to-text model (Llama Guard 4).
+        content: A digest of the local files (``store.files_digest``): weights rewritten
+            in place are loaded again, never served from this cache.
+        dtype: ``float32``, ``bfloat16`` or ``float16``; None: the weights' own.
+    """
+    # Two specs on the same weights (e.g. with and without a safety system prompt) share one
+    # loaded model. An adapter is part of the key: peft changes the base model in place.
+    # ``content``: a digest of the local files, so weights rewritten in place (an adapter
+    # retrained into the same folder) are loaded again, never served from this cache.
+    model = load_weights(source, gguf_file, quantization, image_text, dtype)
     if adapter:
         from peft import PeftModel
 
