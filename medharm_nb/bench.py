@@ -71,6 +71,10 @@ class BenchResult:
     engine_tokens: int
     mismatches: list[int] = field(default_factory=list)
     """Indices of prompts whose engine answer differs from the naive loop's."""
+    float32_changed: int | None = None
+    """With a reduced dtype: answers that differ from the same engine in float32."""
+    float32_tok_s: float | None = None
+    """With a reduced dtype: the engine's tokens per second in float32."""
 
     @property
     def naive_tok_s(self) -> float:
@@ -155,8 +159,19 @@ def bench_generate(spec: ModelSpec, n: int = 64, max_new_tokens: int = 64,
     mismatches = [i for i, (a, o) in enumerate(zip(naive, outputs))
                   if o.text != tok.decode(a, skip_special_tokens=True).strip()
                   or o.n_new_tokens != len(a)]
-    return BenchResult(n, naive_seconds, engine_seconds, sum(map(len, naive)),
-                       sum(o.n_new_tokens for o in outputs), mismatches)
+    result = BenchResult(n, naive_seconds, engine_seconds, sum(map(len, naive)),
+                         sum(o.n_new_tokens for o in outputs), mismatches)
+    if spec.dtype not in (None, "float32"):  # how many greedy answers the dtype changes
+        reference = HFBackend(spec.model_copy(update={"dtype": "float32"}))
+        reference.prepare()
+        began = time.perf_counter()
+        full = {r.gen_id: o for g in reference.generate(requests, config) for r, o in g}
+        seconds = time.perf_counter() - began
+        result.float32_tok_s = sum(o.n_new_tokens for o in full.values()) / seconds
+        result.float32_changed = sum(full[str(i)].text != outputs[i].text for i in range(n))
+        log(f"float32 engine: {result.float32_tok_s:.1f} tok/s; {result.float32_changed} of "
+            f"{n} answers differ from {spec.dtype}")
+    return result
 
 
 # -- guards: one item per forward pass against batched reading ------------------------------
