@@ -31,9 +31,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/medharm-nb run configs/demo.yaml
 
+# Two workers: the notebook series (one after another, in one worker: each reads the tables
+# the one before wrote) runs beside the unit tests, which the other worker takes.
 test: setup
-	$(BIN)/python -m pytest tests
-	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --nbval-lax --nbval-current-env \
+		-p no:cacheprovider tests notebooks
 
 lab: setup
 	$(BIN)/python -m pip install --quiet -e ".[lab]"
