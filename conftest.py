@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups from the markers
 def pytest_collection_modifyitems(items):
     """nbval's cells of the numbered notebooks run in one xdist worker, in file order: each
     notebook reads the tables the one before it wrote. Unit tests spread over the others."""
