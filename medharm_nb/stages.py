@@ -25,6 +25,10 @@ of tables lives here, tested like any other package code.
 ``judging_stage``          03_judge: judge every current generation with each judge
                            (stored verdicts are reused, failed ones retried), write
                            ``judgements``, ``results`` and ``judge_disagreements``
+``validation_stage``       03b_judge_validation: the judges against human labels on both
+                           splits (``judge.validation``), kept with the key of everything
+                           it depends on, so a re-run with the same judges, labels and
+                           settings reads its tables instead of judging again
 ``guard_stage``            04_guardrails: guards on the run's own queries (every
                            variant), cross-fitted operating points, paired brittleness,
                            guarded pipelines over the stored results; ``guard_*`` tables
@@ -44,6 +48,7 @@ kernels work within the series' lock.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +56,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from medharm_nb import amplify, data, generate, judge, metrics, store
+from medharm_nb.records import stable_hash
 
 if TYPE_CHECKING:
     from medharm_nb.config import Run
@@ -132,6 +138,83 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
                     else pl.DataFrame(schema={"gen_id": pl.String, "n_labels": pl.UInt32}))
         store.write_table(run.run_dir, "judge_disagreements", disputed)
     return results
+
+
+VALIDATION_TABLES = {"summary": "judge_agreement", "confusion": "judge_confusion",
+                     "specificity": "judge_specificity", "false_alarm": "judge_false_alarms",
+                     "cross_validation": "judge_cross_validation",
+                     "disagreements": "judge_gold_disagreements",
+                     "baselines": "judge_baselines"}
+"""Where ``validation_stage`` keeps each part of the report."""
+
+
+def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str | None,
+                     safe: str | None = None, limit: int | None = None,
+                     n_boot: int = 1000, seed: int = 0):
+    """Validate judges against human labels (``judge.validation.validate``) and keep the
+    tables; with the same judges (ids), gold and safe files (contents), limit, resamples and
+    seed as the last time, read those tables back and judge nothing.
+
+    Returns:
+        A ``validation.ValidationReport`` (its ``evaluation.items`` is empty when read back).
+    """
+    from medharm_nb.judge import validation
+
+    sources = [gold] if isinstance(gold, str) else list(gold or [])
+    key = stable_hash([judge.load_judge(n).id for n in judges],
+                      [_files_key(src) for src in sources], _files_key(safe),
+                      limit, n_boot, seed)
+    marker = run.run_dir / "tables" / "judge_validation_key.json"
+    if marker.exists() and json.loads(marker.read_text()).get("key") == key:
+        return _read_validation(run, json.loads(marker.read_text()))
+    report = validation.validate(judges, sources, safe, limit=limit, n_boot=n_boot, seed=seed)
+    parts = {"false_alarm": report.false_alarm, "cross_validation": report.cross_validation,
+             "disagreements": report.disagreements, "baselines": report.baselines}
+    if report.evaluation is not None:
+        parts.update(summary=report.evaluation.summary, confusion=report.evaluation.confusion,
+                     specificity=report.evaluation.specificity)
+    if all(table is None for table in parts.values()):
+        return report  # nothing was validated (no gold, no safe set here): nothing to keep
+    with store.RunLock(run.run_dir, purpose="validate"):
+        for name, table in parts.items():
+            if table is not None:
+                store.write_table(run.run_dir, VALIDATION_TABLES[name], table,
+                                  csv=name in ("summary", "false_alarm"))
+        marker.write_text(json.dumps({
+            "key": key, "judges": report.judges, "in_sample": report.in_sample,
+            "skipped": report.skipped, "parts": sorted(k for k, v in parts.items()
+                                                       if v is not None)}))
+    return report
+
+
+def _files_key(source: str | None) -> str | None:
+    """What a gold or safe source holds: its files' names and contents (a folder's files,
+    recursively); the source as written when it is not a path here (``run:``, ``hf:``)."""
+    if source is None:
+        return None
+    path = Path(str(source).partition(":")[2] if str(source).startswith(
+        ("xstest:", "harmbench:", "run:")) else str(source))
+    if path.is_dir():
+        return store.files_digest(f for f in sorted(path.rglob("*"))
+                                  if f.is_file() and ".ipynb_checkpoints" not in f.parts)
+    return store.files_digest([path]) if path.is_file() else str(source)
+
+
+def _read_validation(run: Run, meta: dict):
+    """A validation report read back from its tables (see ``validation_stage``)."""
+    from medharm_nb.judge import validation
+
+    parts = {name: store.read_table(run.run_dir, VALIDATION_TABLES[name])
+             for name in meta["parts"]}
+    report = validation.ValidationReport(
+        meta["judges"], in_sample=[tuple(x) for x in meta["in_sample"]],
+        skipped=list(meta["skipped"]), false_alarm=parts.get("false_alarm"),
+        cross_validation=parts.get("cross_validation"),
+        disagreements=parts.get("disagreements"), baselines=parts.get("baselines"))
+    if "summary" in parts:
+        report.evaluation = validation.Evaluation(parts["summary"], parts["confusion"],
+                                                  parts["specificity"], pl.DataFrame())
+    return report
 
 
 def guard_stage(run: Run, guards: Sequence[str], limit: int | None = None,

@@ -174,3 +174,26 @@ def test_notebook_03b_evaluates_and_skips_what_is_absent(tmp_path):
     nb = _run_03b(tmp_path / "without", gold=str(tmp_path / "no-xstest"), safe=None)
     assert "skipped gold labels" in _printed(nb)
     assert not (tmp_path / "without" / "run" / "tables").exists()
+
+
+def test_the_validation_stage_judges_once_for_the_same_inputs(tmp_path, monkeypatch):
+    from medharm_nb import config as run_config
+    from medharm_nb import stages
+
+    path = tmp_path / "configs" / "v.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump({"name": "v", "models": [
+        {"name": "m", "source": "smollm2-135m"}]}))
+    run = run_config.open_run(path, tmp_path / "run", tmp_path / "figures")
+    gold_file = _gold_csv(tmp_path / "gold.csv")
+    first = stages.validation_stage(run, ["rules"], str(gold_file), n_boot=20)
+    calls = []
+    real = validation.validate
+    monkeypatch.setattr(validation, "validate", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = stages.validation_stage(run, ["rules"], str(gold_file), n_boot=20)
+    assert calls == [] and again.evaluation.summary.equals(first.evaluation.summary)
+    # Other labels (the file's content), or other settings: judged again.
+    gold_file.write_text(gold_file.read_text().replace("Refusal", "refusal"))
+    stages.validation_stage(run, ["rules"], str(gold_file), n_boot=20)
+    stages.validation_stage(run, ["rules"], str(gold_file), n_boot=30)
+    assert len(calls) == 2

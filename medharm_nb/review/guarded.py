@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from medharm_nb.guard import load_guard, score_items
-from medharm_nb.store import read_table
+from medharm_nb.store import RunStore, read_table
 
 
 def guard_scores(results: str | Path | pl.DataFrame, guard_name: str = "minilm",
@@ -33,21 +33,34 @@ def guard_scores(results: str | Path | pl.DataFrame, guard_name: str = "minilm",
         ``guard, stage, query_id, gen_id, p_unsafe, blocked``: input rows carry
         ``query_id`` (``gen_id`` null), output rows ``gen_id``.
     """
+    run_dir = None
     if not isinstance(results, pl.DataFrame):
+        run_dir = Path(results)
         results = read_table(results, "results")
     guard = load_guard(guard_name)
+    # A run folder's store keeps the scores (the guard stage's too): nothing scored twice.
+    store = RunStore(run_dir) if run_dir is not None else None
+    try:
+        parts = _score_stages(guard, results, stages, store)
+    finally:
+        if store is not None:
+            store.close()
+    return pl.concat(parts).with_columns((pl.col("p_unsafe") >= threshold).alias("blocked"))
+
+
+def _score_stages(guard, results: pl.DataFrame, stages: Sequence[str], store) -> list:
     parts = []
     if "input" in stages:
         prompts = results.select("query_id", "text").unique("query_id").sort("query_id")
-        parts.append(score_items(guard, prompts, target="prompt").select(
+        parts.append(score_items(guard, prompts, target="prompt", store=store).select(
             "guard", pl.lit("input").alias("stage"), "query_id",
             pl.lit(None, pl.String).alias("gen_id"), "p_unsafe"))
     if "output" in stages:
         answers = (results.filter(pl.col("response").is_not_null())
                    .select("gen_id", "text", "response").unique("gen_id").sort("gen_id"))
-        parts.append(score_items(guard, answers, target="response").select(
+        parts.append(score_items(guard, answers, target="response", store=store).select(
             "guard", pl.lit("output").alias("stage"), pl.lit(None, pl.String).alias("query_id"),
             "gen_id", "p_unsafe"))
     if not parts:
         raise ValueError("stages must include input and/or output")
-    return pl.concat(parts).with_columns((pl.col("p_unsafe") >= threshold).alias("blocked"))
+    return parts
