@@ -31,11 +31,15 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/medharm-nb run configs/demo.yaml
 
-# Two workers: the notebook series (one after another, in one worker: each reads the tables
-# the one before wrote) runs beside the unit tests, which the other worker takes.
+# Two processes side by side: the unit tests, and the notebook series (in order, in one
+# process: each notebook reads the tables the one before wrote), whose report follows.
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --nbval-lax --nbval-current-env \
-		-p no:cacheprovider tests notebooks
+	@mkdir -p runs
+	@$(PYTEST) --nbval-lax --nbval-current-env notebooks > runs/test-notebooks.log 2>&1 & \
+	series=$$!; $(PYTEST) tests; unit=$$?; wait $$series; nb=$$?; \
+	echo "--- the notebook series (runs/test-notebooks.log) ---"; cat runs/test-notebooks.log; \
+	[ $$unit -eq 0 ] && [ $$nb -eq 0 ]
 
 lab: setup
 	$(BIN)/python -m pip install --quiet -e ".[lab]"
