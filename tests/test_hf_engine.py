@@ -318,17 +318,25 @@ def test_sampling_is_seeded_per_request_and_independent_of_batching():
 
 
 @pytest.mark.slow
-def test_bench_cli_prints_the_summary_line():
+def test_bench_cli_prints_the_summary_line_and_files_it_for_plan(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
+    from medharm_nb import plan
     from medharm_nb.cli import app
 
+    # The measured rate is filed for `plan`; here in a scratch file, not the user's cache
+    # (the converted weights in that cache are still reused).
+    filed = tmp_path / "benchmarks.json"
+    monkeypatch.setattr(plan, "BENCH_FILE", filed)
     result = CliRunner().invoke(app, ["bench", "generate", "--n", "3", "--max-new-tokens", "3"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert "all 3 identical" in lines[-2]
-    assert re.fullmatch(r"speedup=\d+\.\d\d naive_tok_s=\d+\.\d engine_tok_s=\d+\.\d",
-                        lines[-1])
+    summary = re.fullmatch(
+        r"speedup=\d+\.\d\d naive_tok_s=\d+\.\d engine_tok_s=(\d+\.\d)", lines[-1])
+    assert summary
+    (rates,) = json.loads(filed.read_text()).values()
+    assert rates["generate:smollm2-135m"] == pytest.approx(float(summary[1]), abs=0.06)
 
 
 @pytest.mark.slow
