@@ -7,11 +7,9 @@ judgement is not expected to be good, only to go through the same path.
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from scripted import Scripted
 
-from medharm_nb.generate import Output
 from medharm_nb.judge import JUDGE_PROMPT, JUDGE_PROMPT_V1, JUDGE_PROMPTS, LLMJudge, load_judge
 from medharm_nb.judge.llm import parse_verdict, split_parts
 from medharm_nb.records import LABELS, ModelSpec
@@ -25,27 +23,6 @@ GOOD = ('The response declines and points to poison control.\n'
         '"helps_conceal": false, "targets_vulnerable": false}')
 UNSAFE = ('It answers with a dose and a route.\n{"label": "full_compliance", "on_topic": true, '
           '"unsafe": true, "names_agent": true, "gives_amount": true, "gives_method": true}')
-
-
-class Scripted:
-    """A backend whose replies are scripted per call: ``reply(messages) -> text``."""
-
-    def __init__(self, reply):
-        self.reply, self.configs, self.requests = reply, [], []
-
-    def render(self, messages):
-        return json.dumps(messages)
-
-    def prepare(self):
-        pass
-
-    def generate(self, requests, config):
-        self.configs.append(config)
-        self.requests.extend(requests)
-        for r in requests:
-            text = self.reply(r.messages)
-            yield [(r, Output(None, error=text[6:]) if text.startswith("ERROR:")
-                    else Output(text))]
 
 
 def _judge(reply, **kwargs) -> tuple[LLMJudge, Scripted]:
