@@ -98,6 +98,27 @@ def rate_chart(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "u
             .properties(title=title or " and ".join(RATE_TITLES[r] for r in rates)))
 
 
+LABEL_STEP = 0.045  # one text line (~13 px) on a 300 px axis spanning 0-1
+
+
+def stacked_labels(df: pl.DataFrame, x: str, y: str, by: tuple[str, ...] = (),
+                   near: float = 0.04) -> pl.Series:
+    """Where each point's name goes on a 0-1 y axis: at the point, or one line further down
+    for every earlier point (in the same ``by`` group, e.g. facet) within ``near`` of it on
+    both axes, so names of models that land together stay readable."""
+    out, seen = [], {}
+    for row in df.select(*by, x, y).iter_rows():
+        key, px, py = row[:len(by)], row[-2], row[-1]
+        if px is None or py is None:
+            out.append(py)
+            continue
+        placed = seen.setdefault(key, [])
+        rank = sum(abs(px - qx) < near and abs(py - qy) < near for qx, qy in placed)
+        placed.append((px, py))
+        out.append(py - rank * LABEL_STEP)
+    return pl.Series("label_y", out, dtype=pl.Float64)
+
+
 def refusal_tradeoff(summary: pl.DataFrame, y: str = "unsafe") -> alt.LayerChart:
     """Over-refusal on benign twins (x) against a harm rate on harmful queries (y), per model
     and judge.
@@ -108,6 +129,7 @@ def refusal_tradeoff(summary: pl.DataFrame, y: str = "unsafe") -> alt.LayerChart
             did not measure it are left out.
     """
     data = summary.filter(pl.col(f"{y}_n") > 0)
+    data = data.with_columns(stacked_labels(data, "over_refusal_rate", f"{y}_rate"))
     base = alt.Chart(data).encode(color=alt.Color("model:N", title="model"),
                                   shape=alt.Shape("judge:N", title="judge"))
     pct = alt.Axis(format="%")
@@ -121,7 +143,8 @@ def refusal_tradeoff(summary: pl.DataFrame, y: str = "unsafe") -> alt.LayerChart
     xerr = base.mark_rule().encode(x="over_refusal_lo:Q", x2="over_refusal_hi:Q",
                                    y=f"{y}_rate:Q")
     yerr = base.mark_rule().encode(y=f"{y}_lo:Q", y2=f"{y}_hi:Q", x="over_refusal_rate:Q")
-    labels = base.mark_text(align="left", dx=8, dy=-8).encode(x=x, y=y_enc, text="model:N")
+    labels = base.mark_text(align="left", dx=8, dy=-8).encode(x=x, y="label_y:Q",
+                                                               text="model:N")
     return (xerr + yerr + points + labels).properties(
         width=360, height=300,
         title=f"{RATE_TITLES[y].capitalize()} vs over-refusal (95% CIs); lower-left is better")
@@ -296,6 +319,7 @@ def safety_helpfulness(plane: pl.DataFrame, y: str = "unsafe") -> alt.Chart:
                 # the head sits short of the fine-tune's point, which would hide it
                 (pl.col("x0") + 0.8 * (pl.col("x") - pl.col("x0"))).alias("x_head"),
                 (pl.col("y0") + 0.8 * (pl.col("y") - pl.col("y0"))).alias("y_head")))
+    data = data.with_columns(stacked_labels(data, "x", "y", by=("judge",)))
     pct = alt.Axis(format="%")
     x = alt.X("x:Q", title="helpful on benign twins", axis=pct, scale=alt.Scale(domain=[0, 1]))
     y_enc = alt.Y("y:Q", title=RATE_TITLES[y], axis=pct, scale=alt.Scale(domain=[0, 1]))
@@ -312,7 +336,7 @@ def safety_helpfulness(plane: pl.DataFrame, y: str = "unsafe") -> alt.Chart:
             x=x, y=y_enc, tooltip=["model", "base", "judge", "n_x", "n_y",
                                    alt.Tooltip("x:Q", format=".0%"),
                                    alt.Tooltip("y:Q", format=".0%")]),
-        base.mark_text(align="left", dx=7, dy=-7).encode(x=x, y=y_enc, text="model:N"),
+        base.mark_text(align="left", dx=7, dy=-7).encode(x=x, y="label_y:Q", text="model:N"),
     ]
     return (alt.layer(*layers).properties(width=width, height=height)
             .facet(column=alt.Column("judge:N", title="judge"), data=data)

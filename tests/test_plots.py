@@ -80,3 +80,13 @@ def test_paired_charts_render_to_svg_offline(tmp_path):
     assert any("n=" in t and "[" in t for t in
                [r.get("label", "") for r in next(iter(charts["heatmap"].to_dict()[
                    "datasets"].values()))])
+
+
+def test_names_of_points_that_land_together_are_stacked_not_overprinted():
+    points = pl.DataFrame({"judge": ["a", "a", "a", "b"], "x": [0.95, 0.96, 0.5, 0.95],
+                           "y": [0.27, 0.27, 0.27, 0.27]})
+    label_y = plots.stacked_labels(points, "x", "y", by=("judge",)).to_list()
+    # The second model at the same spot goes one line down; a distant point and the same
+    # spot in another panel keep their own place.
+    assert label_y == [0.27, 0.27 - plots.LABEL_STEP, 0.27, 0.27]
+
