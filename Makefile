@@ -33,10 +33,13 @@ demo: setup
 
 # Two processes side by side: the unit tests, and the notebook series (in order, in one
 # process: each notebook reads the tables the one before wrote), whose report follows.
+# One torch thread each (the unit tests set theirs in tests/conftest.py): two processes of
+# two threads on two cores make torch's threads wait on each other, several times slower.
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 test: setup
 	@mkdir -p runs
-	@$(PYTEST) --nbval-lax --nbval-current-env notebooks > runs/test-notebooks.log 2>&1 & \
+	@OMP_NUM_THREADS=1 $(PYTEST) --nbval-lax --nbval-current-env notebooks \
+		> runs/test-notebooks.log 2>&1 & \
 	series=$$!; $(PYTEST) tests; unit=$$?; wait $$series; nb=$$?; \
 	echo "--- the notebook series (runs/test-notebooks.log) ---"; cat runs/test-notebooks.log; \
 	[ $$unit -eq 0 ] && [ $$nb -eq 0 ]
