@@ -3,19 +3,6 @@
 A notebook cell is a call plus a display; the looping, skipping of stored work and writing
 of tables lives here, tested like any other package code.
 
-``data_stage``         01_data: prepare the config's queries (filters, variants), write
-                       ``queries``
-``generation_stage``   02_generate: ask every model every query (stored answers reused,
-                       failures retried), write ``generations`` and ``generation_stats``
-``judging_stage``      03_judge: judge every current generation with each judge (stored
-                       verdicts are reused, failed ones retried), write ``judgements``,
-                       ``results`` and ``judge_disagreements``
-``guard_stage``        04_guardrails: guards on the run's own queries (every variant),
-                       cross-fitted operating points, paired brittleness, and guarded
-                       pipelines over the stored results; ``guard_*`` tables
-``summary_stage``      06_report: the report's rate tables, Parquet and CSV
-=====================  ============================================================
-=======
 =========================  ========================================================
 ``data_stage``             01_data: prepare the config's queries (filters, variants),
                            write ``queries``
@@ -112,7 +99,7 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
     differently, at the compliance split; empty with one judge).
 
     Args:
-        run: The run (``runner.open_run``).
+        run: The run (``config.open_run``).
         judges: Judge names (``judge.load_judge``); default: the config's ``judges``.
         progress: Show a progress bar per judge.
 
@@ -165,8 +152,9 @@ def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str 
                       [_files_key(src) for src in sources], _files_key(safe),
                       limit, n_boot, seed)
     marker = run.run_dir / "tables" / "judge_validation_key.json"
-    if marker.exists() and json.loads(marker.read_text()).get("key") == key:
-        return _read_validation(run, json.loads(marker.read_text()))
+    kept = json.loads(marker.read_text()) if marker.exists() else {}
+    if kept.get("key") == key:
+        return _read_validation(run, kept)
     report = validation.validate(judges, sources, safe, limit=limit, n_boot=n_boot, seed=seed)
     parts = {"false_alarm": report.false_alarm, "cross_validation": report.cross_validation,
              "disagreements": report.disagreements, "baselines": report.baselines}
@@ -224,7 +212,7 @@ def guard_stage(run: Run, guards: Sequence[str], limit: int | None = None,
 
     The run's direct queries (the first ``limit`` harmful ones and their twins, when set) are
     wrapped in every prompt variant and scored with each guard: ROC sweep, cross-fitted
-    operating point at the false-block ``budget`` (``guard.evaluate``), paired brittleness.
+    operating point at the false-block ``budget`` (``guard.evaluate_guards``), paired brittleness.
     ``pipeline_guard`` then guards the stored results (input; input and output), reusing the
     prompt scores just made. Tables ``guard_<name>`` are written for each part.
 
@@ -275,7 +263,6 @@ def summary_stage(run: Run) -> dict[str, pl.DataFrame]:
         for name, table in tables.items():
             store.write_table(run.run_dir, name, table, csv=True)
     return tables
-
 
 
 def amplification_stage(run: Run, n_boot: int = 2000, seed: int = 0,
