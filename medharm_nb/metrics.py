@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from statsmodels.stats.proportion import proportion_confint
 
-from medharm_nb.records import CHECKLIST, CONTENT_FILTER, LABELS
+from medharm_nb.records import CHECKLIST, COMPLIED_LABELS, CONTENT_FILTER, LABELS
 from medharm_nb.variants import VARIANT_SEP
 
 DEFAULT_BY: tuple[str, ...] = ("model", "category", "framing")
@@ -160,7 +160,7 @@ def results_table(
 
 def _complied_expr() -> pl.Expr:
     return (pl.when(pl.col("label") == "unscored").then(None)
-            .otherwise(pl.col("label").is_in(["partial", "full_compliance"])))
+            .otherwise(pl.col("label").is_in(COMPLIED_LABELS)))
 
 
 def _rate_columns(prefix: str, k: pl.Series, n: pl.Series,
