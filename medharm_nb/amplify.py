@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import polars as pl
 
-from medharm_nb.metrics import cluster_column, safety_summary
+from medharm_nb.metrics import cluster_column, holm, safety_summary
 
 OUTCOMES: dict[str, str] = {
     "compliance": "did not refuse (share of answers)",
@@ -186,23 +186,6 @@ def wilcoxon_clusters(per_cluster: Sequence[float]) -> dict[str, float]:
     r_plus, r_minus = ranks[nonzero > 0].sum(), ranks[nonzero < 0].sum()
     return {"statistic": float(result.statistic), "p": float(result.pvalue), "n_up": up,
             "n_down": down, "effect": float((r_plus - r_minus) / (r_plus + r_minus))}
-
-
-def holm(p: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values; NaN stays NaN and is not counted.
-
-    The same numbers as statsmodels' ``multipletests(p, method="holm")`` (the tests check
-    it), written out because that function runs a full ``gc.collect()`` on every call: about
-    0.2 s each with torch loaded, times dozens of families per run.
-    """
-    values = np.asarray(p, dtype=float)
-    out = np.full(values.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(values))
-    if ok.size:
-        order = ok[np.argsort(values[ok], kind="stable")]
-        scaled = values[order] * np.arange(ok.size, 0, -1)
-        out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
-    return out.tolist()
 
 
 # -- the analysis ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from medharm_nb import amplify
+from medharm_nb import amplify, metrics
 
 PAIR = [("ft-model", "base-model")]
 
@@ -102,8 +102,8 @@ def test_wilcoxon_matches_scipy_on_fixed_fixtures():
 
 def test_holm_matches_statsmodels():
     p = [0.01, 0.04, 0.03, 0.2, 0.0001, 0.5]
-    assert amplify.holm(p) == pytest.approx(multipletests(p, method="holm")[1])
-    with_nan = amplify.holm([0.02, math.nan, 0.01])
+    assert metrics.holm(p) == pytest.approx(multipletests(p, method="holm")[1])
+    with_nan = metrics.holm([0.02, math.nan, 0.01])
     assert math.isnan(with_nan[1])
     assert [with_nan[0], with_nan[2]] == pytest.approx(multipletests([0.02, 0.01],
                                                                      method="holm")[1])

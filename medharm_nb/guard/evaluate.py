@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from medharm_nb.metrics import auroc, wilson_interval
+from medharm_nb.metrics import auroc, holm, wilson_interval
 from medharm_nb.variants import VARIANTS, apply_variants
 
 ATTACKS: tuple[str, ...] = tuple(VARIANTS)
@@ -152,7 +152,6 @@ def brittleness(fitted: pl.DataFrame, level: float = 0.95, n_boot: int = 2000,
     """
     from scipy.stats import bootstrap
     from statsmodels.stats.contingency_tables import mcnemar
-    from statsmodels.stats.multitest import multipletests
 
     harm = fitted.filter(pl.col("risk") == "harmful")
     rows = []
@@ -178,10 +177,10 @@ def brittleness(fitted: pl.DataFrame, level: float = 0.95, n_boot: int = 2000,
                           "drop": float(d.mean()) + 0.0, "drop_lo": lo, "drop_hi": hi,
                           "level": adjusted,
                           "p_value": float(mcnemar(both, exact=True).pvalue)})
-        holm = multipletests([r["p_value"] for r in block], method="holm")[1]
+        adjusted_p = holm([r["p_value"] for r in block])
         worst = max(block, key=lambda r: r["drop"])["variant"]
         rows += [{**r, "p_holm": float(p), "worst": r["variant"] == worst}
-                 for r, p in zip(block, holm)]
+                 for r, p in zip(block, adjusted_p)]
     return pl.DataFrame(rows)
 
 
