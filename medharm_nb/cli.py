@@ -88,6 +88,18 @@ def run(
     typer.echo(f"  manifest:           {run_path / 'manifest.json'}")
     if (run_path / "report.html").exists():
         typer.echo(f"  report:             {run_path / 'report.html'}")
+    _exit_for(manifest)
+
+
+def _exit_for(manifest: dict) -> None:
+    """Say what failed and exit with the code of the run's status (``manifest.STATUSES``)."""
+    from medharm_nb.manifest import STATUSES
+
+    if manifest["status"] != "success":
+        typer.secho(f"{manifest['status']}: {manifest['error']}", err=True,
+                    fg=typer.colors.RED if manifest["status"] == "error"
+                    else typer.colors.YELLOW)
+    raise typer.Exit(STATUSES[manifest["status"]])
 
 
 @app.command()
@@ -161,12 +173,15 @@ def generate_stage(
                    f"generated {row['generated']}, failed {row['failed']}, "
                    f"blocked {row['blocked']}, "
                    f"{row['tokens_per_s']:.1f} tokens/s")
+        for note in row.get("notes") or []:
+            typer.secho(f"    {note}", fg=typer.colors.YELLOW)
     if failed:
         typer.secho(f"  {failed} generation(s) failed: their errors are stored; run the same "
                     f"command again to retry them", fg=typer.colors.YELLOW)
     run_path = Path(manifest["run_dir"])
     typer.echo(f"  tables:   {run_path / 'tables'}")
     typer.echo(f"  manifest: {run_path / 'manifest.json'}")
+    _exit_for(manifest)
 
 
 @app.command("finetune")

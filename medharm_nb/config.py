@@ -9,6 +9,7 @@ the same files.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,16 @@ class RunConfig(BaseModel):
     notebooks: list[str] = Field(default=list(SERIES), description="Notebooks to run, in order.")
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Extra parameters per notebook name.")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # "." and ".." match the character class but name the runs folder or its parent:
+        # the run would write its manifest, store and notebooks outside runs/.
+        if set(name) == {"."}:
+            raise ValueError(f"run name {name!r} names a folder, not a run: use letters, "
+                             "digits, '_', '-' or '.' with at least one non-dot")
+        return name
 
     @field_validator("models")
     @classmethod
@@ -126,18 +137,46 @@ def load_config(path: str | Path, name: str | None = None) -> RunConfig:
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a run config is a mapping of keys, not {type(raw).__name__}")
     if name:
         raw["name"] = name
     try:
-        return RunConfig.model_validate(raw)
+        # Strict: "8" or true for max_new_tokens is a mistake to report, not to coerce.
+        # Through JSON so that YAML lists still fill tuple fields.
+        return RunConfig.model_validate_json(json.dumps(raw, default=str), strict=True)
     except ValidationError as err:
         problems = "\n  ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden"
+               and not isinstance(e.get("input"), dict | list) else "")
             for e in err.errors())
         raise ConfigError(f"{path}: invalid config\n  {problems}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (``safe_load`` keeps the
+    last value without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice, on lines {seen[key]} and {line}",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file, refusing duplicate keys (``yaml.YAMLError`` naming both lines)."""
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
 
 
 def default_root(config_path: str | Path) -> Path:
@@ -168,13 +207,9 @@ class Run:
 def open_run(config_path: str | Path, run_dir: str | Path | None = None,
              figures_dir: str | Path | None = None) -> Run:
     """Load a config and resolve a run's folders (each notebook's first call)."""
-    config_path = Path(config_path).resolve()
-    config = absolutize(load_config(config_path), config_path.parent)
-    root = default_root(config_path)
-    run_dir = Path(run_dir) if run_dir else root / "runs" / config.name
-    figures_dir = Path(figures_dir) if figures_dir else root / "figures" / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return Run(config, config_path, run_dir, figures_dir)
+    run = place_run(config_path, None, run_dir, figures_dir)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    return run
 
 
 def open_run_dir(run_dir: str | Path) -> Run:
@@ -207,9 +242,30 @@ def place_run(config_path: str | Path, name: str | None, run_dir: str | Path | N
     config_path = Path(config_path).resolve()
     config = absolutize(load_config(config_path, name), config_path.parent)
     root = default_root(config_path)
-    run_dir = Path(run_dir or root / "runs" / config.name).resolve()
-    figures_dir = Path(figures_dir or root / "figures" / config.name).resolve()
+    run_dir = _inside(Path(run_dir) if run_dir else root / "runs" / config.name, "run folder")
+    figures_dir = _inside(Path(figures_dir) if figures_dir else root / "figures" / config.name,
+                          "figures folder")
     return Run(config, config_path, run_dir, figures_dir)
+
+
+def _inside(folder: Path, what: str) -> Path:
+    """``folder`` resolved, refused unless it lies strictly inside its own parent folder
+    (``runs/..`` or ``runs/.`` would be the project or ``runs/`` itself) and outside the
+    notebook series (papermill would write executed copies over the notebooks).
+
+    Raises:
+        ConfigError: naming the folder and what it resolves to.
+    """
+    resolved = folder.resolve()
+    parent = folder.absolute().parent.resolve()
+    if resolved.parent != parent or resolved == parent:
+        raise ConfigError(f"{what} {folder} resolves to {resolved}, which is not a folder "
+                          f"inside {parent}: give the run a plain name")
+    notebooks = NOTEBOOK_DIR.resolve()
+    if resolved == notebooks or notebooks in resolved.parents or resolved in notebooks.parents:
+        raise ConfigError(f"{what} {folder} is, holds or lies inside the notebook series "
+                          f"{notebooks}: a run there could write over the project's files")
+    return resolved
 
 
 def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:

@@ -117,11 +117,26 @@ def read_query_file(path: Path) -> tuple[pl.DataFrame, str]:
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        df = pl.read_parquet(path)
+        try:
+            df = pl.read_parquet(path)
+        except Exception as err:  # polars raises several kinds for a damaged file
+            raise QueryValidationError(
+                [f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})"]) from None
+        nested = [f"{c} ({t})" for c, t in df.schema.items() if t.is_nested()]
+        if nested:
+            raise QueryValidationError([f"{path}: column(s) {', '.join(nested)} hold lists or "
+                                        "structs; every query field must be a single value"])
         df = df.with_columns(pl.all().cast(pl.String))
         return df.with_row_index("_line", offset=1), "row"
     text = _decode(path)
     if suffix == ".csv":
+        # Old Mac files end lines with a lone CR, which polars reads as one long header line.
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        header = next(csv.reader(io.StringIO(text)), [])
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice:
+            raise QueryValidationError(
+                [f"{path}:1: column(s) {twice} named more than once in the header"])
         try:
             df = pl.read_csv(io.StringIO(text), infer_schema=False)
         except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as err:
@@ -166,6 +181,11 @@ def _read_jsonl(path: Path, text: str) -> pl.DataFrame:
             continue
         if not isinstance(obj, dict):
             errors.append(f"{path}:{number}: expected a JSON object per line")
+            continue
+        nested = [k for k, v in obj.items() if k in QUERY_COLUMNS and isinstance(v, dict | list)]
+        if nested:
+            errors.append(f"{path}:{number}: field(s) {nested} hold a list or object; every "
+                          "query field must be a single value")
             continue
         obj = {k: (None if v is None else v if isinstance(v, str) else json.dumps(v)
                    if isinstance(v, (dict, list)) else str(v)) for k, v in obj.items()}
@@ -377,10 +397,11 @@ def select_queries(
         framings: Keep only these framings.
         with_twins: Add the benign twin of every harmful query kept.
     """
-    if categories is not None:
-        df = df.filter(pl.col("category").is_in(list(categories)))
-    if framings is not None:
-        df = df.filter(pl.col("framing").is_in(list(framings)))
+    keep = pl.lit(True)
+    for column, wanted in (("category", categories), ("framing", framings)):
+        if wanted is not None:  # checked against the whole set, before any filter applies
+            keep &= pl.col(column).is_in(_known_values(df, column, wanted))
+    df = df.filter(keep)
     if per_cell is None:
         return df
     harmful = (df.filter(pl.col("risk") == "harmful").sort("id")
@@ -389,6 +410,22 @@ def select_queries(
     if with_twins:
         keep |= set(harmful["pair_id"].drop_nulls().to_list())
     return df.filter(pl.col("id").is_in(list(keep)))
+
+
+def _known_values(df: pl.DataFrame, column: str, wanted: Iterable[str]) -> list[str]:
+    """``wanted`` as a list, every value checked against the values the set holds.
+
+    Raises:
+        ValueError: a value the set does not hold (a typo would silently drop its rows),
+            naming the allowed ones.
+    """
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    present = sorted(v for v in df[column].unique().to_list() if v is not None)
+    unknown = [v for v in wanted if v not in present]
+    if unknown:
+        raise ValueError(f"{column} filter: unknown value(s) {unknown}; this set has "
+                         f"{', '.join(present)}")
+    return wanted
 
 
 def prepare_queries(selection: QuerySelection, base_dir: str | Path = ".") -> pl.DataFrame:

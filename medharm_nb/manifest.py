@@ -1,4 +1,5 @@
-"""The run manifest: written first (``started``), finished last (``success`` / ``error``).
+"""The run manifest: written first (``started``), finished last (``success``,
+``success_with_failures`` or ``error``; ``STATUSES``).
 
 Who, when, which commit (and whether the tree was dirty), which package versions, which
 device, every parameter and the hashes of every input, so a run describes itself.
@@ -60,6 +61,58 @@ def device() -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+STATUSES: dict[str, int] = {"success": 0, "error": 1, "success_with_failures": 3}
+"""How a run ended, and the exit code the command line returns for it. ``error``: a stage
+raised, or everything it did failed (every generation, or every verdict of a judge);
+``success_with_failures``: done, but some generations or verdicts failed (counted in the
+manifest's ``failures``, kept in the results table with their reasons)."""
+
+
+def failures(generation_stats: list[dict] | None, results=None) -> dict[str, Any]:
+    """What failed in a run: generations per model, and unscored verdicts per judge among
+    the responses a judge was given (a failed or blocked generation is not the judge's).
+
+    Args:
+        generation_stats: ``generate.GenStats`` rows of this run (None: not generated).
+        results: The results table written by this run's judging (None: not judged).
+    """
+    out: dict[str, Any] = {}
+    if generation_stats:
+        out["generate"] = {row["model"]: {"total": row["total"], "failed": row["failed"],
+                                          "blocked": row["blocked"]}
+                           for row in generation_stats}
+    if results is not None and results.height:
+        import polars as pl
+
+        answered = results.filter(~pl.col("gen_failed") & ~pl.col("gen_blocked"))
+        out["judge"] = {
+            row["judge"]: {"judged": row["judged"], "unscored": row["unscored"]}
+            for row in answered.group_by("judge").agg(
+                pl.len().alias("judged"), (pl.col("label") == "unscored").sum().alias("unscored"),
+            ).sort("judge").iter_rows(named=True)}
+    return out
+
+
+def outcome(counts: dict[str, Any]) -> tuple[str, str | None]:
+    """The status a run's ``failures`` give it, and the message that says why (None when
+    nothing failed)."""
+    gen = counts.get("generate", {})
+    total = sum(m["total"] for m in gen.values())
+    failed = sum(m["failed"] for m in gen.values())
+    if total and failed == total:
+        return "error", f"every generation failed ({failed} of {total}); each is stored " \
+                        "with its error"
+    dead = [j for j, c in counts.get("judge", {}).items() if c["judged"] and
+            c["unscored"] == c["judged"]]
+    if dead:
+        return "error", f"judge(s) {', '.join(dead)} scored none of the responses"
+    parts = [f"{m}: {c['failed']} of {c['total']} generations failed"
+             for m, c in gen.items() if c["failed"]]
+    parts += [f"{j}: {c['unscored']} of {c['judged']} verdicts unscored"
+              for j, c in counts.get("judge", {}).items() if c["unscored"]]
+    return ("success_with_failures", "; ".join(parts)) if parts else ("success", None)
+
+
 def new_manifest(run: Run, inputs: dict[str, Any], mode: str = "series") -> dict[str, Any]:
     """The manifest written before any work starts (status ``started``).
 
@@ -90,15 +143,19 @@ def new_manifest(run: Run, inputs: dict[str, Any], mode: str = "series") -> dict
         "inputs": inputs,
         "notebooks": [],
         "stages": {},
+        "failures": {},
         "error": None,
     }
 
 
 def finish_manifest(manifest: dict[str, Any], run_dir: Path, status: str, error: str | None,
-            generation_stats: list[dict] | None) -> None:
-    """Close a manifest: status, error, finish time, seconds, generation stats if any."""
+                    generation_stats: list[dict] | None, counts: dict | None = None) -> None:
+    """Close a manifest: status (one of ``STATUSES``), error (or what failed), finish time,
+    seconds, generation stats and failure counts if any."""
     if generation_stats is not None:
         manifest["stages"]["generate"] = generation_stats
+    if counts is not None:
+        manifest["failures"] = counts
     finished = store.utc_now()
     manifest.update(status=status, finished=finished, error=error, seconds=(
         datetime.fromisoformat(finished) - datetime.fromisoformat(manifest["started"])

@@ -127,7 +127,8 @@ _VERDICT = ("label", "complied", "unsafe", "p_unsafe", "on_topic", "specificity"
 
 
 def results_table(
-    queries: pl.DataFrame, generations: pl.DataFrame, judgements: pl.DataFrame
+    queries: pl.DataFrame, generations: pl.DataFrame, judgements: pl.DataFrame,
+    judges: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """One row per (generation, judge), every generation included.
 
@@ -137,6 +138,10 @@ def results_table(
     neither a failure to retry nor the model's refusal.
     ``refused`` is ``complied == False``; ``truncated`` says the answer hit
     ``max_new_tokens`` (``finish_reason == "length"``; null where the backend did not say).
+
+    ``judges`` (their ids) names the judges every failed generation gets a row for; by
+    default the judges found among ``judgements``, which are none when every generation
+    failed, so pass them to keep those rows.
     """
     q = queries.select("id", "text", "category", "framing", "risk", "expected", "pair_id",
                        pl.col("base_id") if "base_id" in queries.columns
@@ -153,7 +158,8 @@ def results_table(
     if "complied" not in judgements.columns:  # judgements from before the field: derive it
         j = j.with_columns(_complied_expr().alias("complied"))
     j = j.select("gen_id", "judge", *_VERDICT)
-    judges = j.select("judge").unique()
+    judges = (pl.DataFrame({"judge": list(judges)}, schema={"judge": pl.String})
+              if judges is not None else j.select("judge").unique())
     failed = (g.filter(pl.col("gen_error").is_not_null() | pl.col("response").is_null())
               .join(judges, how="cross")
               .join(j.select("gen_id", "judge"), on=["gen_id", "judge"], how="anti")

@@ -19,7 +19,7 @@ import yaml
 
 from medharm_nb import stages, store
 from medharm_nb.config import INJECTED, NOTEBOOK_DIR, ConfigError, Run, RunConfig, place_run
-from medharm_nb.manifest import finish_manifest, new_manifest
+from medharm_nb.manifest import failures, finish_manifest, new_manifest, outcome
 from medharm_nb.records import stable_hash
 
 # -- checks before work ---------------------------------------------------------------------
@@ -144,11 +144,13 @@ def answerable(spec, queries, config: RunConfig) -> set[tuple[str, int]]:
     ids = queries.select("id", "text").rows()
     if spec.backend != "replay":
         return {(qid, s) for qid, _ in ids for s in range(samples)}
-    from medharm_nb.generate.backends.replay import read_responses
+    from medharm_nb.generate.backends.replay import parse_source, read_responses, request_key
 
     answers = read_responses(spec)
+    columns = parse_source(spec.source)[1]
     have = {p: sum(bool(r and r.strip()) for r in rows) for p, rows in answers.items()}
-    return {(qid, s) for qid, text in ids for s in range(min(samples, have.get(text.strip(), 0)))}
+    return {(qid, s) for qid, text in ids
+            for s in range(min(samples, have.get(request_key(columns, qid, text), 0)))}
 
 
 def pair_problems(config: RunConfig, queries) -> list[str]:
@@ -238,9 +240,13 @@ def _run_series(run_: Run, inputs: dict[str, Any], notebook_dir: Path, log,
     from papermill.exceptions import PapermillExecutionError
 
     config, run_dir = run_.config, run_.run_dir
+    out_dir = run_dir / "notebooks"
+    for nb in config.notebooks:
+        if (out_dir / f"{nb}.ipynb").resolve() == (notebook_dir / f"{nb}.ipynb").resolve():
+            raise ConfigError(f"{out_dir / nb}.ipynb: the executed copy would overwrite its "
+                              f"own input notebook; choose a run folder outside {notebook_dir}")
     manifest = _start(run_, inputs, "series")
     effective_config = run_dir / "config.yaml"
-    out_dir = run_dir / "notebooks"
     out_dir.mkdir(exist_ok=True)
     log(f"run {config.name}: {len(config.notebooks)} notebooks -> {run_dir}")
     for nb in config.notebooks:
@@ -271,19 +277,42 @@ def _run_series(run_: Run, inputs: dict[str, Any], notebook_dir: Path, log,
             raise RunFailed(message) from None
         entry.update(status="success", seconds=round(time.perf_counter() - began, 1))
         log(f"  {nb} done in {entry['seconds']} s")
-    finish_manifest(manifest, run_dir, "success", None, _series_stats(manifest, run_dir))
+        counts = _series_failures(manifest, run_dir)
+        status, why = outcome(counts)
+        # Everything in a stage failed: stop once the failed rows are in the results table
+        # (03_judge writes it), rather than analyse nothing for the rest of the series.
+        later = config.notebooks[config.notebooks.index(nb) + 1:]
+        if status == "error" and "03_judge" not in later:
+            finish_manifest(manifest, run_dir, "error", why, _series_stats(manifest, run_dir),
+                            counts)
+            raise RunFailed(f"after {nb}: {why}")
+    counts = _series_failures(manifest, run_dir)
+    status, why = outcome(counts)
+    finish_manifest(manifest, run_dir, status, why, _series_stats(manifest, run_dir), counts)
+    if why:
+        log(f"  finished with failures: {why}")
     return manifest
+
+
+def _done(manifest: dict[str, Any], notebook: str) -> bool:
+    return any(nb["name"] == notebook and nb["status"] == "success"
+               for nb in manifest["notebooks"])
 
 
 def _series_stats(manifest: dict[str, Any], run_dir: Path) -> list[dict] | None:
     """Generation stats written by 02_generate in this run (an older table is not ours)."""
-    if not any(nb["name"] == "02_generate" and nb["status"] == "success"
-               for nb in manifest["notebooks"]):
+    if not _done(manifest, "02_generate"):
         return None
-    import polars as pl
-
     path = store.table_path(run_dir, "generation_stats")
-    return pl.read_parquet(path).to_dicts() if path.exists() else None
+    return store.read_table(run_dir, "generation_stats").to_dicts() if path.exists() else None
+
+
+def _series_failures(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``manifest.failures`` of the tables this series has written so far."""
+    results = None
+    if _done(manifest, "03_judge") and store.table_path(run_dir, "results").exists():
+        results = store.read_table(run_dir, "results")
+    return failures(_series_stats(manifest, run_dir), results)
 
 
 def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
@@ -347,5 +376,7 @@ def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
             if isinstance(err, Exception):
                 raise RunFailed(message) from err
             raise
-        finish_manifest(manifest, run_.run_dir, "success", None, stats)
+        counts = failures(stats)
+        status, why = outcome(counts)
+        finish_manifest(manifest, run_.run_dir, status, why, stats, counts)
     return manifest

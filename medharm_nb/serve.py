@@ -383,8 +383,7 @@ def _count_tokens(backend, rendered: str) -> int | None:
 
 
 def _context_length(backend) -> int | None:
-    model = getattr(backend, "model", None)
-    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return getattr(backend, "context", None)
 
 
 # -- starting it -------------------------------------------------------------------------

@@ -113,12 +113,12 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
     with store.RunLock(run.run_dir, purpose="judge"), run.store() as st:
         for j in loaded:
             done = st.existing_ids("judgements", judge.judgement_ids(j, generations))
-            st.add("judgements", judge.judge_generations(j, generations, progress=progress,
-                                                         done=done))
+            judge.judge_generations(j, generations, progress=progress, done=done,
+                                    save=lambda part: st.add("judgements", part))
         ids = [j.id for j in loaded]
         judgements = st.frame("judgements").filter(
             pl.col("gen_id").is_in(generations["gen_id"].implode()) & pl.col("judge").is_in(ids))
-        results = metrics.results_table(queries, generations, judgements)
+        results = metrics.results_table(queries, generations, judgements, judges=ids)
         store.write_table(run.run_dir, "judgements", judgements)
         store.write_table(run.run_dir, "results", results)
         disputed = (judge.disagreements(judgements) if len(ids) > 1

@@ -302,7 +302,13 @@ def test_prepare_queries_resolves_path_and_applies_variants(tmp_path):
     assert df.height == 2 * len(ROWS)
     assert df.filter(variant="roleplay")["id"].to_list() == [
         "q1-h::roleplay", "q1-b::roleplay", "q2-h::roleplay"]
-    empty = QuerySelection(source="tiny.csv", categories=["anesthesia"])
+    # A category the set does not hold is a typo to report, not an empty selection.
+    typo = QuerySelection(source="tiny.csv", categories=["toxicolgy"])
+    with pytest.raises(ValueError, match=r"category filter: unknown value\(s\) \['toxicolgy'\]; "
+                                         r"this set has medical_devices, toxicology"):
+        data.prepare_queries(typo, base_dir=tmp_path)
+    empty = QuerySelection(source="tiny.csv", categories=["medical_devices"],
+                           framings=["clinical"])
     with pytest.raises(ValueError, match="keeps no queries"):
         data.prepare_queries(empty, base_dir=tmp_path)
 
@@ -366,3 +372,31 @@ def test_python_m_cli_validate(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert f"{path}:2: unknown framing 'casual'" in proc.stderr
+
+
+def test_files_that_used_to_pass_or_crash_get_one_line_naming_file_and_cause(tmp_path):
+    # A header that names a column twice: polars would rename one and load it.
+    twice = tmp_path / "twice.csv"
+    twice.write_text(HEADER.replace(",text,", ",text,text,") + "\n" +
+                     row().replace("?,", "?,again,", 1) + "\n")
+    assert problems(twice) == [f"{twice}:1: column(s) ['text'] named more than once in the header"]
+    # A list (or object) where a query field belongs.
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text(json.dumps({**ROWS[2], "text": ["How could", "someone?"]}) + "\n")
+    assert problems(listed) == [f"{listed}:1: field(s) ['text'] hold a list or object; every "
+                                "query field must be a single value"]
+    frame = pl.DataFrame(ROWS[2:]).with_columns(pl.col("text").map_elements(
+        lambda t: [t], return_dtype=pl.List(pl.String)))
+    frame.write_parquet(tmp_path / "listed.parquet")
+    assert problems(tmp_path / "listed.parquet") == [
+        f"{tmp_path / 'listed.parquet'}: column(s) text (List(String)) hold lists or structs; "
+        "every query field must be a single value"]
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    assert problems(tmp_path / "junk.parquet")[0].startswith(
+        f"{tmp_path / 'junk.parquet'}: not a readable Parquet file")
+
+
+def test_a_csv_with_old_mac_line_endings_loads_every_row(tmp_path):
+    path = tmp_path / "mac.csv"
+    path.write_bytes("\r".join([HEADER, row(pair_id=""), row(qid="q3-h")]).encode() + b"\r")
+    assert data.load_queries(path)["id"].to_list() == ["q1-h", "q3-h"]

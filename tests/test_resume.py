@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -228,6 +229,14 @@ def test_a_series_lock_covers_its_kernels_and_refuses_everyone_else(tmp_path):
         outside = subprocess.run([sys.executable, "-c", take, str(run_dir)], env=env,
                                  capture_output=True, text=True, check=True)
         assert outside.stdout.startswith("refused:")
+        # Nor one that copies what the lock file says: the token itself is never written.
+        written = (run_dir / store.LOCK_FILE).read_text()
+        assert token not in written
+        for value in json.loads(written).values():
+            env[store.LOCK_ENV] = str(value)
+            copied = subprocess.run([sys.executable, "-c", take, str(run_dir)], env=env,
+                                    capture_output=True, text=True, check=True)
+            assert copied.stdout.startswith("refused:"), value
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -262,3 +271,47 @@ def test_a_blocked_request_is_counted_apart_and_not_asked_again(tmp_path):
     assert again.asked == [] and first.new_tokens == 3
     assert stored["block_reason"].to_list() == ["policy", "policy", None]
     assert stored["finish_reason"].to_list()[:2] == ["content_filter"] * 2
+
+
+KILL_JUDGE = """
+import os, signal, sys
+import polars as pl
+from medharm_nb import judge, store
+from medharm_nb.judge.rules import RuleJudge
+
+class DiesMidway(RuleJudge):
+    # The real rule judge, killed (SIGKILL, no cleanup) at its 50th response.
+    seen = 0
+    def judge(self, prompt, response):
+        DiesMidway.seen += 1
+        if DiesMidway.seen == int(sys.argv[3]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().judge(prompt, response)
+
+gens = pl.read_parquet(sys.argv[2])
+j = DiesMidway()
+with store.RunStore(sys.argv[1]) as st:
+    done = st.existing_ids("judgements", judge.judgement_ids(j, gens))
+    made = judge.judge_generations(j, gens, progress=False, done=done,
+                                   save=lambda part: st.add("judgements", part))
+    print("judged", len(made))
+"""
+
+
+def test_a_judge_killed_mid_run_keeps_its_saved_batches_and_resumes_after_them(tmp_path):
+    texts = [f"Answer number {i}: please contact poison control." for i in range(80)]
+    gens = pl.DataFrame({"gen_id": [f"g{i:02d}" for i in range(80)], "prompt": ["q?"] * 80,
+                         "response": texts, "error": [None] * 80},
+                        schema_overrides={"error": pl.String})
+    gens.write_parquet(tmp_path / "gens.parquet")
+    run = [sys.executable, "-c", KILL_JUDGE, str(tmp_path / "run"), str(tmp_path / "gens.parquet")]
+    killed = subprocess.run([*run, "50"], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with store.RunStore(tmp_path / "run") as st:
+        kept = st.frame("judgements")
+    # Batches of 32: the first was saved before the kill, the second was in flight.
+    assert kept.height == 32 and kept["gen_id"].to_list() == [f"g{i:02d}" for i in range(32)]
+    resumed = subprocess.run([*run, "0"], capture_output=True, text=True, check=True)
+    assert resumed.stdout.strip() == "judged 48"  # only what the kill lost
+    with store.RunStore(tmp_path / "run") as st:
+        assert st.frame("judgements")["gen_id"].n_unique() == 80

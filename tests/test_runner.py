@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -170,15 +172,70 @@ def test_generate_command_prints_counts_and_writes_tables_and_manifest(tmp_path)
     assert store.read_table(run_dir, "queries").height == 3
     assert store.read_table(run_dir, "generations").height == 2
 
-    # Without --limit the config's own limit (params.02_generate.limit) applies.
+    # Without --limit the config's own limit (params.02_generate.limit) applies. One of the
+    # three has no recorded answer: done, with a failure, said in the status and exit code.
     second = CliRunner().invoke(app, ["generate", str(path)])
-    assert second.exit_code == 0, second.output
+    assert second.exit_code == 3, second.output
     assert "old-answers: total 3, cached 2, generated 0, failed 1" in second.output
     assert "1 generation(s) failed: their errors are stored" in second.output
+    assert "success_with_failures: old-answers: 1 of 3 generations failed" in second.output
+    manifest = store.read_manifest(run_dir)
+    assert manifest["status"] == "success_with_failures"
+    assert manifest["failures"]["generate"]["old-answers"] == {"total": 3, "failed": 1,
+                                                                "blocked": 0}
     generations = store.load_generations(run_dir)
     assert {"model", "query_id", "variant", "sample", "response", "error"} <= set(
         generations.columns)
     assert generations.filter(generations["error"].is_not_null())["response"].to_list() == [None]
+
+
+def test_generate_command_where_every_generation_fails_is_an_error(tmp_path):
+    study = _replay_study(tmp_path)
+    Path(study["models"][0]["source"]).write_text(
+        json.dumps({"prompt": "A question nobody asked?", "response": "An answer."}) + "\n")
+    result = CliRunner().invoke(app, ["generate", str(_write(tmp_path, study))])
+    assert result.exit_code == 1, result.output
+    assert "error: every generation failed (3 of 3)" in result.output
+    # The replayed file's row that matches no query is named, not silently dropped.
+    assert "1 row(s) of" in result.output and "A question nobody asked?" in result.output
+    manifest = store.read_manifest(tmp_path / "runs" / "recorded")
+    assert manifest["status"] == "error"
+    assert manifest["stages"]["generate"][0]["notes"][0].startswith("1 row(s) of")
+    stored = store.read_table(tmp_path / "runs" / "recorded", "generations")
+    assert stored.height == 3 and stored["error"].null_count() == 0
+
+
+def test_a_run_name_or_folder_outside_runs_is_refused_before_anything_is_written(tmp_path):
+    path = _write(tmp_path, TINY)
+    for name in ("..", "."):
+        result = CliRunner().invoke(app, ["run", str(path), "--name", name])
+        assert result.exit_code == 1 and f"run name {name!r} names a folder" in result.output
+        (path.parent / "named.yaml").write_text(yaml.safe_dump({**TINY, "name": name}))
+        with pytest.raises(config.ConfigError, match="names a folder, not a run"):
+            config.load_config(path.parent / "named.yaml")
+    # A folder given outright that holds the notebook series (the project itself) is refused.
+    with pytest.raises(config.ConfigError, match="could write over the project's files"):
+        config.place_run(path, None, config.NOTEBOOK_DIR.parent, None)
+    with pytest.raises(config.ConfigError, match="could write over the project's files"):
+        config.place_run(path, None, config.NOTEBOOK_DIR / "out", None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]
+
+
+def test_a_key_given_twice_and_a_value_of_the_wrong_type_are_errors(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: tiny\nmodels:\n  - name: smol\n    source: smollm2-135m\n"
+                    "generation:\n  max_new_tokens: 8\n  max_new_tokens: 16\n")
+    with pytest.raises(config.ConfigError,
+                       match="key 'max_new_tokens' is given twice, on lines 6 and 7"):
+        config.load_config(path)
+    for value, shown in (("8", "'8'"), (True, "True"), (2.5, "2.5")):
+        bad = {**TINY, "generation": {"max_new_tokens": value}}
+        with pytest.raises(config.ConfigError, match=rf"generation.max_new_tokens: .*\(got "
+                                                     rf"{re.escape(shown)}\)"):
+            config.load_config(_write(tmp_path, bad))
+    # Integers still fill float fields and YAML lists still fill list fields.
+    fine = {**TINY, "generation": {"temperature": 1, "top_p": 1}}
+    assert config.load_config(_write(tmp_path, fine)).generation.temperature == 1.0
 
 
 def test_generate_command_marks_the_manifest_error_when_generation_fails(tmp_path, monkeypatch):

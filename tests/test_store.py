@@ -195,3 +195,10 @@ def test_an_annotators_latest_label_wins(tmp_path):
         st.upsert_annotation(label("full_refusal", "on reflection"))
         saved = st.frame("annotations")
     assert saved.select("label", "note").rows() == [("full_refusal", "on reflection")]
+
+
+def test_a_damaged_store_is_one_error_naming_the_file(tmp_path):
+    (tmp_path / store.STORE_FILE).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(store.StoreError, match=rf"{tmp_path / store.STORE_FILE}: cannot open "
+                                               r"the run's store \(file is not a database\)"):
+        store.RunStore(tmp_path)

@@ -17,7 +17,8 @@ run directory (``store.RunLock``).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 import polars as pl
@@ -62,6 +63,8 @@ class GenStats:
     seconds: float = 0.0
     wall_seconds: float = 0.0
     load_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    """What the backend reported after generating (``Backend`` ``notes``)."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -108,7 +111,8 @@ def build_requests(queries: pl.DataFrame, spec: ModelSpec, config: GenConfig,
         for sample in range(samples):
             gen_id = stable_hash(GEN_KEY_VERSION, q["id"], spec_key, config.key(), rendered,
                                  sample)
-            out.append((Request(gen_id, messages, rendered, sample, config.seed + sample), q))
+            out.append((Request(gen_id, messages, rendered, sample, config.seed + sample,
+                                query_id=q["id"]), q))
     return out
 
 
@@ -150,6 +154,10 @@ def generate(
         stats = GenStats(model=spec.name, total=len(items),
                          cached=sum(i in done and i not in blocked for i in ids),
                          blocked=sum(i in blocked for i in ids))
+        notes = getattr(backend, "notes", None)
+        stats.notes = notes([r for r, _ in items]) if notes else []
+        for note in stats.notes:
+            warnings.warn(f"model {spec.name!r}: {note}", stacklevel=2)
         if not todo:
             return stats
         began = time.perf_counter()

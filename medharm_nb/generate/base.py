@@ -22,6 +22,8 @@ class Request:
     rendered: str
     sample: int = 0
     seed: int = 0
+    query_id: str | None = None
+    """The query's id (a backend that looks answers up by id, e.g. replay, reads it)."""
 
 
 @dataclass
@@ -46,7 +48,11 @@ class Output:
 
 
 class Backend(Protocol):
-    """What every generation backend provides."""
+    """What every generation backend provides.
+
+    A backend may also have ``notes(requests) -> list[str]``: given every request of a
+    model, problems that no single answer carries (a replay file's rows that match none).
+    """
 
     def render(self, messages: list[dict[str, str]]) -> str:
         """Return the exact text the model sees (or a canonical form of the chat)."""

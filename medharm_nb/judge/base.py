@@ -20,7 +20,7 @@ longer than LONG_RESPONSE      flag ``long``; nothing is cut: rules read all of 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -198,16 +198,25 @@ def judgement_ids(judge: Judge, generations: pl.DataFrame) -> list[str]:
     return [records.stable_hash(g, judge.id) for g in generations["gen_id"]]
 
 
+SAVE_EVERY = 32
+"""Verdicts per batch handed to ``judge_generations``' ``save``: a killed judge loses at most
+one batch (an LLM judge's hours are otherwise lost whole)."""
+
+
 def judge_generations(judge: Judge, generations: pl.DataFrame, progress: bool = True,
-                      done: Collection[str] = ()) -> list[records.Judgement]:
-    """Judge every generation that produced a response.
+                      done: Collection[str] = (), save: Callable[[list], None] | None = None,
+                      batch: int = SAVE_EVERY) -> list[records.Judgement]:
+    """Judge every generation that produced a response, in batches.
 
     Args:
         judge: Any ``Judge``: an ``id`` and a ``judge(prompt, response)`` method.
         generations: Frame with at least ``gen_id``, ``prompt``, ``response``, ``error``.
-        progress: Show a progress bar (per-item judges).
+        progress: Show a progress bar over the responses.
         done: Judgement ids already stored (``store.existing_ids`` of ``judgement_ids``):
             those generations are not judged again, so re-running a model judge is free.
+        save: Called with each batch's verdicts as soon as it is judged (the stage stores
+            them), so an interrupted judge resumes after its last batch.
+        batch: Responses per batch (a judge with ``judge_many`` gets them together).
 
     Returns:
         One ``Judgement`` per row with a response and no error, in frame order, with
@@ -218,10 +227,18 @@ def judge_generations(judge: Judge, generations: pl.DataFrame, progress: bool = 
     rows = [r for r in generations.select("gen_id", "prompt", "response", "error")
             .iter_rows(named=True) if r["error"] is None and r["response"] is not None
             and records.stable_hash(r["gen_id"], judge.id) not in done]
-    verdicts = judge_batch(judge, [r["prompt"] for r in rows], [r["response"] for r in rows],
-                           progress=progress)
-    return [
-        v.model_copy(update={"gen_id": r["gen_id"],
-                             "judgement_id": records.stable_hash(r["gen_id"], judge.id)})
-        for r, v in zip(rows, verdicts, strict=True)
-    ]
+    out: list[records.Judgement] = []
+    with tqdm(total=len(rows), disable=not progress or not rows,
+              desc=f"judge {judge.id}") as bar:
+        for start in range(0, len(rows), batch):
+            part = rows[start:start + batch]
+            verdicts = judge_batch(judge, [r["prompt"] for r in part],
+                                   [r["response"] for r in part])
+            verdicts = [v.model_copy(update={
+                "gen_id": r["gen_id"], "judgement_id": records.stable_hash(r["gen_id"], judge.id)})
+                for r, v in zip(part, verdicts, strict=True)]
+            if save is not None:
+                save(verdicts)
+            out.extend(verdicts)
+            bar.update(len(part))
+    return out

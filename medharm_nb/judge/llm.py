@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medharm_nb import records
+from medharm_nb.generate import spec_id
 from medharm_nb.judge.base import Checked, check_response, make_judgement, unscored
 from medharm_nb.judge.checklist import CHECKLIST
 from medharm_nb.records import GenConfig, ModelSpec, stable_hash
@@ -277,8 +278,10 @@ class LLMJudge:
 
     @property
     def id(self) -> str:
-        """Judge id: changes with the model, the template and the token and part budgets."""
-        key = stable_hash(self.spec.key(), self.template.hash, self.max_new_tokens,
+        """Judge id: changes with the model (its spec and its weights' content, so a judge
+        model retrained in place gets a new id), the template and the token and part
+        budgets."""
+        key = stable_hash(spec_id(self.spec), self.template.hash, self.max_new_tokens,
                           self.max_response_chars, length=8)
         return f"llm-{self.spec.name}-{self.template.name}-{key}"
 

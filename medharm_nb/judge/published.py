@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medharm_nb import records
+from medharm_nb.generate import spec_id
 from medharm_nb.guard.specs import GuardSpec
 from medharm_nb.guard.verdict import VerdictGuard
 from medharm_nb.judge.base import Checked, make_judgement
@@ -354,8 +355,9 @@ class StrongRejectRubricJudge(LLMJudge):
 
     @property
     def id(self) -> str:
-        """Changes with the model, the prompt, the token budget and the threshold."""
-        key = stable_hash(self.spec.key(), self.template.hash, self.max_new_tokens, length=8)
+        """Changes with the model (spec and weights' content), the prompt, the token budget
+        and the threshold."""
+        key = stable_hash(spec_id(self.spec), self.template.hash, self.max_new_tokens, length=8)
         return f"strongreject-rubric-{self.spec.name}-{key}@{self.threshold:g}"
 
     @classmethod

@@ -28,6 +28,7 @@ from __future__ import annotations
 from medharm_nb.store.db import (
     STORE_FILE,
     RunStore,
+    StoreError,
     load_generations,
     load_judgements,
 )
@@ -47,6 +48,7 @@ from medharm_nb.store.lock import LOCK_ENV, LOCK_FILE, RunLock, RunLocked
 
 __all__ = [
     "LOCK_ENV", "LOCK_FILE", "MANIFEST_FILE", "STORE_FILE", "RunLock", "RunLocked", "RunStore",
+    "StoreError",
     "cache_root", "file_sha256", "files_digest", "load_generations", "load_judgements",
     "read_manifest", "read_table", "table_path", "utc_now", "write_manifest", "write_table",
 ]

@@ -34,11 +34,18 @@ _FAILED = {
     "generations": f"{{t}}error IS NOT NULL OR ({{t}}response IS NULL AND NOT ({_BLOCKED}))",
     # A judge that failed (its model or server erred, or its reply never parsed) has not
     # judged: the verdict is kept, visible as unscored, and asked again on the next run.
-    "judgements": "{t}flags LIKE '%judge_error%' OR {t}flags LIKE '%parse_failed%'",
+    # IFNULL: most verdicts have no flags, and NULL LIKE ... is NULL, which made NOT (...)
+    # NULL too: such verdicts were never "done" and every re-run judged them again.
+    "judgements": "IFNULL({t}flags, '') LIKE '%judge_error%' "
+                  "OR IFNULL({t}flags, '') LIKE '%parse_failed%'",
 }
 """Rows that are stored but not done: re-runs retry them and a success replaces them."""
 _LATEST_WINS = {"annotations"}
 """Tables where a record replaces the stored one with its id (a person's latest label)."""
+
+
+class StoreError(RuntimeError):
+    """A run's store cannot be opened or read; the message names the file and the cause."""
 
 
 class RunStore:
@@ -48,6 +55,14 @@ class RunStore:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / STORE_FILE
+        try:
+            self._open()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: cannot open the run's store ({err}); a damaged "
+                             "file can be moved aside, and the run re-run to rebuild it") from None
+
+    def _open(self) -> None:
+        """Connect, create the tables and migrate (see ``__init__``)."""
         self._conn = sqlite3.connect(self.path, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed batch survives an OS crash too, not only a killed process; one

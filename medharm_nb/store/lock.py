@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -25,9 +26,9 @@ class RunLock:
     ``medharm-nb run`` holds it from before its manifest is written until the last notebook
     has finished, so a second ``run`` (or ``generate``, or a notebook opened by hand) on the
     same folder is refused instead of rewriting the manifest, config or tables under it.
-    The notebook kernels the series starts are its children: the holder puts a token in the
-    environment (``LOCK_ENV``) and in the lock file, and a process that carries the holder's
-    token works inside the lock instead of being refused.
+    The notebook kernels the series starts are its children: the holder puts a secret token
+    in their environment (``LOCK_ENV``) and only its SHA-256 in the lock file, and a process
+    that carries the holder's token works inside the lock instead of being refused.
 
     It is an ``flock`` on ``<run_dir>/run.lock``: the kernel releases it when the holder
     exits, however it exits, so a lock left by a killed process never blocks. The file holds
@@ -74,14 +75,17 @@ class RunLock:
             holder = _read_holder(fd)
             os.close(fd)
             inherited = os.environ.get(LOCK_ENV)
-            if inherited and holder.get("token") == inherited:
+            if inherited and holder.get("token_sha256") == _digest(inherited):
                 # A child of the holder (a notebook kernel of its series): inside its lock.
                 self._held[self.path] = [None, 1, os.getpid(), inherited]
                 return self
             raise RunLocked(_locked_message(self.path.parent, holder)) from None
         token = secrets.token_hex(8)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(),
-                "purpose": self.purpose, "command": " ".join(sys.argv), "token": token}
+                "purpose": self.purpose, "command": " ".join(sys.argv),
+                # Only the token's digest is written: the file is readable by anyone who can
+                # read the run, and a token copied from it must not admit a second writer.
+                "token_sha256": _digest(token)}
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
@@ -118,6 +122,10 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _read_holder(fd: int) -> dict[str, Any]:

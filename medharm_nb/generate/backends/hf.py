@@ -86,6 +86,11 @@ class HFBackend:
             chat_template=self.spec.chat_template)
 
     @property
+    def context(self) -> int | None:
+        """The model's context length in tokens (None when its config does not say)."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
     def stop_ids(self) -> set[int]:
         """Token ids that end an answer: the generation config's EOS ids and the tokenizer's."""
         eos = self.model.generation_config.eos_token_id
@@ -106,6 +111,20 @@ class HFBackend:
             return
         prompts = self.tokenizer([r.rendered for r in requests],
                                  add_special_tokens=False)["input_ids"]
+        # A prompt the context cannot hold with its answer would run for minutes and then
+        # fail or read garbage: it is a failure with its reason, before any decoding.
+        context = self.context
+        over = [i for i, p in enumerate(prompts)
+                if context and len(p) + config.max_new_tokens > context]
+        if over:
+            yield [(requests[i], Output(
+                None, len(prompts[i]), error=f"prompt too long: {len(prompts[i])} tokens + "
+                f"max_new_tokens {config.max_new_tokens} is over the model's context of "
+                f"{context}", finish_reason="error")) for i in over]
+            keep = [i for i in range(len(requests)) if i not in set(over)]
+            requests, prompts = [requests[i] for i in keep], [prompts[i] for i in keep]
+            if not requests:
+                return
         limits = [min(config.max_new_tokens, self.answer_lengths.get(r.gen_id, 1 << 30))
                   for r in requests]
         # Longest first: the first batch is the largest, so a batch too large for memory
