@@ -298,6 +298,7 @@ def serve(
     max_body_bytes: int = typer.Option(1_000_000, min=1,
                                        help="Largest request body; more get 413."),
     batch_size: int = typer.Option(8, min=1, help="Concurrent requests answered in one batch."),
+    max_n: int = typer.Option(8, min=1, help="Most choices (n) one request may ask for."),
     allow_host: list[str] = typer.Option(
         [], metavar="NAME",
         help="A name clients reach the server by, repeatable (loopback names and --host are "
@@ -323,7 +324,8 @@ def serve(
                              quantization=quantization, adapter=adapter,
                              system_prompt=system_prompt)
         limits = serving.Limits(max_tokens=max_tokens_cap, max_concurrency=max_concurrency,
-                                max_body_bytes=max_body_bytes, batch_size=batch_size)
+                                max_body_bytes=max_body_bytes, batch_size=batch_size,
+                                max_n=max_n)
         serving.serve(spec, host=host, port=port, limits=limits, allow_hosts=allow_host)
     except ValidationError as err:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
