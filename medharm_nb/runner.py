@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from medharm_nb import stages, store
+from medharm_nb import generate, stages, store
 from medharm_nb.config import INJECTED, NOTEBOOK_DIR, ConfigError, Run, RunConfig, place_run
+from medharm_nb.generate.backends import backend_type
 from medharm_nb.manifest import failures, finish_manifest, new_manifest, outcome
 from medharm_nb.records import stable_hash
 
@@ -109,21 +110,16 @@ def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
 
 
 def _check_model(spec) -> dict[str, Any]:
-    """Check one model spec without loading weights; its manifest entry.
+    """Check one model spec without loading weights (``BaseBackend.check``: files, hub,
+    packages, a server that answers); its manifest entry.
 
     Raises:
         OSError: files, hub id (not cached, hub unreachable or gated) or server missing.
         ValueError: a package, column or setting is wrong.
     """
-    from medharm_nb import generate
-
-    if spec.backend == "openai":  # a server that is down fails here, before any work
-        generate.make_backend(spec).prepare()
-    if spec.backend == "hf":  # files, hub, packages, quantization, adapter: no weights loaded
-        from medharm_nb.generate.backends.hf_models import check_spec
-
-        check_spec(spec)
-    files = generate.model_files(spec)
+    backend = backend_type(spec)
+    backend.check(spec)
+    files = backend.model_files(spec)
     return {
         "spec_id": generate.spec_id(spec),
         "system_prompt_hash": stable_hash(spec.system_prompt),
@@ -134,23 +130,11 @@ def _check_model(spec) -> dict[str, Any]:
 
 
 def answerable(spec, queries, config: RunConfig) -> set[tuple[str, int]]:
-    """The (query id, sample) a spec will be asked and can answer.
-
-    Every backend is asked every query, but a ``replay`` spec answers only the prompts its
-    file holds (a missing one becomes a failed generation), so two specs of one run can still
-    end up with different queries.
-    """
+    """The (query id, sample) a spec will be asked and can answer (``BaseBackend.answerable``:
+    every query, but a ``replay`` spec only those its file holds), so two specs of one run
+    can end up with different queries."""
     samples = config.generation.n_samples if config.generation.temperature > 0 else 1
-    ids = queries.select("id", "text").rows()
-    if spec.backend != "replay":
-        return {(qid, s) for qid, _ in ids for s in range(samples)}
-    from medharm_nb.generate.backends.replay import parse_source, read_responses, request_key
-
-    answers = read_responses(spec)
-    columns = parse_source(spec.source)[1]
-    have = {p: sum(bool(r and r.strip()) for r in rows) for p, rows in answers.items()}
-    return {(qid, s) for qid, text in ids
-            for s in range(min(samples, have.get(request_key(columns, qid, text), 0)))}
+    return backend_type(spec).answerable(spec, queries, samples)
 
 
 def pair_problems(config: RunConfig, queries) -> list[str]:

@@ -44,14 +44,22 @@ def test_config_typos_are_errors_with_the_key_named(tmp_path):
 
 def test_two_names_for_one_spec_are_refused_with_what_to_change(tmp_path):
     same = {**TINY, "models": [{"name": "plain", "source": "smollm2-135m"},
-                               {"name": "copy", "source": "smollm2-135m", "concurrency": 2}]}
+                               {"name": "copy", "source": "smollm2-135m", "base": "plain"}]}
     with pytest.raises(config.ConfigError) as err:
         config.load_config(_write(tmp_path, same))
     message = str(err.value)
     assert "models 'plain' and 'copy' would get the same generation ids" in message
     assert "(backend='hf', source='smollm2-135m', quantization='none')" in message
-    assert "differ only in name, concurrency, which do not change a generation's id" in message
-    assert "make them differ in source, gguf_file, quantization, adapter, system_prompt" in message
+    assert "differ only in name, base, which do not change a generation's id" in message
+    # What to change comes from the backend (the fields that change its answers).
+    assert ("make them differ in source, gguf_file, quantization, dtype, adapter, "
+            "system_prompt or chat_template") in message
+    # A field the backend does not read is refused, not a way to tell two specs apart.
+    unread = {**TINY, "models": [{"name": "plain", "source": "smollm2-135m",
+                                  "concurrency": 2}]}
+    with pytest.raises(config.ConfigError, match="models: Value error, model 'plain': backend "
+                                                 "hf does not read concurrency"):
+        config.load_config(_write(tmp_path, unread))
     served = {**TINY, "models": [
         {"name": "a", "backend": "openai", "source": "m", "base_url": "http://h:8000/v1"},
         {"name": "b", "backend": "openai", "source": "m", "base_url": "http://h:8000/v1/"}]}
