@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medharm_nb.generate.backends.echo import EchoBackend
 from medharm_nb.generate.backends.hf import HFBackend
 from medharm_nb.generate.backends.hf_models import EMBEDDED, resolve_source
 from medharm_nb.generate.backends.openai import OpenAIBackend
@@ -22,7 +23,7 @@ __all__ = ["BACKENDS", "EMBEDDED", "backend_type", "make_backend", "model_files"
            "resolve_source", "validate_spec"]
 
 BACKENDS: dict[str, type[BaseBackend]] = {
-    b.name: b for b in (HFBackend, OpenAIBackend, ReplayBackend)}
+    b.name: b for b in (HFBackend, OpenAIBackend, ReplayBackend, EchoBackend)}
 """Every backend by the name a spec's ``backend:`` gives. Heavy dependencies (torch,
 transformers) are imported only when a backend loads weights."""
 
