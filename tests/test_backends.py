@@ -74,3 +74,33 @@ def test_every_backend_declares_what_it_reads_and_an_unknown_one_is_named():
     with pytest.raises(ValueError, match="model 'm': unknown backend 'tgi'; known: .*hf"):
         make_backend(ModelSpec(name="m", backend="tgi", source="x"))
     assert backend_type("openai").key_fields == ("base_url", "system_prompt")
+
+
+def test_the_echo_backend_runs_through_config_plan_and_generate_with_no_switch(tmp_path):
+    # A backend added in generate/backends/ only: the config, the runner's checks, the plan,
+    # generation and the manifest take it as they take the others.
+    from typer.testing import CliRunner
+
+    from medharm_nb import store
+    from medharm_nb.cli import app
+
+    path = tmp_path / "configs" / "echo.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump({
+        "name": "echo", "queries": {"source": "medharm-open", "per_cell": 1,
+                                    "categories": ["toxicology"]},
+        "models": [{"name": "parrot", "backend": "echo", "source": "echo"}],
+        "judges": ["rules"]}))
+    planned = CliRunner().invoke(app, ["plan", str(path)])
+    assert planned.exit_code == 0, planned.output
+    assert ("parrot: echo (the prompt itself); no weights; nothing to generate"
+            in planned.output)
+    result = CliRunner().invoke(app, ["generate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "parrot: total 6, cached 0, generated 6, failed 0" in result.output
+    generations = store.read_table(tmp_path / "runs" / "echo", "generations")
+    assert (generations["response"] == generations["prompt"]).all()
+    assert generations["finish_reason"].to_list() == ["stop"] * 6
+    manifest = store.read_manifest(tmp_path / "runs" / "echo")
+    assert manifest["inputs"]["models"]["parrot"]["files"] == {}
+    assert manifest["inputs"]["plan"]["models"][0]["where"] == "echo (the prompt itself)"
