@@ -149,8 +149,9 @@ def plan_command(
 def generate_stage(
     config: Path = typer.Argument(..., help="The YAML run config, e.g. configs/demo.yaml."),
     run_dir: Path | None = typer.Option(None, help="Run folder (default: runs/NAME)."),
-    limit: int | None = typer.Option(
-        None, min=1, help="First N queries only (default: the config's params.02_generate)."),
+    first_queries: int | None = typer.Option(
+        None, min=1, help="First N queries only (default: the config's "
+                          "params.02_generate.first_queries)."),
     max_new_tokens: int | None = typer.Option(
         None, min=1, help="Override generation.max_new_tokens."),
 ) -> None:
@@ -158,7 +159,7 @@ def generate_stage(
     from medharm_nb import runner, store
 
     try:
-        manifest = runner.generate_only(config, run_dir=run_dir, limit=limit,
+        manifest = runner.generate_only(config, run_dir=run_dir, first_queries=first_queries,
                                         max_new_tokens=max_new_tokens)
     except (runner.ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err))

@@ -88,8 +88,8 @@ def plan(config: RunConfig, n_queries: int) -> dict[str, Any]:
     generations = per_model * len(config.models)
     guard_params = config.params.get("04_guardrails", {})
     guards = guard_params.get("guards", ["minilm", "prompted-smollm2"])
-    limit = guard_params.get("limit", 8)
-    guarded = (2 * limit if limit else n_queries) * GUARD_VARIANTS
+    pairs = guard_params.get("guard_pairs", 8)
+    guarded = (2 * pairs if pairs else n_queries) * GUARD_VARIANTS
     return {"hardware": hardware(), "queries": n_queries, "samples": samples,
             "models": models, "generations": generations,
             "judge_calls": generations * len(config.judges),

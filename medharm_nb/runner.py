@@ -300,7 +300,7 @@ def _series_failures(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 
 def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
-                  limit: int | None = None, max_new_tokens: int | None = None,
+                  first_queries: int | None = None, max_new_tokens: int | None = None,
                   name: str | None = None, log=print, progress: bool = True) -> dict[str, Any]:
     """Run the generation stage alone: what ``01_data`` and ``02_generate`` do, no notebooks.
 
@@ -311,8 +311,9 @@ def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
     Args:
         config_path: The YAML run config.
         run_dir: Where the run writes (defaults to ``runs/<name>`` beside ``configs/``).
-        limit: Generate for the first N queries only (default: ``params.02_generate.limit``
-            of the config, else all); recorded in the manifest's config.
+        first_queries: Generate for the first N queries only (default:
+            ``params.02_generate.first_queries`` of the config, else all); recorded in the
+            manifest's config.
         max_new_tokens: Overrides ``generation.max_new_tokens`` (part of every id).
         name: Run name (defaults to the config's ``name``).
         log: Where progress lines go.
@@ -338,17 +339,17 @@ def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
         update["generation"] = run_.config.generation.model_copy(
             update={"max_new_tokens": max_new_tokens})
     params = run_.config.params
-    limit = limit or params.get("02_generate", {}).get("limit")
-    if limit:
+    first = first_queries or params.get("02_generate", {}).get("first_queries")
+    if first:
         update["params"] = {**params, "02_generate": {**params.get("02_generate", {}),
-                                                      "limit": limit}}
+                                                      "first_queries": first}}
     run_.config = run_.config.model_copy(update=update)
     store.RunLock(run_.run_dir).check()  # refuse at once, before loading anything
     queries = data.prepare_queries(run_.config.queries, run_.base_dir)
     inputs = check_inputs(run_, queries, judges=False)
     with store.RunLock(run_.run_dir, purpose="generate"):
         manifest = _start(run_, inputs, "generate")
-        asked = queries.head(limit) if limit else queries
+        asked = queries.head(first) if first else queries
         log(f"generate {run_.config.name}: {asked.height} queries x "
             f"{len(run_.config.models)} model(s) -> {run_.run_dir}")
         try:

@@ -73,7 +73,8 @@ def test_unknown_notebook_parameter_is_refused_before_any_work(tmp_path):
     with pytest.raises(config.ConfigError) as err:
         runner.run(_write(tmp_path, study))
     message = str(err.value)
-    assert "params.02_generate.limt: unknown parameter; 02_generate takes ['limit']" in message
+    assert ("params.02_generate.limt: unknown parameter; 02_generate takes ['first_queries']"
+            in message)
     assert "params.09_nothing: no such notebook" in message
     assert not (tmp_path / "runs").exists()
 
@@ -162,26 +163,28 @@ def _replay_study(tmp_path) -> dict:
                                for i, q in enumerate(questions[:2])))
     return {"name": "recorded", "queries": {"source": "queries.csv"},
             "models": [{"name": "old-answers", "backend": "replay", "source": str(answers)}],
-            "params": {"02_generate": {"limit": 3}}}
+            "params": {"02_generate": {"first_queries": 3}}}
 
 
 def test_generate_command_prints_counts_and_writes_tables_and_manifest(tmp_path):
     path = _write(tmp_path, _replay_study(tmp_path))
-    first = CliRunner().invoke(app, ["generate", str(path), "--limit", "2"])
+    first = CliRunner().invoke(app, ["generate", str(path), "--first-queries", "2"])
     assert first.exit_code == 0, first.output
     assert ("old-answers: total 2, cached 0, generated 2, failed 0, blocked 0, 0.0 tokens/s"
             in first.output)
     run_dir = tmp_path / "runs" / "recorded"
     manifest = store.read_manifest(run_dir)
     assert manifest["status"] == "success" and manifest["mode"] == "generate"
-    assert manifest["config"]["params"]["02_generate"]["limit"] == 2  # --limit is recorded
+    # --first-queries is recorded
+    assert manifest["config"]["params"]["02_generate"]["first_queries"] == 2
     assert manifest["stages"]["generate"][0]["generated"] == 2
     assert manifest["inputs"]["queries"]["n"] == 3
     assert store.read_table(run_dir, "queries").height == 3
     assert store.read_table(run_dir, "generations").height == 2
 
-    # Without --limit the config's own limit (params.02_generate.limit) applies. One of the
-    # three has no recorded answer: done, with a failure, said in the status and exit code.
+    # Without --first-queries the config's own (params.02_generate.first_queries) applies.
+    # One of the three has no recorded answer: done, with a failure, said in the status and
+    # the exit code.
     second = CliRunner().invoke(app, ["generate", str(path)])
     assert second.exit_code == 3, second.output
     assert "old-answers: total 3, cached 2, generated 0, failed 1" in second.output
