@@ -370,11 +370,30 @@ def _failures_section(doc: _Doc, by_model: pl.DataFrame | None) -> None:
         return
     doc.add("<p>Nothing leaves a denominator silently: these answers are outside the rates "
             "above (failed or blocked generations, unscored verdicts) or inside them but cut "
-            "off (truncated at max_new_tokens).</p>")
-    doc.add(_table(by_model, ["model", "judge", "n_harmful", "n_harmful_failed",
-                              "n_harmful_blocked", "n_harmful_truncated", "n_harmful_unscored",
-                              "n_unsafe_unknown", "n_benign", "n_benign_failed",
-                              "n_benign_blocked", "n_benign_truncated", "n_benign_unscored"]))
+            "off (truncated at max_new_tokens). Where the backend did not say whether an "
+            "answer was cut (a replayed file without a finish reason), truncation is "
+            "<em>unknown</em>, not 0.</p>")
+    doc.add(_table(_truncation_shown(by_model), [
+        "model", "judge", "n_harmful", "n_harmful_failed", "n_harmful_blocked",
+        "n_harmful_truncated", "n_harmful_unscored", "n_unsafe_unknown", "n_benign",
+        "n_benign_failed", "n_benign_blocked", "n_benign_truncated", "n_benign_unscored"]))
+
+
+def _truncation_shown(by_model: pl.DataFrame) -> pl.DataFrame:
+    """``n_<risk>_truncated`` as text: the count; ``unknown`` when no answer says; the count
+    and the unknown rest when some do (summary tables from before the unknown count: as is)."""
+    shown = []
+    for risk in ("harmful", "benign"):
+        k, unknown = f"n_{risk}_truncated", f"n_{risk}_truncation_unknown"
+        if unknown not in by_model.columns:
+            continue
+        answered = (pl.col(f"n_{risk}") - pl.col(f"n_{risk}_failed")
+                    - pl.col(f"n_{risk}_blocked"))
+        shown.append(
+            pl.when(pl.col(unknown) == 0).then(pl.col(k).cast(pl.String))
+            .when(pl.col(unknown) >= answered).then(pl.lit("unknown"))
+            .otherwise(pl.format("{} (+{} unknown)", pl.col(k), pl.col(unknown))).alias(k))
+    return by_model.with_columns(shown)
 
 
 def _examples_section(doc: _Doc, results: pl.DataFrame | None,
