@@ -70,12 +70,22 @@ def run(
     name: str | None = typer.Option(None, help="Run name (default: the config's name)."),
     run_dir: Path | None = typer.Option(None, help="Run folder (default: runs/NAME)."),
     figures_dir: Path | None = typer.Option(None, help="Figures (default: figures/NAME)."),
+    only: str | None = typer.Option(
+        None, metavar="NB,NB", help="Run only these notebooks, e.g. 03_judge,07_report to "
+                                    "judge and report on the stored answers."),
+    skip: str | None = typer.Option(
+        None, metavar="NB,NB", help="Run all notebooks but these, e.g. "
+                                    "03b_judge_validation,04_guardrails,05_review."),
 ) -> None:
-    """Validate a config, then execute the notebook series with papermill."""
+    """Validate a config, then execute the notebook series (or part of it) with papermill."""
     from medharm_nb import runner, store
 
+    def names(value: str | None) -> list[str] | None:
+        return [n.strip() for n in value.split(",") if n.strip()] if value else None
+
     try:
-        manifest = runner.run(config, name=name, run_dir=run_dir, figures_dir=figures_dir)
+        manifest = runner.run(config, name=name, run_dir=run_dir, figures_dir=figures_dir,
+                              only=names(only), skip=names(skip))
     except (runner.ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
     except (runner.RunFailed, store.RunLocked) as err:
@@ -181,6 +191,39 @@ def generate_stage(
                     f"command again to retry them", fg=typer.colors.YELLOW)
     run_path = Path(manifest["run_dir"])
     typer.echo(f"  tables:   {run_path / 'tables'}")
+    typer.echo(f"  manifest: {run_path / 'manifest.json'}")
+    _exit_for(manifest)
+
+
+@app.command("judge")
+def judge_command(
+    config: Path = typer.Argument(..., help="The YAML run config, e.g. configs/demo.yaml."),
+    run_dir: Path | None = typer.Option(None, help="Run folder (default: runs/NAME)."),
+    judge: list[str] = typer.Option(
+        [], help="Judge name, repeatable (default: the config's judges)."),
+) -> None:
+    """Judge the answers stored in a run folder (from `medharm-nb generate`: a model's, or a
+    replayed file's) and write the results table and report.html; no notebooks, guards or
+    validation, no model loaded. Stored verdicts are not asked again."""
+    from medharm_nb import runner, store
+
+    try:
+        manifest = runner.judge_only(config, run_dir=run_dir, judges=judge or None)
+    except (runner.ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    except (runner.RunFailed, store.RunLocked) as err:
+        _fail(str(err))
+    typer.echo(f"\njudge {manifest['name']}: {manifest['status']} "
+               f"in {manifest['seconds']:.0f} s")
+    for name, row in (manifest["failures"].get("judge") or {}).items():
+        typer.echo(f"  {name}: judged {row['judged']}, unscored {row['unscored']}")
+    for model, row in (manifest["failures"].get("generate") or {}).items():
+        if row["failed"] or row["blocked"]:
+            typer.echo(f"  {model}: {row['failed']} of {row['total']} generations failed and "
+                       f"{row['blocked']} were blocked; they stay in the results as such")
+    run_path = Path(manifest["run_dir"])
+    typer.echo(f"  results:  {store.table_path(run_path, 'results')}")
+    typer.echo(f"  report:   {manifest['report']}")
     typer.echo(f"  manifest: {run_path / 'manifest.json'}")
     _exit_for(manifest)
 

@@ -144,6 +144,10 @@ def _judges(df: pl.DataFrame) -> str:
 
 # -- sections -------------------------------------------------------------------------------
 
+RUNNING = ("in progress: this report was written while the run was still going (by "
+           "07_report); manifest.json holds how the run ended")
+"""What the report says of a run whose manifest is still ``started``."""
+
 def _run_section(doc: _Doc, manifest: dict | None, config: dict | None) -> None:
     doc.add("<h2>The run</h2>")
     if manifest is None:
@@ -153,10 +157,14 @@ def _run_section(doc: _Doc, manifest: dict | None, config: dict | None) -> None:
         git = manifest.get("git") or {}
         versions = manifest.get("versions") or {}
         queries = (manifest.get("inputs") or {}).get("queries") or {}
+        # Inside a series the report is written by 07_report, before the run has finished:
+        # say so rather than show "started" as if it were how the run ended.
+        running = manifest.get("status") == "started"
         rows = {
-            "run id": manifest.get("run_id"), "status": manifest.get("status"),
+            "run id": manifest.get("run_id"),
+            "status": (RUNNING if running else manifest.get("status")),
             "started / finished (UTC)": f"{manifest.get('started')} / "
-                                        f"{manifest.get('finished')}",
+                                        f"{manifest.get('finished') or 'not yet'}",
             "git commit": f"{git.get('commit')}" + (" (uncommitted changes)"
                                                     if git.get("dirty") else ""),
             "device": manifest.get("device"),
@@ -169,7 +177,9 @@ def _run_section(doc: _Doc, manifest: dict | None, config: dict | None) -> None:
             rows["error"] = manifest["error"]
         doc.add(_table(pl.DataFrame({"field": list(rows),
                                      "value": [str(v) for v in rows.values()]})))
-        notebooks = manifest.get("notebooks") or []
+        notebooks = [{**nb, "status": "running (writing this report)"
+                      if running and nb.get("status") == "started" else nb.get("status")}
+                     for nb in manifest.get("notebooks") or []]
         if notebooks:
             doc.add(_table(pl.DataFrame(notebooks).select(
                 [c for c in ("name", "status", "seconds") if c in notebooks[0]])))
@@ -290,6 +300,9 @@ def _plane_section(doc: _Doc, plane: pl.DataFrame | None) -> None:
         return
     y = "unsafe" if plane["unsafe_n"].sum() else "compliance"
     shown = plane.filter(pl.col(f"{y}_n") > 0)
+    if shown.is_empty():  # e.g. stored answers to benign questions only
+        doc.lack("safety-helpfulness plane", "no scored answers to harmful queries")
+        return
     doc.figure(plots.safety_helpfulness(plane, y=y),
                f"{plots.RATE_TITLES[y].capitalize()} against helpfulness on benign twins "
                f"(answered, on topic), per model; arrows run from each base to its fine-tune. "
