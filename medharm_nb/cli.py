@@ -314,6 +314,32 @@ def models() -> None:
         typer.echo(f"{name}: {emb.description}, {emb.licence}; {where}")
 
 
+@app.command("notebooks")
+def notebooks_command(
+    out: Path = typer.Argument(..., help="Folder to copy the notebook series into."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace notebooks there."),
+) -> None:
+    """Copy the numbered notebooks (shipped inside the package) into OUT, to open in
+    JupyterLab; `medharm-nb run` does not need them copied."""
+    import shutil
+
+    from medharm_nb.config import NOTEBOOK_DIR, SERIES
+
+    sources = [NOTEBOOK_DIR / f"{name}.ipynb" for name in SERIES]
+    missing = [str(p) for p in sources if not p.is_file()]
+    if missing:
+        _fail(f"this installation has no notebooks at {NOTEBOOK_DIR} (missing: "
+              f"{', '.join(missing)})")
+    there = [out / p.name for p in sources if (out / p.name).exists()]
+    if there and not overwrite:
+        _fail(f"{', '.join(map(str, there))} exist; pass --overwrite to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sources:
+        shutil.copyfile(path, out / path.name)
+    typer.echo(f"{len(sources)} notebooks -> {out}; in each, set config_path (and run_dir) in "
+               f"the parameters cell, or run them all with medharm-nb run CONFIG")
+
+
 @app.command()
 def variants() -> None:
     """List the prompt-variant wrappers."""

@@ -22,7 +22,10 @@ from medharm_nb.generate.backends import BACKENDS, backend_type, validate_spec
 from medharm_nb.records import GenConfig, ModelSpec, QuerySelection, stable_hash
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-NOTEBOOK_DIR = PACKAGE_DIR.parent / "notebooks"
+NOTEBOOK_DIR = (PACKAGE_DIR / "notebooks" if (PACKAGE_DIR / "notebooks").is_dir()
+                else PACKAGE_DIR.parent / "notebooks")
+"""The numbered notebooks: inside an installed package (package data, copied from the
+repository's notebooks/ when a wheel is built: setup.py), else the checkout's own."""
 SERIES: tuple[str, ...] = (
     "01_data", "02_generate", "03_judge", "03b_judge_validation", "04_guardrails", "05_review",
     "06_amplification", "07_report")
