@@ -123,3 +123,24 @@ def test_run_only_judge_and_report_on_replayed_answers(tmp_path):
     assert report.RUNNING in html and "running (writing this report)" in html
     results = store.read_table(run_dir, "results")
     assert results.filter(pl.col("gen_failed")).height == 1
+
+
+@pytest.mark.slow
+def test_run_only_data_and_generate_with_the_echo_backend(tmp_path):
+    # Generation-free: the echo backend answers with the prompt, so 01 and 02 run in seconds.
+    path, answers, run_dir = _study(tmp_path)
+    study = yaml.safe_load(path.read_text())
+    study["models"].append({"name": "parrot", "backend": "echo", "source": "echo"})
+    path.write_text(yaml.safe_dump(study))
+    manifest = runner.run(path, only=["01_data", "02_generate"], log=lambda *_: None,
+                          progress=False)
+    assert manifest["status"] == "success_with_failures"  # one query has no replayed answer
+    assert [nb["name"] for nb in manifest["notebooks"]] == ["01_data", "02_generate"]
+    assert set(manifest["inputs"]["models"]) == {"old-answers", "parrot"}  # 02 ran: checked
+    import nbformat
+
+    executed = nbformat.read(run_dir / "notebooks" / "02_generate.ipynb", as_version=4)
+    shown = [o for o in executed.cells[-1].outputs if o.get("output_type") == "execute_result"]
+    table = shown[0]["data"]["text/html"]
+    # The echo answers say they ended (share 0.0); the replayed ones say nothing (null).
+    assert "share_truncated" in table and "<td>0.0</td>" in table and "<td>null</td>" in table
