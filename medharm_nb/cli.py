@@ -183,7 +183,8 @@ def generate_stage(
         typer.echo(f"  {row['model']}: total {row['total']}, cached {row['cached']}, "
                    f"generated {row['generated']}, failed {row['failed']}, "
                    f"blocked {row['blocked']}, "
-                   f"{row['tokens_per_s']:.1f} tokens/s")
+                   + (f"{row['tokens_per_s']:.1f} tokens/s" if row["new_tokens"] else
+                      "no tokens counted (nothing generated, or the backend does not count)"))
         for note in row.get("notes") or []:
             typer.secho(f"    {note}", fg=typer.colors.YELLOW)
     if failed:
