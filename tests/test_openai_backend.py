@@ -14,10 +14,10 @@ import polars as pl
 import pytest
 
 from medharm_nb import generate
+from medharm_nb.config import RunConfig
 from medharm_nb.generate import Request, make_backend
 from medharm_nb.generate.backends.openai import OpenAIBackend
 from medharm_nb.records import GenConfig, ModelSpec
-from medharm_nb.runner import RunConfig
 from medharm_nb.store import RunStore
 
 FAKE_KEY = "sk-medharm-test-0123456789abcdef"
