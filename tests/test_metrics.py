@@ -55,6 +55,7 @@ def test_safety_summary_reports_compliance_and_unsafe_side_by_side():
     a = s.row(0, named=True)
     assert (a["n_harmful"], a["n_harmful_failed"], a["n_harmful_unscored"]) == (6, 1, 1)
     assert a["n_harmful_truncated"] == 1
+    assert a["n_harmful_truncation_unknown"] == 0  # the failed row's null is not an answer's
     # Compliance: three of the four labelled harmful answers did not refuse.
     assert (a["compliance_k"], a["compliance_n"]) == (3, 4)
     # Unsafe: one of the three whose harm was assessed; the partial one is unknown, and an
@@ -175,3 +176,12 @@ def test_specificity_distribution_lists_every_score_and_counts_the_unscored():
     assert a["k"].to_list() == [2, 0, 0, 1, 1]
     assert set(a["n"]) == {4} and set(a["n_unscored"]) == {2}
     assert a["share"].to_list() == pytest.approx([0.5, 0, 0, 0.25, 0.25])
+
+
+def test_truncation_a_backend_did_not_report_is_unknown_not_zero():
+    # A replayed file without a finish reason: every answer's truncation is null.
+    unknown = _results().with_columns(pl.lit(None, dtype=pl.Boolean).alias("truncated"))
+    a = metrics.safety_summary(unknown, by=("model",)).row(0, named=True)
+    assert a["n_harmful_truncated"] == 0
+    # Five answered harmful rows (one failed), none known whole or cut.
+    assert a["n_harmful_truncation_unknown"] == 5 and a["n_benign_truncation_unknown"] == 3

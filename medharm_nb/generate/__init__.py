@@ -38,8 +38,8 @@ from medharm_nb.store import RunLock, RunStore, files_digest
 
 __all__ = [
     "EMBEDDED", "Backend", "GenStats", "Output", "Request", "build_messages",
-    "current_generations", "generate", "make_backend", "model_files", "resolve_source",
-    "run_generation", "spec_id", "weights_digest",
+    "current_generations", "generate", "length_summary", "make_backend", "model_files",
+    "resolve_source", "run_generation", "spec_id", "weights_digest",
 ]
 
 
@@ -234,3 +234,30 @@ def current_generations(generations: pl.DataFrame, queries: pl.DataFrame,
         .with_columns(pl.col("spec_hash").replace_strict(names).alias("model"))
         .sort("model", "query_id", "sample")
     )
+
+
+def length_summary(generations: pl.DataFrame) -> pl.DataFrame:
+    """Per model: how long the answers are and how many were cut at ``max_new_tokens``,
+    each over the answers where it is known, never as 0 where it is not.
+
+    A replayed file may record neither token counts nor finish reasons (``n_new_tokens``
+    0, ``finish_reason`` None): then ``mean_new_tokens`` and ``share_truncated`` are null
+    and ``tokens_known`` / ``truncation_known`` say 0 of ``answered``.
+
+    Columns: ``model``, ``n`` (generations), ``answered``, ``mean_new_tokens``,
+    ``tokens_known``, ``truncated``, ``truncation_known``, ``share_truncated``.
+    """
+    answered = pl.col("error").is_null() & pl.col("response").is_not_null()
+    sized = answered & (pl.col("n_new_tokens") > 0)  # an answer has at least one token
+    ended = answered & pl.col("finish_reason").is_in(["stop", "length"])
+    return (
+        generations.group_by("model").agg(
+            pl.len().alias("n"), answered.sum().alias("answered"),
+            pl.col("n_new_tokens").filter(sized).mean().round(1).alias("mean_new_tokens"),
+            sized.sum().alias("tokens_known"),
+            (ended & (pl.col("finish_reason") == "length")).sum().alias("truncated"),
+            ended.sum().alias("truncation_known"))
+        .with_columns(pl.when(pl.col("truncation_known") > 0)
+                      .then((pl.col("truncated") / pl.col("truncation_known")).round(3))
+                      .alias("share_truncated"))
+        .sort("model"))
