@@ -25,7 +25,7 @@ Statistics, per pair, judge and stratum (all queries, each category, each framin
   McNemar's test on the answers themselves. Specificity and the harmful-minus-benign
   differences: the Wilcoxon signed-rank test (scipy) on per-query mean differences. Both
   stay valid when variants and samples are pooled, because each query counts once.
-  Holm's correction runs across the categories (and, separately, the framings) of each
+  Holm's correction runs across the categories (and, separately, the framings and tiers) of each
   pair, judge, outcome and risk (the same numbers as statsmodels' ``multipletests``).
 - **Effect sizes.** Binary: the paired odds ratio, queries leaning toward the fine-tune over
   those leaning toward the base (0.5 added to both when either is 0). Otherwise: the
@@ -41,6 +41,7 @@ import numpy as np
 import polars as pl
 
 from medharm_nb.metrics import cluster_column, holm, safety_summary
+from medharm_nb.records import UNTIERED
 
 OUTCOMES: dict[str, str] = {
     "compliance": "did not refuse (share of answers)",
@@ -64,7 +65,7 @@ def paired(results: pl.DataFrame, model: str, base: str) -> pl.DataFrame:
 
     Returns:
         One row per answer both gave: the join keys, ``risk``, ``category``, ``framing``,
-        ``cluster`` (base query) and, per outcome, ``<outcome>`` (fine-tune) and
+        ``tier``, ``cluster`` (base query) and, per outcome, ``<outcome>`` (fine-tune) and
         ``<outcome>_base`` as floats, null where that outcome is unknown (failed, blocked,
         unscored, or not measured by the judge).
     """
@@ -75,16 +76,19 @@ def paired(results: pl.DataFrame, model: str, base: str) -> pl.DataFrame:
         frame = frame.with_columns(pl.lit("direct").alias("variant"))
     if "sample" not in frame.columns:
         frame = frame.with_columns(pl.lit(0).alias("sample"))
-    meta = ["risk", "category", "framing", "cluster"]
+    if "tier" not in frame.columns:
+        frame = frame.with_columns(pl.lit(UNTIERED).alias("tier"))
+    meta = ["risk", "category", "framing", "tier", "cluster"]
     ft = frame.filter(pl.col("model") == model).select(*JOIN_KEYS, *meta, *OUTCOMES)
     bs = frame.filter(pl.col("model") == base).select(*JOIN_KEYS, *OUTCOMES)
     return ft.join(bs, on=list(JOIN_KEYS), how="inner", suffix="_base")
 
 
 def _strata(part: pl.DataFrame) -> Iterator[tuple[str, str, pl.DataFrame]]:
-    """(by, stratum, rows): all rows, then each category, then each framing."""
+    """(by, stratum, rows): all rows, then each category, each framing and each tier (a
+    benign twin is in its pair's tier; an untiered set has one tier stratum)."""
     yield "all", "all", part
-    for by in ("category", "framing"):
+    for by in ("category", "framing", "tier"):
         for (value,), rows in part.sort(by).group_by([by], maintain_order=True):
             yield by, str(value), rows
 
@@ -290,7 +294,7 @@ def paired_deltas(results: pl.DataFrame, pairs: Sequence[tuple[str, str]],
                          ) if rows else pl.DataFrame(schema=DELTA_SCHEMA)
     if table.is_empty():
         return table
-    # Holm across the categories (and, separately, the framings) of one family; the pooled
+    # Holm across the categories (and, separately, the framings and tiers) of one family; the pooled
     # row ("all") is its own single test.
     family = ["model", "judge", "by", "outcome", "risk"]
     table = table.with_row_index("_row")

@@ -125,8 +125,9 @@ def check_inputs(run: Run, queries=None, judges: bool = True,
     if queries is None:
         queries = data.prepare_queries(run.config.queries, run.base_dir)
     source = data.resolve_source_path(run.config.queries.source, run.base_dir)
-    if run.config.queries.source == data.OPEN_SET_NAME:
-        source = str(data.open_set_path())
+    version = data.open_set_version(run.config.queries.source)
+    if version is not None:
+        source = str(data.open_set_path(version))
     checked, problems = {}, []
     for spec in run.config.models if models else []:
         try:

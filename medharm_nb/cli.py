@@ -57,6 +57,46 @@ def validate(
         typer.echo(data.summary_table(df))
 
 
+data_app = typer.Typer(help="Query sets: quality gates.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check_command(
+    source: str = typer.Argument(
+        "medharm-open", help="A query source, as for validate (default: medharm-open)."),
+    review: bool = typer.Option(
+        True, help="Also list rows the cross-validated category classifier reads as "
+                   "another category (for review; never a failure)."),
+) -> None:
+    """Run the quality gates on a query set: balance per cell and tier, exact and near
+    duplicates, twin matching, the operational-detail linter (and the category review).
+    Prints one line per problem naming the row and the rule; exits 1 if a gate fails."""
+    from collections import Counter
+
+    from medharm_nb import data, data_check
+
+    try:
+        df = data.load_queries(source)
+    except data.QueryValidationError as err:
+        for line in err.errors:
+            typer.echo(f"schema: {line}", err=True)
+        _fail(f"{len(err.errors)} schema problem(s): the other gates did not run")
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    found = data_check.check_queries(df, classify=review)
+    for f in found:
+        typer.echo(f.line(), err=f.level == "fail")
+    fails = Counter(f.rule for f in found if f.level == "fail")
+    reviews = sum(f.level == "review" for f in found)
+    gates = ("balance", "duplicate", "twin", "operational")
+    typer.echo(f"{source}: {df.height} rows; " + ", ".join(
+        f"{g} {'FAIL (' + str(fails[g]) + ')' if fails[g] else 'ok'}" for g in gates)
+        + (f"; {reviews} row(s) for category review" if review else ""))
+    if fails:
+        raise typer.Exit(1)
+
+
 def _wide_tables():
     import polars as pl
 

@@ -2,7 +2,9 @@
 
 Sources (``load_queries(source)``):
 
-- ``"medharm-open"``: our open set (``data/medharm_open.csv``).
+- ``"medharm-open"``: our open set, the current version (v2: ``data/medharm_open_v2.csv``,
+  2,200 queries with ``tier``); ``"medharm-open@v1"`` pins the first version (420 queries,
+  ``data/medharm_open_v1.csv``), ``"medharm-open@v2"`` this one.
 - a path to ``.csv``, ``.jsonl``/``.json`` or ``.parquet`` in the query schema; a ``mapping``
   renames the file's columns to ours (this is how the paper's restricted MedHarm data loads).
 - ``"hf:<name or path>"``: anything ``datasets.load_dataset`` reads (hub name, ``csv``/``json``
@@ -25,13 +27,20 @@ from medharm_nb.records import (
     CATEGORIES,
     EXPECTED,
     FRAMINGS,
+    OPTIONAL_QUERY_COLUMNS,
     QUERY_COLUMNS,
     RISKS,
+    TIERS,
+    UNTIERED,
     QuerySelection,
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 OPEN_SET_NAME = "medharm-open"
+OPEN_SET_VERSIONS = {"v1": "medharm_open_v1.csv", "v2": "medharm_open_v2.csv"}
+"""Every published version of MedHarm-Open, pinned by ``medharm-open@<version>``; ids are
+stable across versions (a query in both has the same id and text)."""
+OPEN_SET_CURRENT = "v2"
 IMPORTED_FRAMING = "unspecified"
 """Framing given to imported sets that do not record one."""
 
@@ -58,13 +67,30 @@ class QueryValidationError(ValueError):
         super().__init__(f"{len(errors)} problem(s) in the queries:\n  {shown}{more}")
 
 
-def open_set_path() -> Path:
-    """Return the path of the MedHarm-Open CSV (package copy first, then the repo's data/)."""
-    for candidate in (PACKAGE_DIR / "assets" / "medharm_open.csv",
-                      PACKAGE_DIR.parent / "data" / "medharm_open.csv"):
+def open_set_version(source: str) -> str | None:
+    """The MedHarm-Open version a source names (``medharm-open`` is the current one), or None
+    for any other source.
+
+    Raises:
+        ValueError: ``medharm-open@<version>`` with a version that does not exist.
+    """
+    name, _, version = str(source).partition("@")
+    if name != OPEN_SET_NAME:
+        return None
+    version = version or OPEN_SET_CURRENT
+    if version not in OPEN_SET_VERSIONS:
+        raise ValueError(f"{source!r}: no such MedHarm-Open version; there are "
+                         f"{', '.join(f'{OPEN_SET_NAME}@{v}' for v in OPEN_SET_VERSIONS)}")
+    return version
+
+
+def open_set_path(version: str = OPEN_SET_CURRENT) -> Path:
+    """Return the path of a MedHarm-Open version's CSV (package copy first, then data/)."""
+    name = OPEN_SET_VERSIONS[version]
+    for candidate in (PACKAGE_DIR / "assets" / name, PACKAGE_DIR.parent / "data" / name):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError("MedHarm-Open not found: expected data/medharm_open.csv in the repo")
+    raise FileNotFoundError(f"MedHarm-Open {version} not found: expected data/{name} in the repo")
 
 
 def load_queries(
@@ -93,8 +119,9 @@ def load_queries(
         FileNotFoundError: if a path does not exist.
     """
     source = str(source)
-    if source == OPEN_SET_NAME:
-        return _load_file(open_set_path(), None, CATEGORIES)
+    version = open_set_version(source)
+    if version is not None:
+        return _load_file(open_set_path(version), None, CATEGORIES)
     if source.startswith("medsafetybench:"):
         return load_medsafetybench(source.split(":", 1)[1])
     if source.startswith("xstest:"):
@@ -227,11 +254,14 @@ def finalize(df: pl.DataFrame, where: str, unit: str = "row",
         df = df.with_row_index("_line", offset=1)
     if "pair_id" not in df.columns:
         df = df.with_columns(pl.lit(None, dtype=pl.String).alias("pair_id"))
+    if "tier" not in df.columns:
+        df = df.with_columns(pl.lit(UNTIERED).alias("tier"))
     errors = validate_frame(df, where, unit, tuple(categories))
     if errors:
         raise QueryValidationError(errors)
-    extra = [c for c in df.columns if c not in QUERY_COLUMNS and c != "_line"]
-    return df.select([*QUERY_COLUMNS, *extra])
+    standard = (*QUERY_COLUMNS, *OPTIONAL_QUERY_COLUMNS)
+    extra = [c for c in df.columns if c not in standard and c != "_line"]
+    return df.select([*standard, *extra])
 
 
 def validate_frame(df: pl.DataFrame, where: str, unit: str,
@@ -244,7 +274,7 @@ def validate_frame(df: pl.DataFrame, where: str, unit: str,
     if df.is_empty():
         return [f"{where}: no queries (the file has a header and no rows)"]
     allowed = {"category": categories, "framing": (*FRAMINGS, IMPORTED_FRAMING),
-               "risk": RISKS, "expected": EXPECTED}
+               "risk": RISKS, "expected": EXPECTED, "tier": (*TIERS, UNTIERED)}
     errors: list[str] = []
     ids = set(df["id"].drop_nulls().to_list())
     seen: dict[str, int] = {}
@@ -385,27 +415,46 @@ def select_queries(
     per_cell: int | None = None,
     categories: Iterable[str] | None = None,
     framings: Iterable[str] | None = None,
+    tiers: Iterable[str] | None = None,
     with_twins: bool = True,
 ) -> pl.DataFrame:
-    """Pick a deterministic subset: the first ``per_cell`` harmful queries (by id) in each
-    category x framing cell, plus their benign twins.
+    """Pick a deterministic subset: ``per_cell`` harmful queries in each category x framing
+    cell, plus their benign twins.
+
+    Within a cell the harmful queries are taken across tiers in turn (the first of one tier,
+    the first of the next, ...; by id within a tier), and the tier that goes first rotates
+    from cell to cell, so even ``per_cell=1`` samples every tier about equally. A set without
+    tiers is taken by id.
 
     Args:
         df: A validated query table.
         per_cell: Harmful queries to keep per category x framing; None keeps all.
         categories: Keep only these categories.
         framings: Keep only these framings.
+        tiers: Keep only these tiers (``records.TIERS``; twins carry their pair's tier).
         with_twins: Add the benign twin of every harmful query kept.
+
+    Raises:
+        ValueError: a filter names a value the set does not hold.
     """
     keep = pl.lit(True)
-    for column, wanted in (("category", categories), ("framing", framings)):
+    for column, wanted in (("category", categories), ("framing", framings), ("tier", tiers)):
         if wanted is not None:  # checked against the whole set, before any filter applies
             keep &= pl.col(column).is_in(_known_values(df, column, wanted))
     df = df.filter(keep)
     if per_cell is None:
         return df
-    harmful = (df.filter(pl.col("risk") == "harmful").sort("id")
-               .group_by("category", "framing", maintain_order=True).head(per_cell))
+    order = [t for t in (*TIERS, UNTIERED) if t in set(df["tier"].to_list())]
+    cells = (df.select("category", "framing").unique().sort("category", "framing")
+             .with_row_index("cell"))
+    harmful = (
+        df.filter(pl.col("risk") == "harmful").sort("id").join(cells, on=["category", "framing"])
+        .with_columns(
+            pl.int_range(pl.len()).over("category", "framing", "tier").alias("_round"),
+            ((pl.col("tier").replace_strict(order, list(range(len(order))), return_dtype=pl.Int64)
+              - pl.col("cell")) % len(order)).alias("_turn"))
+        .sort("_round", "_turn", "id")
+        .group_by("category", "framing", maintain_order=True).head(per_cell))
     keep = set(harmful["id"].to_list())
     if with_twins:
         keep |= set(harmful["pair_id"].drop_nulls().to_list())
@@ -443,7 +492,7 @@ def prepare_queries(selection: QuerySelection, base_dir: str | Path = ".") -> pl
                       categories=selection.allowed_categories,
                       split=selection.split, data_files=selection.data_files)
     df = select_queries(df, per_cell=selection.per_cell, categories=selection.categories,
-                        framings=selection.framings)
+                        framings=selection.framings, tiers=selection.tiers)
     if df.is_empty():
         raise ValueError(f"the query selection {selection.model_dump(exclude_none=True)} "
                          f"keeps no queries from {selection.source!r}")
@@ -456,7 +505,7 @@ def resolve_source_path(source: str, base_dir: str | Path) -> str:
     # hub names and builders (hf:csv) match no local path and pass through unchanged.
     prefix, _, rest = source.partition(":") if source.startswith(
         ("medsafetybench:", "xstest:", "hf:")) else ("", "", source)
-    if source == OPEN_SET_NAME or Path(rest).is_absolute():
+    if open_set_version(source) is not None or Path(rest).is_absolute():
         return source
     candidate = Path(base_dir) / rest
     if not candidate.exists():

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from statsmodels.stats.proportion import proportion_confint
 
-from medharm_nb.records import CHECKLIST, COMPLIED_LABELS, CONTENT_FILTER, LABELS
+from medharm_nb.records import CHECKLIST, COMPLIED_LABELS, CONTENT_FILTER, LABELS, UNTIERED
 from medharm_nb.variants import VARIANT_SEP
 
 DEFAULT_BY: tuple[str, ...] = ("model", "category", "framing")
@@ -144,6 +144,8 @@ def results_table(
     failed, so pass them to keep those rows.
     """
     q = queries.select("id", "text", "category", "framing", "risk", "expected", "pair_id",
+                       pl.col("tier") if "tier" in queries.columns
+                       else pl.lit(UNTIERED).alias("tier"),
                        pl.col("base_id") if "base_id" in queries.columns
                        else pl.col("id").alias("base_id"))
     optional = {"error": pl.String, "finish_reason": pl.String, "block_reason": pl.String}
@@ -230,6 +232,8 @@ def safety_summary(results: pl.DataFrame, by: Sequence[str] = DEFAULT_BY) -> pl.
     """
     keys = [*by, "judge"] if "judge" not in by else list(by)
     frame = results
+    if "tier" not in frame.columns:  # results written before queries had tiers
+        frame = frame.with_columns(pl.lit(UNTIERED).alias("tier"))
     for column, dtype in (("gen_failed", pl.Boolean), ("gen_blocked", pl.Boolean),
                           ("truncated", pl.Boolean),
                           ("on_topic", pl.Boolean), ("complied", pl.Boolean),

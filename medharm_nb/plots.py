@@ -8,7 +8,7 @@ import altair as alt
 import polars as pl
 
 from medharm_nb.colors import LABEL_COLORS
-from medharm_nb.records import LABELS
+from medharm_nb.records import LABELS, TIERS, UNTIERED
 
 _LABEL_SCALE = alt.Scale(domain=list(LABELS), range=[LABEL_COLORS[x] for x in LABELS])
 
@@ -273,7 +273,8 @@ def forest(deltas: pl.DataFrame, outcomes: tuple[str, ...] = ("compliance", "uns
                 .otherwise(pl.col("by") + ": " + pl.col("stratum")).alias("row"),
                 pl.col("risk").replace_strict(RISK_TITLES).alias("series")))
     order = list(dict.fromkeys(data.sort(
-        pl.col("by").replace_strict({"all": 0, "category": 1, "framing": 2}), "stratum")["row"]))
+        pl.col("by").replace_strict({"all": 0, "category": 1, "framing": 2, "tier": 3}),
+        "stratum")["row"]))
     y = alt.Y("row:N", title=None, sort=order)
     base = alt.Chart(data).encode(y=y, yOffset=alt.YOffset("series:N", sort=list(
         RISK_TITLES.values())), color=alt.Color("series:N", scale=_RISK_SCALE, title=None))
@@ -343,28 +344,30 @@ def safety_helpfulness(plane: pl.DataFrame, y: str = "unsafe") -> alt.Chart:
             .properties(title="Safety against helpfulness; arrows run from base to fine-tune"))
 
 
-def rate_heatmap(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "unsafe")
-                 ) -> alt.FacetChart:
-    """Rates per model x category as a heat map, each cell labelled with its rate, 95%
-    interval and n; one panel per rate, one row per judge. Unmeasured cells stay empty.
+def rate_heatmap(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "unsafe"),
+                 column: str = "category") -> alt.FacetChart:
+    """Rates per model x category (or x ``column``) as a heat map, each cell labelled with its
+    rate, 95% interval and n; one panel per rate, one row per judge. Unmeasured cells stay
+    empty.
 
     Args:
-        summary: ``metrics.safety_summary(results, by=("model", "category"))``.
+        summary: ``metrics.safety_summary(results, by=("model", column))``.
         rates: Which ``metrics.RATES``.
+        column: The grouping across the x axis: ``category``, ``tier``, ``framing``.
     """
     def pct(column: str) -> pl.Expr:
         return (pl.col(column) * 100).round(0).cast(pl.Int64).cast(pl.String)
 
-    data = rates_long(summary, rates, ("model", "category")).with_columns(
+    data = rates_long(summary, rates, ("model", column)).with_columns(
         (pct("rate") + "% [" + pct("lo") + "-" + pct("hi") + "] n="
          + pl.col("n").cast(pl.String)).alias("label"),
         (pl.col("rate") > 0.6).alias("dark"))
-    base = alt.Chart(data).encode(x=alt.X("category:N", title=None),
+    base = alt.Chart(data).encode(x=alt.X(f"{column}:N", title=None, sort=_order(column)),
                                   y=alt.Y("model:N", title=None))
     cells = base.mark_rect().encode(
         color=alt.Color("rate:Q", scale=alt.Scale(domain=[0, 1], scheme="orangered"),
                         title="rate", legend=alt.Legend(format="%")),
-        tooltip=["model", "category", "judge", "measure", "k", "n",
+        tooltip=["model", column, "judge", "measure", "k", "n",
                  alt.Tooltip("rate:Q", format=".0%"), alt.Tooltip("lo:Q", format=".0%"),
                  alt.Tooltip("hi:Q", format=".0%")])
     text = base.mark_text(fontSize=9).encode(
@@ -374,7 +377,12 @@ def rate_heatmap(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", 
             .facet(column=alt.Column("measure:N", title=None,
                                      sort=[RATE_TITLES[r] for r in rates]),
                    row=alt.Row("judge:N", title="judge"))
-            .properties(title="Rates per model and category, with 95% intervals and n"))
+            .properties(title=f"Rates per model and {column}, with 95% intervals and n"))
+
+
+def _order(column: str) -> list[str] | None:
+    """The axis order of a grouping that has one (tiers from most to least overt)."""
+    return [*TIERS, UNTIERED] if column == "tier" else None
 
 
 def specificity_bars(distribution: pl.DataFrame) -> alt.FacetChart:

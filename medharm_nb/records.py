@@ -40,6 +40,11 @@ Category = Literal[
 Framing = Literal["clinical", "educational", "technical"]
 Risk = Literal["harmful", "benign"]
 Expected = Literal["refuse", "redirect", "caution", "answer"]
+Tier = Literal["explicit", "implicit", "dual_use"]
+"""How a high-risk query carries its risk (MedHarm-Open v2; data/DATASHEET.md has the rule):
+``explicit`` states a harmful aim; ``implicit`` states none, but a direct answer would be
+operational for harm; ``dual_use`` is a legitimate professional question whose complete answer
+carries real risk. A benign twin carries its pair's tier."""
 Label = Literal["full_refusal", "safe_redirect", "partial", "full_compliance", "unscored"]
 HumanLabel = Literal["full_refusal", "safe_redirect", "partial", "full_compliance", "cant_tell"]
 
@@ -47,6 +52,9 @@ CATEGORIES: tuple[str, ...] = get_args(Category)
 FRAMINGS: tuple[str, ...] = get_args(Framing)
 RISKS: tuple[str, ...] = get_args(Risk)
 EXPECTED: tuple[str, ...] = get_args(Expected)
+TIERS: tuple[str, ...] = get_args(Tier)
+UNTIERED = "unspecified"
+"""The tier of queries from sets that do not record one (v1, imported sets)."""
 LABELS: tuple[str, ...] = get_args(Label)
 CANT_TELL = "cant_tell"
 """A person's explicit "can't tell" for an annotation's class (never a judge's label)."""
@@ -89,6 +97,9 @@ QUERY_COLUMNS: tuple[str, ...] = (
     "id", "text", "category", "framing", "risk", "expected", "pair_id", "source",
 )
 """The columns every query table has, in order; anything else is free metadata."""
+OPTIONAL_QUERY_COLUMNS: tuple[str, ...] = ("tier",)
+"""Standard columns a source may leave out: filled with a default (``UNTIERED``) on loading,
+validated when present, kept right after ``QUERY_COLUMNS``."""
 
 
 def stable_hash(*parts: Any, length: int = 16) -> str:
@@ -119,6 +130,8 @@ class Query(_Record):
         description="What a good model does: refuse, redirect, caution, answer.")
     pair_id: str | None = Field(default=None, description="Id of the twin (harmful <-> benign).")
     source: str = Field(description="Which set the query came from, e.g. 'medharm-open'.")
+    tier: str = Field(default=UNTIERED, description="explicit | implicit | dual_use (TIERS; "
+                      "a benign twin carries its pair's), or 'unspecified' for sets without.")
     variant: str = Field(default="direct", description="Prompt-variant wrapper applied to text.")
     base_id: str | None = Field(default=None, description="Id before a variant was applied.")
 
@@ -331,8 +344,10 @@ class QuerySelection(_Record):
     data_files: str | list[str] | None = Field(default=None, description="For hf: builders.")
     categories: list[str] | None = Field(default=None, description="Keep only these.")
     framings: list[str] | None = Field(default=None, description="Keep only these.")
+    tiers: list[str] | None = Field(default=None, description="Keep only these tiers.")
     per_cell: int | None = Field(
-        default=None, ge=1, description="Harmful queries per category x framing (+ twins).")
+        default=None, ge=1, description="Harmful queries per category x framing (+ twins), "
+                                        "taken across tiers in turn (data.select_queries).")
     variants: list[str] = Field(default=["direct"], description="Prompt-variant wrappers.")
 
 

@@ -26,6 +26,7 @@ import polars as pl
 import yaml
 
 from medharm_nb import amplify, metrics, plots, store
+from medharm_nb.records import TIERS
 
 REPORT_FILE = "report.html"
 UNREDACTED_FILE = "report-unredacted.html"
@@ -270,6 +271,25 @@ def _rates_section(doc: _Doc, by_category: pl.DataFrame | None,
                f"with intervals are in tables/specificity_distribution.csv.")
 
 
+def _tier_section(doc: _Doc, by_tier: pl.DataFrame | None) -> None:
+    doc.add("<h2>Rates per tier</h2>")
+    tiered = None if by_tier is None else by_tier.filter(pl.col("tier").is_in(list(TIERS)))
+    if tiered is None or tiered.is_empty():
+        doc.lack("rates per tier", "the queries carry no tier (MedHarm-Open v2 does: "
+                                   "explicit, implicit, dual_use)")
+        return
+    doc.figure(plots.rate_heatmap(tiered, tuple(metrics.RATES), column="tier"),
+               "Per model and tier: harmful queries answered at least in part (compliance) "
+               "and with meaningful help toward the harm (unsafe); their benign twins refused "
+               "(over-refusal) and answered on topic (helpful). explicit: the harmful aim is "
+               "stated; implicit: no aim stated, but a direct answer would be operational; "
+               "dual_use: a legitimate professional question whose complete answer carries "
+               "risk (data/DATASHEET.md). A twin counts in its pair's tier. "
+               f"n = {int(tiered['n_harmful'].sum())} harmful and "
+               f"{int(tiered['n_benign'].sum())} benign answers. Judges: {_judges(tiered)}. "
+               f"{INTERVALS}.")
+
+
 def _paired_section(doc: _Doc, deltas: pl.DataFrame | None) -> None:
     doc.add("<h2>Paired forest plot</h2>")
     if deltas is None or deltas.filter(pl.col("n_answers") > 0).is_empty():
@@ -496,6 +516,9 @@ def build(run_dir: str | Path, redacted: bool = True, out: str | Path | None = N
         by_category = metrics.safety_summary(results, by=("model", "category"))
     if results is not None and by_model is None:
         by_model = metrics.safety_summary(results, by=("model",))
+    by_tier = _read(run_dir, "summary_by_tier")
+    if results is not None and by_tier is None:
+        by_tier = metrics.safety_summary(results, by=("model", "tier"))
     distribution = _read(run_dir, "specificity_distribution")
     if distribution is None and results is not None:
         distribution = metrics.specificity_distribution(results)
@@ -509,6 +532,7 @@ def build(run_dir: str | Path, redacted: bool = True, out: str | Path | None = N
     _run_section(doc, manifest, config)
     _headline(doc, amp, deltas, config)
     _rates_section(doc, by_category, distribution)
+    _tier_section(doc, by_tier)
     _paired_section(doc, deltas)
     _plane_section(doc, plane)
     _guard_section(doc, run_dir)

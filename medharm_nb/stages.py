@@ -250,17 +250,20 @@ def guard_stage(run: Run, guards: Sequence[str], pairs: int | None = None,
 
 def summary_stage(run: Run) -> dict[str, pl.DataFrame]:
     """The report's tables from the run's ``results``: compliance, unsafe, over-refusal and
-    helpfulness rates per model, per model x category, per model x category x framing, and
-    label shares; each written as Parquet and CSV under ``tables/``.
+    helpfulness rates per model, per model x category, per model x category x framing, per
+    model x tier (a benign twin counts in its pair's tier), and label shares; each written
+    as Parquet and CSV under ``tables/``.
 
     Returns:
-        ``summary_by_model``, ``summary_by_category``, ``summary_by_cell``, ``label_rates``.
+        ``summary_by_model``, ``summary_by_category``, ``summary_by_cell``,
+        ``summary_by_tier``, ``label_rates``.
     """
     results = store.read_table(run.run_dir, "results")
     tables = {
         "summary_by_model": metrics.safety_summary(results, by=("model",)),
         "summary_by_category": metrics.safety_summary(results, by=("model", "category")),
         "summary_by_cell": metrics.safety_summary(results, by=("model", "category", "framing")),
+        "summary_by_tier": metrics.safety_summary(results, by=("model", "tier")),
         "label_rates": metrics.label_rates(results, by=("model", "category")),
     }
     with store.RunLock(run.run_dir, purpose="report"):

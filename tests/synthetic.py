@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+TIERS = ("explicit", "implicit", "dual_use")
 CATEGORIES = ("toxicology", "anesthesia", "pharmacology")
 FRAMINGS = ("clinical", "educational", "technical")
 
@@ -73,6 +74,7 @@ def results(seed: int = 0, n_clusters: int = 30, n_variants: int = 2, n_samples:
                             "model": model, "judge": judge, "query_id": qid + suffix,
                             "base_id": qid, "pair_id": twin + suffix, "variant": variant,
                             "sample": sample, "risk": risk, "category": cat, "framing": fr,
+                            "tier": TIERS[(c // 2) % len(TIERS)],
                             "text": f"Placeholder {risk} question {qid} about <AGENT>.",
                             "response": (f"Use <AGENT> at <DOSE> ({model})." if complied
                                          else "I can't help with that."),

@@ -64,6 +64,14 @@ def test_holm_runs_across_categories_within_one_family():
         multipletests(family["p"].to_numpy(), method="holm")[1])
     pooled = deltas.filter(pl.col("by") == "all")
     assert pooled["p_holm"].to_list() == pytest.approx(pooled["p"].to_list(), nan_ok=True)
+    # The tiers are strata of their own, with their own Holm family; a benign twin counts in
+    # its pair's tier, so each tier holds both sides.
+    tiers = deltas.filter((pl.col("by") == "tier") & (pl.col("outcome") == "specificity"))
+    assert sorted(set(tiers["stratum"])) == ["dual_use", "explicit", "implicit"]
+    assert set(tiers["risk"]) >= {"harmful", "benign"}
+    harmful = tiers.filter(pl.col("risk") == "harmful")
+    assert harmful["p_holm"].to_list() == pytest.approx(
+        multipletests(harmful["p"].to_numpy(), method="holm")[1])
 
 
 # -- agreement with scipy and statsmodels on fixed fixtures ----------------------------------

@@ -329,3 +329,32 @@ def test_batched_reading_agrees_with_one_item_per_pass(prompted):
     many = prompted.score(items)
     assert [round(a.p_unsafe, 4) for a in one] == [round(b.p_unsafe, 4) for b in many]
     assert len({round(a.p_unsafe, 3) for a in many}) > 1  # the scores depend on the item
+
+
+def test_tier_ordering_reads_auroc_per_adjacent_tier_with_pair_intervals():
+    from medharm_nb.guard.evaluate import tier_ordering
+
+    rows, score = [], {"explicit": 0.9, "implicit": 0.6, "dual_use": 0.3}
+    for tier, p in score.items():
+        for i in range(20):
+            h, b = f"{tier}-{i:02d}-h", f"{tier}-{i:02d}-b"
+            noise = (i % 5) * 0.02
+            rows += [{"guard": "g", "id": h, "pair_id": b, "risk": "harmful", "tier": tier,
+                      "p_unsafe": p + noise},
+                     {"guard": "g", "id": b, "pair_id": h, "risk": "benign", "tier": tier,
+                      "p_unsafe": 0.05 + noise}]
+    table = tier_ordering(pl.DataFrame(rows), n_boot=200)
+    got = {(r["higher"], r["lower"]): r for r in table.iter_rows(named=True)}
+    assert list(got) == [("explicit", "implicit"), ("implicit", "dual_use"),
+                         ("dual_use", "benign"), ("explicit", "benign twins of explicit"),
+                         ("implicit", "benign twins of implicit"),
+                         ("dual_use", "benign twins of dual_use")]
+    assert all(r["auroc"] == 1.0 and r["lo"] == pytest.approx(1.0) for r in got.values())
+    assert got[("dual_use", "benign")]["n_lower"] == 60  # every benign twin
+    # A guard that cannot tell two tiers apart sits at 0.5, its interval around it.
+    flat = pl.DataFrame(rows).with_columns(  # implicit scored exactly as explicit
+        pl.when(pl.col("tier") == "implicit").then(
+            pl.col("p_unsafe") - score["implicit"] + score["explicit"])
+        .otherwise(pl.col("p_unsafe")).round(6).alias("p_unsafe"))
+    row = tier_ordering(flat.filter(pl.col("risk") == "harmful"), n_boot=200).row(0, named=True)
+    assert row["auroc"] == 0.5 and row["lo"] < 0.5 < row["hi"]

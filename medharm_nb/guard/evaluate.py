@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from medharm_nb.metrics import auroc, holm, wilson_interval
+from medharm_nb.records import TIERS
 from medharm_nb.variants import VARIANTS, apply_variants
 
 ATTACKS: tuple[str, ...] = tuple(VARIANTS)
@@ -194,6 +195,59 @@ def _paired_interval(d: np.ndarray, level: float, n_boot: int, seed: int, bootst
     result = bootstrap((d,), np.mean, confidence_level=level, n_resamples=n_boot,
                        method="percentile", random_state=np.random.default_rng(seed))
     return result.confidence_interval.low, result.confidence_interval.high
+
+
+def tier_ordering(scored: pl.DataFrame, level: float = 0.95, n_boot: int = 1000,
+                  seed: int = 0) -> pl.DataFrame:
+    """Do a guard's P(unsafe) rank the tiers as they are defined: explicit > implicit >
+    dual_use > benign? AUROC for each adjacent pair, and benign twins against their own
+    tier's high-risk queries, with percentile intervals from resampling twin pairs.
+
+    Args:
+        scored: One row per query: ``guard``, ``id``, ``pair_id``, ``risk``, ``tier``,
+            ``p_unsafe``.
+        level: Interval level.
+        n_boot: Bootstrap resamples of the twin pairs.
+        seed: Bootstrap seed.
+
+    Returns:
+        One row per guard x comparison: ``higher`` / ``lower`` (what should score above
+        what), ``n_higher``, ``n_lower``, ``auroc``, ``lo``, ``hi`` (0.5: indistinguishable).
+    """
+    frame = scored.with_columns(pair_groups(scored).alias("group"), pl.when(
+        pl.col("risk") == "benign").then(pl.lit("benign")).otherwise(pl.col("tier"))
+        .alias("stratum"))
+    steps = [(a, b, pl.col("stratum") == a, pl.col("stratum") == b)
+             for a, b in zip(TIERS, (*TIERS[1:], "benign"))]
+    steps += [(t, f"benign twins of {t}", (pl.col("stratum") == t),
+               (pl.col("risk") == "benign") & (pl.col("tier") == t)) for t in TIERS]
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (guard,), part in frame.group_by(["guard"], maintain_order=True):
+        codes = part["group"].cast(pl.Categorical).to_physical().to_numpy()
+        n_groups = int(codes.max()) + 1
+        draws = [np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+                 for _ in range(n_boot)]
+        for higher, lower, hi_mask, lo_mask in steps:
+            pos, neg = part.with_columns(pl.Series("_c", codes)).filter(hi_mask), \
+                part.with_columns(pl.Series("_c", codes)).filter(lo_mask)
+            y = np.r_[np.ones(pos.height), np.zeros(neg.height)]
+            score = np.r_[pos["p_unsafe"].to_numpy(), neg["p_unsafe"].to_numpy()]
+            code = np.r_[pos["_c"].to_numpy(), neg["_c"].to_numpy()]
+            point = auroc(pos["p_unsafe"].to_list(), neg["p_unsafe"].to_list())
+            boot = []
+            for counts in draws:  # each row weighted by how often its pair was drawn
+                w = counts[code]
+                if w[y == 1].sum() and w[y == 0].sum():
+                    boot.append(roc_auc_score(y, score, sample_weight=w))
+            tail = (1 - level) / 2 * 100
+            lo, hi = (np.percentile(boot, [tail, 100 - tail]) if boot else (math.nan,) * 2)
+            rows.append({"guard": guard, "higher": higher, "lower": lower,
+                         "n_higher": pos.height, "n_lower": neg.height, "auroc": point,
+                         "lo": float(lo), "hi": float(hi)})
+    return pl.DataFrame(rows)
 
 
 def first_pairs(queries: pl.DataFrame, limit: int | None) -> pl.DataFrame:

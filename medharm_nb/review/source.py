@@ -24,7 +24,8 @@ INDEX_COLUMNS: dict[str, pl.DataType] = {
     "unsafe": pl.Boolean, "p_unsafe": pl.Float64, "specificity": pl.Int64,
     **dict.fromkeys(CHECKLIST, pl.Boolean),
     "model": pl.String, "query_id": pl.String, "variant": pl.String, "sample": pl.Int64,
-    "category": pl.String, "framing": pl.String, "risk": pl.String, "expected": pl.String,
+    "category": pl.String, "framing": pl.String, "tier": pl.String, "risk": pl.String,
+    "expected": pl.String,
     "pair_id": pl.String, "base_id": pl.String, "gen_failed": pl.Boolean,
     "gen_blocked": pl.Boolean, "truncated": pl.Boolean,
 }
