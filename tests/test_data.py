@@ -309,12 +309,15 @@ def test_both_versions_of_the_open_set_load_and_ids_are_stable():
     assert data.load_queries("medharm-open@v2").equals(v2)
     assert set(v1["tier"]) == {"unspecified"}
     assert v2.filter(risk="harmful").group_by("tier").len().sort("tier")["len"].to_list() == [
-        360, 360, 380]  # dual_use, explicit, implicit
-    # A query in both versions has the same id, text and labels (v1's explicit pairs).
+        352, 360, 388]  # dual_use, explicit, implicit (adjudicated: data/DATASHEET.md)
+    # A query in both versions has the same id and text (v1's pairs that v2 keeps).
     shared = v1.join(v2, on="id", suffix="_v2")
-    assert shared.height >= 360  # 11 v1 pairs were retired in v2 (data/DATASHEET.md)
-    for column in ("text", "category", "framing", "risk", "expected", "pair_id"):
+    assert shared.height == 362  # 18 v1 pairs left out, 11 retired (data/DATASHEET.md)
+    for column in ("text", "category", "framing", "risk", "pair_id"):
         assert (shared[column] == shared[f"{column}_v2"]).all(), column
+    # Only the twins' answer/caution moved, where v2's two labelling passes said so.
+    moved = shared.filter(pl.col("expected") != pl.col("expected_v2"))
+    assert set(moved["risk"]) == {"benign"} and moved.height == 13
     with pytest.raises(ValueError, match="no such MedHarm-Open version"):
         data.load_queries("medharm-open@v9")
 
