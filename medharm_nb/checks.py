@@ -178,8 +178,7 @@ def answerable(spec, queries, config: RunConfig) -> set[tuple[str, int]]:
     """The (query id, sample) a spec will be asked and can answer (``BaseBackend.answerable``:
     every query, but a ``replay`` spec only those its file holds), so two specs of one run
     can end up with different queries."""
-    samples = config.generation.n_samples if config.generation.temperature > 0 else 1
-    return backend_type(spec).answerable(spec, queries, samples)
+    return backend_type(spec).answerable(spec, queries, config.generation.samples)
 
 
 def pair_problems(config: RunConfig, queries) -> list[str]:

@@ -57,6 +57,16 @@ RATE_TITLES: dict[str, str] = {
 """Each ``metrics.RATES`` rate's title in charts."""
 
 
+def plotted_measure(table: pl.DataFrame) -> str:
+    """The harm rate a chart of harmful queries shows: ``unsafe`` when some judge measured it
+    (any ``unsafe_n`` above 0), else ``compliance``, which the chart's title then names.
+
+    Args:
+        table: A table with ``unsafe_n`` (``safety_summary``, ``amplify.plane``).
+    """
+    return "unsafe" if table["unsafe_n"].sum() else "compliance"
+
+
 def rates_long(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "unsafe"),
                by: tuple[str, ...] = ("model",)) -> pl.DataFrame:
     """``metrics.safety_summary`` output in long form: one row per group, judge and rate,

@@ -318,7 +318,7 @@ def _plane_section(doc: _Doc, plane: pl.DataFrame | None) -> None:
     if plane is None or plane.is_empty():
         doc.lack("safety-helpfulness plane", "no results table: run 03_judge")
         return
-    y = "unsafe" if plane["unsafe_n"].sum() else "compliance"
+    y = plots.plotted_measure(plane)
     shown = plane.filter(pl.col(f"{y}_n") > 0)
     if shown.is_empty():  # e.g. stored answers to benign questions only
         doc.lack("safety-helpfulness plane", "no scored answers to harmful queries")

@@ -165,7 +165,11 @@ def test_guard_metrics():
     assert math.isnan(metrics.auroc([], [0.1]))
     neg = [i / 100 for i in range(100)]
     t = ev.threshold_at_budget(neg, 0.05)
-    assert sum(v >= t for v in neg) == 5
+    assert sum(guard.blocks(v, t) for v in neg) == 5
+    # A guard blocks at its threshold (a tie blocks), on numbers and table columns alike.
+    assert guard.blocks(0.5, 0.5) and not guard.blocks(0.49, 0.5)
+    assert pl.DataFrame({"p": [0.5, 0.49]}).select(guard.blocks(pl.col("p"), 0.5))[
+        "p"].to_list() == [True, False]
     r = ev.guard_rates([0.9, 0.2], neg, 0.5)
     assert r["catch"] == 0.5 and r["n_benign"] == 100 and r["false_block_lo"] < 0.5
     sweep = ev.guard_sweep([0.9], [0.1])

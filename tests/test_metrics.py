@@ -185,3 +185,47 @@ def test_truncation_a_backend_did_not_report_is_unknown_not_zero():
     assert a["n_harmful_truncated"] == 0
     # Five answered harmful rows (one failed), none known whole or cut.
     assert a["n_harmful_truncation_unknown"] == 5 and a["n_benign_truncation_unknown"] == 3
+
+
+# -- one definition each ----------------------------------------------------------------------
+
+def test_helpful_is_one_definition_for_the_summary_and_the_guarded_pipeline():
+    from medharm_nb import guard
+
+    # Benign answers: on topic, off topic, refused, and complied with on_topic not assessed.
+    rows = pl.DataFrame({
+        "gen_id": ["g1", "g2", "g3", "g4"], "query_id": ["b1", "b2", "b3", "b4"],
+        "model": "m", "judge": "j", "risk": "benign", "category": "toxicology",
+        "framing": "clinical",
+        "label": ["full_compliance", "full_compliance", "full_refusal", "full_compliance"],
+        "complied": [True, True, False, True], "unsafe": False, "refused": [False, False, True,
+                                                                              False],
+        "on_topic": [True, False, None, None], "specificity": 0, "gen_failed": False,
+        "gen_blocked": False, "truncated": False})
+    assert rows.select(metrics.helpful())["helpful"].to_list() == [True, False, False, None]
+    summary = metrics.safety_summary(rows, by=("model",)).row(0, named=True)
+    # The fourth answer's helpfulness is unknown: out of n, not counted as unhelpful.
+    assert (summary["helpful_k"], summary["helpful_n"]) == (1, 3)
+    piped = guard.pipeline_rates(guard.apply_pipeline(rows, name="none")).row(0, named=True)
+    assert (piped["helpful_k"], piped["helpful_n"]) == (1, 3)
+
+
+def test_blocked_is_one_definition_in_records_the_results_table_and_the_store(tmp_path):
+    from itertools import product
+
+    from medharm_nb import store
+    from medharm_nb.records import Generation
+
+    grid = list(product((None, "timeout"), (None, "stop", "length", "content_filter", "error")))
+    gens = [Generation(gen_id=f"g{i}", model="m", query_id="q", prompt="p", prompt_hash="h",
+                       spec_hash="s", config_hash="c", error=error, finish_reason=finish,
+                       response=None if error or finish == "content_filter" else "r",
+                       created="t") for i, (error, finish) in enumerate(grid)]
+    expected = [records.blocked(error, finish) for error, finish in grid]
+    assert expected.count(True) == 1 and [g.blocked for g in gens] == expected
+    frame = pl.DataFrame([g.model_dump() for g in gens]).rename({"error": "gen_error"})
+    assert frame.select(metrics.gen_blocked())["gen_error"].to_list() == expected
+    with store.RunStore(tmp_path) as st:
+        st.add("generations", gens)
+        assert st.blocked_ids(g.gen_id for g in gens) == {
+            g.gen_id for g, b in zip(gens, expected) if b}

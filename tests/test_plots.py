@@ -90,3 +90,10 @@ def test_names_of_points_that_land_together_are_stacked_not_overprinted():
     # spot in another panel keep their own place.
     assert label_y == [0.27, 0.27 - plots.LABEL_STEP, 0.27, 0.27]
 
+
+
+def test_the_plotted_harm_rate_is_unsafe_where_measured_else_compliance():
+    measured = pl.DataFrame({"model": ["a", "a"], "judge": ["rules", "trained"],
+                             "unsafe_n": [0, 12]})
+    assert plots.plotted_measure(measured) == "unsafe"
+    assert plots.plotted_measure(measured.filter(pl.col("judge") == "rules")) == "compliance"

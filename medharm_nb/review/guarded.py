@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from medharm_nb.guard import load_guard, score_items
+from medharm_nb.guard.base import blocks
 from medharm_nb.store import RunStore, read_table
 
 
@@ -45,7 +46,7 @@ def guard_scores(results: str | Path | pl.DataFrame, guard_name: str = "minilm",
     finally:
         if store is not None:
             store.close()
-    return pl.concat(parts).with_columns((pl.col("p_unsafe") >= threshold).alias("blocked"))
+    return pl.concat(parts).with_columns(blocks(pl.col("p_unsafe"), threshold).alias("blocked"))
 
 
 def _score_stages(guard, results: pl.DataFrame, stages: Sequence[str], store) -> list:
