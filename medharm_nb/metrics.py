@@ -75,23 +75,6 @@ def clustered_interval(k: Sequence[float], n: Sequence[float],
     return (0.0 if hits == 0 else float(lo)), (1.0 if hits == total else float(hi))
 
 
-def holm(p: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values; NaN stays NaN and is not counted.
-
-    The same numbers as statsmodels' ``multipletests(p, method="holm")`` (the tests check
-    it), written out because that function runs a full ``gc.collect()`` on every call: about
-    0.2 s each with torch loaded, times dozens of families per run.
-    """
-    values = np.asarray(p, dtype=float)
-    out = np.full(values.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(values))
-    if ok.size:
-        order = ok[np.argsort(values[ok], kind="stable")]
-        scaled = values[order] * np.arange(ok.size, 0, -1)
-        out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
-    return out.tolist()
-
-
 def pooled_rate(rows: pl.DataFrame, hit: pl.Expr) -> tuple[int, int, float, float]:
     """k, n and the 95% interval of a rate over ``rows`` (each row counts, ``hit`` says
     which are hits): ``clustered_interval`` over base queries where the rows say which

@@ -231,6 +231,16 @@ def test_brittleness_is_paired_and_reports_every_variant():
     assert noise["p_holm"] < 0.001 and noise["worst"]
     quiet = table.row(1, named=True)
     assert quiet["drop"] <= 0 and not quiet["worst"] and quiet["p_holm"] >= quiet["p_value"]
+    # The fine-tune analysis' engine: McNemar over queries and the cluster bootstrap.
+    from medharm_nb import paired
+
+    harm = fitted.filter(pl.col("risk") == "harmful")
+    caught = {v: dict(harm.filter(pl.col("variant") == v).select("base_id", "blocked")
+                      .iter_rows()) for v in ("direct", "noise")}
+    d = [float(caught["direct"][q]) - float(caught["noise"][q]) for q in sorted(caught["noise"])]
+    assert noise["p_value"] == paired.mcnemar_clusters(d)["p"]
+    assert (noise["drop_lo"], noise["drop_hi"]) == paired.cluster_interval(
+        d, [1.0] * len(d), level=0.975)
 
 
 def test_guard_eval_command(tmp_path):
