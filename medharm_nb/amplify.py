@@ -50,7 +50,7 @@ from medharm_nb.paired import (
     ratio_draws,
     wilcoxon_clusters,
 )
-from medharm_nb.records import UNTIERED
+from medharm_nb.store.catalogue import TABLES
 
 OUTCOMES: dict[str, str] = {
     "compliance": "did not refuse (share of answers)",
@@ -79,14 +79,7 @@ def paired(results: pl.DataFrame, model: str, base: str) -> pl.DataFrame:
         unscored, or not measured by the judge).
     """
     frame = results.with_columns(cluster_column(results), *(
-        (pl.col(c) if c in results.columns else pl.lit(None)).cast(pl.Float64).alias(o)
-        for o, c in COLUMNS.items()))
-    if "variant" not in frame.columns:
-        frame = frame.with_columns(pl.lit("direct").alias("variant"))
-    if "sample" not in frame.columns:
-        frame = frame.with_columns(pl.lit(0).alias("sample"))
-    if "tier" not in frame.columns:
-        frame = frame.with_columns(pl.lit(UNTIERED).alias("tier"))
+        pl.col(c).cast(pl.Float64).alias(o) for o, c in COLUMNS.items()))
     meta = ["risk", "category", "framing", "tier", "cluster"]
     ft = frame.filter(pl.col("model") == model).select(*JOIN_KEYS, *meta, *OUTCOMES)
     bs = frame.filter(pl.col("model") == base).select(*JOIN_KEYS, *OUTCOMES)
@@ -173,16 +166,9 @@ def compare(rows: pl.DataFrame, outcome: str, n_boot: int = 2000, seed: int = 0,
     return out
 
 
-DELTA_SCHEMA: dict[str, pl.DataType] = {
-    "model": pl.String, "base": pl.String, "judge": pl.String, "by": pl.String,
-    "stratum": pl.String, "outcome": pl.String, "risk": pl.String, "n_answers": pl.Int64,
-    "n_clusters": pl.Int64, "n_unpaired": pl.Int64, "base_mean": pl.Float64,
-    "ft_mean": pl.Float64, "delta": pl.Float64, "lo": pl.Float64, "hi": pl.Float64,
-    "test": pl.String, "statistic": pl.Float64, "p": pl.Float64, "p_holm": pl.Float64,
-    "n_up": pl.Int64, "n_down": pl.Int64, "effect": pl.Float64, "effect_name": pl.String,
-    "level": pl.Float64, "n_boot": pl.Int64,
-}
-"""Columns of ``paired_deltas`` (also the schema of an empty table: a run without pairs)."""
+DELTAS = TABLES["paired_deltas"]
+"""The ``paired_deltas`` table's declaration (``store.catalogue``): its columns, and the
+empty table of a run without pairs."""
 
 
 def paired_deltas(results: pl.DataFrame, pairs: Sequence[tuple[str, str]],
@@ -197,7 +183,7 @@ def paired_deltas(results: pl.DataFrame, pairs: Sequence[tuple[str, str]],
         level: Interval level.
 
     Returns:
-        ``DELTA_SCHEMA`` columns; ``n_unpaired`` counts the pair's answers (per judge) that
+        ``DELTAS`` columns; ``n_unpaired`` counts the pair's answers (per judge) that
         the other model lacks, which no delta includes. An outcome a judge never measured
         has ``n_answers`` 0 and NaN estimates: unmeasured, never 0.
     """
@@ -216,10 +202,10 @@ def paired_deltas(results: pl.DataFrame, pairs: Sequence[tuple[str, str]],
                                      "stratum": stratum, "outcome": outcome,
                                      "n_unpaired": unpaired, **row, "level": level,
                                      "n_boot": n_boot})
-    table = pl.DataFrame(rows, schema={k: v for k, v in DELTA_SCHEMA.items() if k != "p_holm"}
-                         ) if rows else pl.DataFrame(schema=DELTA_SCHEMA)
-    if table.is_empty():
-        return table
+    if not rows:
+        return DELTAS.empty()
+    table = pl.DataFrame(rows, schema={k: v for k, v in DELTAS.columns.items()
+                                       if k != "p_holm"})
     # Holm across the categories (and, separately, the framings and tiers) of one family; the pooled
     # row ("all") is its own single test.
     family = ["model", "judge", "by", "outcome", "risk"]
@@ -229,7 +215,7 @@ def paired_deltas(results: pl.DataFrame, pairs: Sequence[tuple[str, str]],
         adjusted.append(part.select("_row").with_columns(
             pl.Series("p_holm", holm(part["p"].to_list()), dtype=pl.Float64)))
     return (table.join(pl.concat(adjusted), on="_row").sort("_row").drop("_row")
-            .select(list(DELTA_SCHEMA)))
+            .select(list(DELTAS.columns)))
 
 
 def amplification(deltas: pl.DataFrame) -> pl.DataFrame:
@@ -245,7 +231,7 @@ def amplification(deltas: pl.DataFrame) -> pl.DataFrame:
         parts.append(pooled.filter(pl.col("risk") == risk).select(
             *keys, *(pl.col(c).alias(f"{name}_{c}" if c != "delta" else name) for c in cols)))
     if not parts or parts[0].is_empty():
-        return pl.DataFrame(schema={**{k: pl.String for k in keys}, "amplification": pl.Float64})
+        return TABLES["amplification"].empty()
     out = parts[0]
     for part in parts[1:]:
         out = out.join(part, on=keys, how="left")

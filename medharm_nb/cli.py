@@ -263,7 +263,7 @@ def judge_command(
             typer.echo(f"  {model}: {row['failed']} of {row['total']} generations failed and "
                        f"{row['blocked']} were blocked; they stay in the results as such")
     run_path = Path(manifest["run_dir"])
-    typer.echo(f"  results:  {store.table_path(run_path, 'results')}")
+    typer.echo(f"  tables:   {run_path / 'tables'}")
     typer.echo(f"  report:   {manifest['report']}")
     typer.echo(f"  manifest: {run_path / 'manifest.json'}")
     _exit_for(manifest)
@@ -471,10 +471,11 @@ def judge_eval_command(
     if report.evaluation is None:
         _fail("; ".join(report.skipped))
     if out is not None:
-        store.write_table(out, "judge_agreement", report.evaluation.summary, csv=True)
-        store.write_table(out, "judge_confusion", report.evaluation.confusion)
+        store.write_table(out, store.VALIDATION_TABLES["summary"], report.evaluation.summary)
+        store.write_table(out, store.VALIDATION_TABLES["confusion"],
+                          report.evaluation.confusion)
         if report.false_alarm is not None:
-            store.write_table(out, "judge_false_alarms", report.false_alarm, csv=True)
+            store.write_table(out, store.VALIDATION_TABLES["false_alarm"], report.false_alarm)
     for line in validation.report_lines(report):
         typer.echo(line)
 
@@ -532,7 +533,7 @@ def guard_eval(
         _fail(str(err))
     if out is not None:
         for name, table in result.items():
-            store.write_table(out, f"guard_{name}", table)
+            store.write_table(out, store.GUARD_TABLES[name], table)
     with _wide_tables():
         if variants:
             typer.echo(result["summary"].select(

@@ -72,7 +72,7 @@ def rates_long(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "u
     """``metrics.safety_summary`` output in long form: one row per group, judge and rate,
     with ``k``, ``n``, ``rate``, ``lo``, ``hi``; rates a judge did not measure (n = 0) are
     dropped rather than drawn as 0."""
-    keys = [c for c in dict.fromkeys((*by, "judge")) if c in summary.columns]
+    keys = list(dict.fromkeys((*by, "judge")))
     parts = [summary.select(*keys, pl.lit(RATE_TITLES[r]).alias("measure"),
                             pl.col(f"{r}_k").alias("k"), pl.col(f"{r}_n").alias("n"),
                             pl.col(f"{r}_rate").alias("rate"), pl.col(f"{r}_lo").alias("lo"),

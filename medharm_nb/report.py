@@ -99,7 +99,7 @@ def _table(df: pl.DataFrame, columns: list[str] | None = None, max_rows: int = 4
            digits: int = 3) -> str:
     """A DataFrame as an HTML table (floats rounded, at most ``max_rows`` rows shown)."""
     if columns:
-        df = df.select([c for c in columns if c in df.columns])
+        df = df.select(columns)
 
     def cell(v: Any) -> str:
         if isinstance(v, float):
@@ -115,11 +115,6 @@ def _table(df: pl.DataFrame, columns: list[str] | None = None, max_rows: int = 4
     more = (f"<p>{df.height - max_rows} more rows in the table's CSV.</p>"
             if df.height > max_rows else "")
     return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>{more}'
-
-
-def _read(run_dir: Path, name: str) -> pl.DataFrame | None:
-    path = store.table_path(run_dir, name)
-    return pl.read_parquet(path) if path.exists() else None
 
 
 def _ci(value: float, lo: float, hi: float, pct: bool = True) -> str:
@@ -140,7 +135,7 @@ def _pairs(config: dict | None, deltas: pl.DataFrame | None = None) -> list[tupl
 
 
 def _judges(df: pl.DataFrame) -> str:
-    return ", ".join(sorted(df["judge"].unique().to_list())) if "judge" in df.columns else "?"
+    return ", ".join(sorted(df["judge"].unique().to_list()))
 
 
 # -- sections -------------------------------------------------------------------------------
@@ -334,8 +329,9 @@ def _plane_section(doc: _Doc, plane: pl.DataFrame | None) -> None:
 
 def _guard_section(doc: _Doc, run_dir: Path) -> None:
     doc.add("<h2>Guardrails and brittleness</h2>")
-    sweep, summary = _read(run_dir, "guard_sweep"), _read(run_dir, "guard_summary")
-    brittle = _read(run_dir, "guard_brittleness")
+    sweep = store.guard_df(run_dir, "sweep", missing_ok=True)
+    summary = store.guard_df(run_dir, "summary", missing_ok=True)
+    brittle = store.guard_df(run_dir, "brittleness", missing_ok=True)
     if sweep is None and summary is None:
         doc.lack("guardrails", "no guard tables (guard_sweep, guard_summary): run "
                                "04_guardrails")
@@ -357,8 +353,8 @@ def _guard_section(doc: _Doc, run_dir: Path) -> None:
                    f"per guard and half, the same for every variant). n = "
                    f"{int(summary['n_harmful'].max())} harmful queries per variant (at most). "
                    f"Judge: none (guards score prompts). Error bars: Wilson 95% intervals.")
-    guards = _read(run_dir, "guard_guards")
-    if guards is not None and "in_sample" in guards.columns and guards["in_sample"].any():
+    guards = store.guard_df(run_dir, "guards", missing_ok=True)
+    if guards is not None and guards["in_sample"].any():
         doc.add("<p>In-sample: " + html.escape(", ".join(
             guards.filter(pl.col("in_sample"))["guard"].to_list())) + " was trained on these "
                 "queries; its figures here are development-set, not held out.</p>")
@@ -372,8 +368,8 @@ def _guard_section(doc: _Doc, run_dir: Path) -> None:
 
 def _judge_section(doc: _Doc, run_dir: Path) -> None:
     doc.add("<h2>Judge validation</h2>")
-    agreement = _read(run_dir, "judge_agreement")
-    alarms = _read(run_dir, "judge_false_alarms")
+    agreement = store.validation_df(run_dir, "summary", missing_ok=True)
+    alarms = store.validation_df(run_dir, "false_alarm", missing_ok=True)
     if agreement is None and alarms is None:
         doc.lack("judge validation", "no judge validation tables (judge_agreement): run "
                                      "03b_judge_validation with human labels")
@@ -414,16 +410,15 @@ def _failures_section(doc: _Doc, by_model: pl.DataFrame | None) -> None:
 
 def _truncation_shown(by_model: pl.DataFrame) -> pl.DataFrame:
     """``n_<risk>_truncated`` as text: the count; ``unknown`` when no answer says; the count
-    and the unknown rest when some do (summary tables from before the unknown count: as is)."""
+    and the unknown rest when some do (summary tables from before the unknown count, where
+    it is null: the count as is)."""
     shown = []
     for risk in ("harmful", "benign"):
         k, unknown = f"n_{risk}_truncated", f"n_{risk}_truncation_unknown"
-        if unknown not in by_model.columns:
-            continue
         answered = (pl.col(f"n_{risk}") - pl.col(f"n_{risk}_failed")
                     - pl.col(f"n_{risk}_blocked"))
         shown.append(
-            pl.when(pl.col(unknown) == 0).then(pl.col(k).cast(pl.String))
+            pl.when(pl.col(unknown).fill_null(0) == 0).then(pl.col(k).cast(pl.String))
             .when(pl.col(unknown) >= answered).then(pl.lit("unknown"))
             .otherwise(pl.format("{} (+{} unknown)", pl.col(k), pl.col(unknown))).alias(k))
     return by_model.with_columns(shown)
@@ -434,7 +429,7 @@ def _examples_section(doc: _Doc, results: pl.DataFrame | None,
     from medharm_nb.judge.checklist import redact
 
     doc.add("<h2>Example responses</h2>")
-    if results is None or "response" not in results.columns:
+    if results is None:
         doc.lack("example responses", "no results table: run 03_judge")
         return
     doc.add('<p class="warn">' + (
@@ -479,16 +474,29 @@ def _shown(text: str | None, prompt: str, redacted: bool, redact) -> str:
 
 
 def _tables_section(doc: _Doc, run_dir: Path) -> None:
-    doc.add("<h2>Tables</h2><p>Every table of this run, as Parquet (with the schema version) "
-            "and, for summaries, CSV, under <code>tables/</code>:</p><ul>")
-    for path in sorted((run_dir / "tables").glob("*.parquet")):
-        csv = path.with_suffix(".csv")
-        doc.add(f"<li>{_e(path.name)}" + (f" · {_e(csv.name)}" if csv.exists() else "")
-                + "</li>")
+    doc.add("<h2>Tables</h2><p>Every table of this run, as Parquet (with the schema and table "
+            "versions) and, for summaries, CSV, under <code>tables/</code>, with the stage "
+            "that writes it (<code>store.catalogue</code> declares each one's columns):</p>"
+            "<ul>")
+    for table in sorted(store.TABLES.values(), key=lambda t: t.name):
+        path = table.path(run_dir)
+        if path.exists():
+            csv = path.with_suffix(".csv")
+            doc.add(f"<li>{_e(path.name)}" + (f" · {_e(csv.name)}" if csv.exists() else "")
+                    + f": {_e(table.doc)} ({_e(table.writer)})</li>")
     doc.add("</ul>")
 
 
 # -- the builder ----------------------------------------------------------------------------
+
+def _summary(run_dir: Path, results: pl.DataFrame | None, by: str) -> pl.DataFrame | None:
+    """A rate table (``store.summary_df``): the run's, else made from its results (07_report
+    has not written it yet); None without results."""
+    kept = store.summary_df(run_dir, by, missing_ok=True)
+    if kept is None and results is not None:
+        return metrics.safety_summary(results, by=store.SUMMARY_BY[by])
+    return kept
+
 
 def build(run_dir: str | Path, redacted: bool = True, out: str | Path | None = None) -> Path:
     """Write the run's report from whatever it holds.
@@ -504,27 +512,18 @@ def build(run_dir: str | Path, redacted: bool = True, out: str | Path | None = N
         The path written.
     """
     run_dir = Path(run_dir)
-    manifest_path = run_dir / store.MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    config_path = run_dir / "config.yaml"
-    config = (yaml.safe_load(config_path.read_text()) if config_path.exists()
-              else (manifest or {}).get("config"))
-    results = _read(run_dir, "results")
-    by_model, by_category = _read(run_dir, "summary_by_model"), _read(run_dir,
-                                                                      "summary_by_category")
-    if results is not None and by_category is None:
-        by_category = metrics.safety_summary(results, by=("model", "category"))
-    if results is not None and by_model is None:
-        by_model = metrics.safety_summary(results, by=("model",))
-    by_tier = _read(run_dir, "summary_by_tier")
-    if results is not None and by_tier is None:
-        by_tier = metrics.safety_summary(results, by=("model", "tier"))
-    distribution = _read(run_dir, "specificity_distribution")
+    manifest = store.read_manifest(run_dir) or None
+    config = store.read_run_config(run_dir)
+    results = store.results_df(run_dir, missing_ok=True)
+    by_model, by_category, by_tier = (_summary(run_dir, results, by)
+                                      for by in ("model", "category", "tier"))
+    distribution = store.paired_df(run_dir, "specificity", missing_ok=True)
     if distribution is None and results is not None:
         distribution = metrics.specificity_distribution(results)
-    deltas, amp = _read(run_dir, "paired_deltas"), _read(run_dir, "amplification")
+    deltas = store.paired_df(run_dir, "deltas", missing_ok=True)
+    amp = store.paired_df(run_dir, "amplification", missing_ok=True)
     pairs = _pairs(config, deltas)
-    plane = _read(run_dir, "safety_helpfulness")
+    plane = store.paired_df(run_dir, "plane", missing_ok=True)
     if plane is None and results is not None:
         plane = amplify.plane(results, pairs)
 

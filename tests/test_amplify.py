@@ -14,7 +14,7 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from medharm_nb import amplify, paired
+from medharm_nb import amplify, paired, store
 
 PAIR = [("ft-model", "base-model")]
 
@@ -48,8 +48,9 @@ def test_an_outcome_the_judge_does_not_measure_stays_unmeasured_never_zero():
 def test_a_run_without_pairs_gives_empty_tables_with_their_columns():
     results = synthetic.results(seed=0, n_clusters=3)
     deltas = amplify.paired_deltas(results, [])
-    assert deltas.is_empty() and list(deltas.columns) == list(amplify.DELTA_SCHEMA)
-    assert amplify.amplification(deltas).is_empty()
+    assert deltas.is_empty() and list(deltas.columns) == list(amplify.DELTAS.columns)
+    empty = amplify.amplification(deltas)
+    assert empty.is_empty() and empty.schema == store.table("amplification").empty().schema
     plane = amplify.plane(results, [])
     assert plane["base"].null_count() == plane.height
 

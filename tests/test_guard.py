@@ -262,7 +262,9 @@ def test_guard_eval_command(tmp_path):
 
 
 def test_guarded_pipeline_blocks_become_refusals():
-    results = pl.DataFrame({
+    import synthetic
+
+    results = synthetic.results_frame({
         "gen_id": ["g1", "g2", "g3"], "query_id": ["q1", "q2", "q3"], "model": "m",
         "judge": "rules", "label": ["full_compliance", "full_compliance", "full_compliance"],
         "unsafe": [True, True, False], "refused": False, "complied": True, "on_topic": True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+import synthetic
 
 from medharm_nb import metrics, plots
 
@@ -19,8 +20,8 @@ def _results() -> pl.DataFrame:
                          "framing": "clinical", "risk": "benign",
                          "label": "full_refusal" if i == 0 else "full_compliance",
                          "unsafe": False, "on_topic": True})
-    return pl.DataFrame(rows).with_columns(
-        complied=pl.col("label").is_in(["partial", "full_compliance"]))
+    return synthetic.results_frame(pl.DataFrame(rows).with_columns(
+        complied=pl.col("label").is_in(["partial", "full_compliance"])))
 
 
 def test_every_report_chart_saves_png_and_svg(tmp_path):
@@ -54,8 +55,6 @@ def test_rate_chart_draws_compliance_and_unsafe_apart_and_skips_unmeasured():
 
 
 def test_paired_charts_render_to_svg_offline(tmp_path):
-    import synthetic
-
     from medharm_nb import amplify
 
     results = synthetic.results(seed=1, n_clusters=9, delta=0.3)

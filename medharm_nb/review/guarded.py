@@ -1,6 +1,6 @@
 """Guard scores for the compare view's guarded-vs-unguarded mode, from a run's stored texts.
 
-The guard stage's tables (``tables/guard_pipeline*.parquet``) hold rates, not per-item scores,
+The guard stage's pipeline tables (``guard_pipeline*``) hold rates, not per-item scores,
 so the view takes scores as a table (``layout.GUARD_SCORES``); ``guard_scores`` makes one by
 running a guard over the stored prompts and responses (one guard pass, no generation).
 """
@@ -14,7 +14,7 @@ import polars as pl
 
 from medharm_nb.guard import load_guard, score_items
 from medharm_nb.guard.base import blocks
-from medharm_nb.store import RunStore, read_table
+from medharm_nb.store import RunStore, results_df
 
 
 def guard_scores(results: str | Path | pl.DataFrame, guard_name: str = "minilm",
@@ -37,7 +37,7 @@ def guard_scores(results: str | Path | pl.DataFrame, guard_name: str = "minilm",
     run_dir = None
     if not isinstance(results, pl.DataFrame):
         run_dir = Path(results)
-        results = read_table(results, "results")
+        results = results_df(results)
     guard = load_guard(guard_name)
     # A run folder's store keeps the scores (the guard stage's too): nothing scored twice.
     store = RunStore(run_dir) if run_dir is not None else None
