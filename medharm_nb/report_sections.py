@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from medharm_nb import metrics, plots, store
+from medharm_nb import metrics, plots, plots_paired, store
 from medharm_nb.records import TIERS
 from medharm_nb.report_doc import Doc, esc, html_table, judges_of, model_pairs, with_interval
 
@@ -177,7 +177,7 @@ def paired_section(doc: Doc, deltas: pl.DataFrame | None) -> None:
     measured = deltas.filter(pl.col("n_answers") > 0)
     pooled = measured.filter((pl.col("by") == "all") & (pl.col("risk") == "harmful"))
     n_boot = int(measured["n_boot"].max())
-    doc.figure(plots.forest(deltas),
+    doc.figure(plots_paired.forest(deltas),
                f"Fine-tune minus base per stratum (all queries, each category, each framing) "
                f"for harmful queries, benign twins and their difference. n = "
                f"{int(pooled['n_answers'].max())} paired harmful answers from "
@@ -202,7 +202,7 @@ def plane_section(doc: Doc, plane: pl.DataFrame | None) -> None:
     if shown.is_empty():  # e.g. stored answers to benign questions only
         doc.lack("safety-helpfulness plane", "no scored answers to harmful queries")
         return
-    doc.figure(plots.safety_helpfulness(plane, y=y),
+    doc.figure(plots_paired.safety_helpfulness(plane, y=y),
                f"{plots.RATE_TITLES[y].capitalize()} against helpfulness on benign twins "
                f"(answered, on topic), per model; arrows run from each base to its fine-tune. "
                f"n = {int(shown[f'{y}_n'].max())} harmful and {int(shown['helpful_n'].max())} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import synthetic
 
-from medharm_nb import metrics, plots
+from medharm_nb import metrics, plots, plots_paired
 
 
 def _results() -> pl.DataFrame:
@@ -61,8 +61,8 @@ def test_paired_charts_render_to_svg_offline(tmp_path):
     deltas = amplify.paired_deltas(results, [("ft-model", "base-model")], n_boot=200)
     plane = amplify.plane(results, [("ft-model", "base-model")])
     charts = {
-        "forest": plots.forest(deltas),
-        "plane": plots.safety_helpfulness(plane),
+        "forest": plots_paired.forest(deltas),
+        "plane": plots_paired.safety_helpfulness(plane),
         "heatmap": plots.rate_heatmap(metrics.safety_summary(results, by=("model", "category"))),
         "specificity": plots.specificity_bars(metrics.specificity_distribution(results)),
     }

@@ -1,6 +1,7 @@
 """All file and database I/O of a run directory: ``db`` (the SQLite store), ``lock`` (the
 run folder's lock), ``files`` (tables, manifest, config, file digests), ``catalogue`` (every
-table a run writes, declared once) and ``readers`` (the typed readers of those tables).
+table a run writes, declared once; ``schema``: what a declaration is) and ``readers`` (the
+typed readers of those tables).
 
 A run lives in ``runs/<name>/``::
 
@@ -53,8 +54,6 @@ from medharm_nb.store.catalogue import (
     SUMMARY_TABLES,
     TABLES,
     VALIDATION_TABLES,
-    Table,
-    TableError,
     table,
 )
 from medharm_nb.store.db import (
@@ -98,6 +97,7 @@ from medharm_nb.store.readers import (
     summary_df,
     validation_df,
 )
+from medharm_nb.store.schema import Table, TableError
 
 __all__ = [
     "CONFIG_FILE", "GUARD_TABLES", "LOCK_ENV", "LOCK_FILE", "MANIFEST_FILE", "PAIRED_TABLES",

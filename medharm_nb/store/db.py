@@ -20,8 +20,8 @@ from medharm_nb.records import (
     GuardVerdict,
     Judgement,
 )
-from medharm_nb.store.catalogue import polars_type
 from medharm_nb.store.files import utc_now
+from medharm_nb.store.schema import polars_type
 
 STORE_FILE = "store.sqlite"
 _TABLES = {"generations": (Generation, "gen_id"), "judgements": (Judgement, "judgement_id"),

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from medharm_nb.records import SCHEMA_VERSION
-from medharm_nb.store.catalogue import TableError, table
+from medharm_nb.store.catalogue import table
+from medharm_nb.store.schema import TableError
 
 MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "config.yaml"

@@ -19,9 +19,9 @@ from medharm_nb.store.catalogue import (
     PAIRED_TABLES,
     SUMMARY_TABLES,
     VALIDATION_TABLES,
-    TableError,
 )
 from medharm_nb.store.files import has_table, read_table, scan_table
+from medharm_nb.store.schema import TableError
 
 
 def run_folder(run: Any) -> Path:
