@@ -11,17 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from medharm_nb import generate, store
-from medharm_nb.config import (
-    INJECTED,
-    NOTEBOOK_DIR,
-    READS,
-    WRITER,
-    ConfigError,
-    Run,
-    RunConfig,
-)
+from medharm_nb.config import INJECTED, NOTEBOOK_DIR, ConfigError, Run, RunConfig
 from medharm_nb.generate.backends import backend_type
 from medharm_nb.records import stable_hash
+from medharm_nb.store.catalogue import read_by
 
 
 def notebook_parameters(notebook: Path) -> dict[str, dict]:
@@ -86,13 +79,13 @@ def table_problems(selected: list[str], run_dir: Path, how: str | None = None) -
     """
     problems = []
     for i, nb in enumerate(selected):
-        for table in READS.get(nb, ()):
-            writer = WRITER[table]
-            if writer in selected[:i] or store.table_path(run_dir, table).exists():
+        for table in read_by(nb):
+            writer = table.notebook
+            if writer in selected[:i] or store.has_table(run_dir, table.name):
                 continue
             fix = how or f"add {writer} to the notebooks, or run it first"
-            problems.append(f"{nb} reads tables/{table}.parquet, which {writer} writes, and "
-                            f"{store.table_path(run_dir, table)} does not exist: {fix}")
+            problems.append(f"{nb} reads tables/{table.name}.parquet, which {writer} writes, "
+                            f"and {table.path(run_dir)} does not exist: {fix}")
     return problems
 
 
@@ -178,8 +171,7 @@ def answerable(spec, queries, config: RunConfig) -> set[tuple[str, int]]:
     """The (query id, sample) a spec will be asked and can answer (``BaseBackend.answerable``:
     every query, but a ``replay`` spec only those its file holds), so two specs of one run
     can end up with different queries."""
-    samples = config.generation.n_samples if config.generation.temperature > 0 else 1
-    return backend_type(spec).answerable(spec, queries, samples)
+    return backend_type(spec).answerable(spec, queries, config.generation.samples)
 
 
 def pair_problems(config: RunConfig, queries) -> list[str]:

@@ -31,14 +31,6 @@ SERIES: tuple[str, ...] = (
     "06_amplification", "07_report")
 INJECTED = ("config_path", "run_dir", "figures_dir")
 """Parameters the runner passes to every notebook."""
-READS: dict[str, tuple[str, ...]] = {
-    "02_generate": ("queries",), "03_judge": ("queries", "generations"),
-    "04_guardrails": ("queries", "results"), "05_review": ("results",),
-    "06_amplification": ("results",), "07_report": ("results",)}
-"""Run tables a notebook reads that an earlier notebook of the series writes (``WRITER``);
-01_data and 03b_judge_validation read none."""
-WRITER = {"queries": "01_data", "generations": "02_generate", "results": "03_judge"}
-"""The notebook (and stage) that writes each table in ``READS``."""
 
 
 class ConfigError(ValueError):
@@ -292,7 +284,7 @@ def open_run_dir(run_dir: str | Path) -> Run:
         ConfigError: the folder holds no ``config.yaml`` (not a run folder).
     """
     run_dir = Path(run_dir).resolve()
-    config_path = run_dir / "config.yaml"
+    config_path = run_dir / store.CONFIG_FILE
     if not config_path.is_file():
         raise ConfigError(f"{run_dir}: no config.yaml here; is it a run folder (runs/<name>)?")
     figures = None

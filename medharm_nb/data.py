@@ -11,18 +11,20 @@ Sources (``load_queries(source)``):
   builders with ``data_files=``, a folder written by ``save_to_disk``), then the mapping.
 - ``"medsafetybench:<dir>"``: MedSafetyBench's test split (900 harmful requests).
 - ``"xstest:<prompts.csv>"``: XSTest's 450 prompts (250 safe look-alikes, 200 unsafe).
+
+Files are read as strings with their line numbers by ``data_files``; this module maps,
+validates and selects.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import polars as pl
 
+from medharm_nb.data_files import QueryValidationError, decode_text, read_hf, read_query_file
 from medharm_nb.records import (
     CATEGORIES,
     EXPECTED,
@@ -55,16 +57,6 @@ AMA_PRINCIPLES = {
     8: "ama8_responsibility_to_patient",
     9: "ama9_access_to_care",
 }
-
-
-class QueryValidationError(ValueError):
-    """Raised with every problem found in a query table, each naming file and line or id."""
-
-    def __init__(self, errors: list[str]):
-        self.errors = errors
-        shown = "\n  ".join(errors[:50])
-        more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
-        super().__init__(f"{len(errors)} problem(s) in the queries:\n  {shown}{more}")
 
 
 def open_set_version(source: str) -> str | None:
@@ -130,96 +122,6 @@ def load_queries(
         return _load_hf(source[3:], mapping, categories, split, data_files)
     allowed = tuple(categories) if categories is not None else CATEGORIES
     return _load_file(Path(source), mapping, allowed)
-
-
-# -- files in our schema -------------------------------------------------------------------
-
-def read_query_file(path: Path) -> tuple[pl.DataFrame, str]:
-    """Read a CSV / JSONL / Parquet file as strings, with a ``_line`` column for error messages.
-
-    Returns:
-        The frame and the word used for positions ("line" or "row").
-    """
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        try:
-            df = pl.read_parquet(path)
-        except Exception as err:  # polars raises several kinds for a damaged file
-            raise QueryValidationError(
-                [f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})"]) from None
-        nested = [f"{c} ({t})" for c, t in df.schema.items() if t.is_nested()]
-        if nested:
-            raise QueryValidationError([f"{path}: column(s) {', '.join(nested)} hold lists or "
-                                        "structs; every query field must be a single value"])
-        df = df.with_columns(pl.all().cast(pl.String))
-        return df.with_row_index("_line", offset=1), "row"
-    text = _decode(path)
-    if suffix == ".csv":
-        # Old Mac files end lines with a lone CR, which polars reads as one long header line.
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-        header = next(csv.reader(io.StringIO(text)), [])
-        twice = sorted({h for h in header if header.count(h) > 1})
-        if twice:
-            raise QueryValidationError(
-                [f"{path}:1: column(s) {twice} named more than once in the header"])
-        try:
-            df = pl.read_csv(io.StringIO(text), infer_schema=False)
-        except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as err:
-            # polars names neither the file nor the line; find the ragged lines ourselves.
-            raise QueryValidationError(_ragged_csv_lines(path, text) or [
-                f"{path}: not a readable CSV ({str(err).splitlines()[0]})"]) from None
-        # Header is line 1; a quoted field may span lines, so this is the record's first line
-        # for ordinary files.
-        return df.with_row_index("_line", offset=2), "line"
-    if suffix in (".jsonl", ".json"):
-        return _read_jsonl(path, text), "line"
-    raise QueryValidationError([f"{path}: unsupported file type {suffix!r} (csv, jsonl, parquet)"])
-
-
-def _ragged_csv_lines(path: Path, text: str) -> list[str]:
-    rows = csv.reader(io.StringIO(text))
-    header = next(rows, [])
-    return [f"{path}:{rows.line_num}: {len(row)} fields, but the header has {len(header)}"
-            for row in rows if row and len(row) != len(header)]
-
-
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise QueryValidationError(
-            [f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x}); save the file as UTF-8"]
-        ) from None
-
-
-def _read_jsonl(path: Path, text: str) -> pl.DataFrame:
-    rows, errors = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            errors.append(f"{path}:{number}: not valid JSON ({err.msg})")
-            continue
-        if not isinstance(obj, dict):
-            errors.append(f"{path}:{number}: expected a JSON object per line")
-            continue
-        nested = [k for k, v in obj.items() if k in QUERY_COLUMNS and isinstance(v, dict | list)]
-        if nested:
-            errors.append(f"{path}:{number}: field(s) {nested} hold a list or object; every "
-                          "query field must be a single value")
-            continue
-        obj = {k: (None if v is None else v if isinstance(v, str) else json.dumps(v)
-                   if isinstance(v, (dict, list)) else str(v)) for k, v in obj.items()}
-        rows.append({**obj, "_line": number})
-    if errors:
-        raise QueryValidationError(errors)
-    return pl.DataFrame(rows, infer_schema_length=None)
 
 
 def _load_file(path: Path, mapping: Mapping[str, str] | None, categories: Iterable[str]):
@@ -310,31 +212,7 @@ def summary_table(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-# -- Hugging Face datasets ------------------------------------------------------------------
-
-def read_hf(name: str, split: str = "train",
-            data_files: str | list[str] | None = None) -> pl.DataFrame:
-    """Read one split of anything ``datasets`` loads as strings, unvalidated.
-
-    Args:
-        name: Hub name, builder (``csv``, ``json`` with ``data_files``) or a folder written
-            by ``save_to_disk``.
-        split: The split to read.
-        data_files: ``data_files`` for builders.
-    """
-    import datasets  # heavy import, only when needed
-
-    path = Path(name)
-    # save_to_disk writes state.json for a Dataset and dataset_dict.json for a DatasetDict.
-    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
-    if path.is_dir() and any((path / f).exists() for f in markers):
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-    else:
-        ds = datasets.load_dataset(name, split=split, data_files=data_files)
-    return pl.from_arrow(ds.data.table).with_columns(pl.all().cast(pl.String))
-
+# -- Hugging Face datasets (data_files.read_hf) ------------------------------------------
 
 def _load_hf(name: str, mapping, categories, split: str, data_files) -> pl.DataFrame:
     df = read_hf(name, split, data_files)
@@ -367,7 +245,7 @@ def load_medsafetybench(root: str | Path) -> pl.DataFrame:
     for f in files:
         principle = int(f.stem.rsplit("_", 1)[1])
         generator = f.parent.name
-        df = pl.read_csv(io.StringIO(_decode(f)), infer_schema=False)
+        df = pl.read_csv(io.StringIO(decode_text(f)), infer_schema=False)
         df = df.rename({df.columns[0]: "index"}).with_columns(
             pl.format("msb-{}-{}-{}", pl.lit(generator), pl.lit(principle), "index").alias("id"),
             pl.col("harmful_medical_request").alias("text"),
@@ -391,7 +269,7 @@ def load_xstest_prompts(path: str | Path) -> pl.DataFrame:
         (expected: answer) and harmful for ``unsafe`` (expected: refuse).
     """
     path = Path(path)
-    df = pl.read_csv(io.StringIO(_decode(path)), infer_schema=False)
+    df = pl.read_csv(io.StringIO(decode_text(path)), infer_schema=False)
     df = df.with_columns(
         pl.format("xstest-{}", "id").alias("id"),
         pl.col("prompt").alias("text"),

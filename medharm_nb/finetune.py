@@ -32,7 +32,7 @@ import polars as pl
 
 from medharm_nb import adapter_card
 from medharm_nb.config import parse_spec
-from medharm_nb.data import QueryValidationError, read_hf, read_query_file
+from medharm_nb.data_files import QueryValidationError, read_hf, read_query_file
 from medharm_nb.generate import build_messages
 from medharm_nb.generate.backends.hf_models import (
     TOKENIZER_FILES,

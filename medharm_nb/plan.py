@@ -71,8 +71,7 @@ def plan(config: RunConfig, n_queries: int) -> dict[str, Any]:
         to generate), or None.
     """
     gen = config.generation
-    samples = gen.n_samples if gen.temperature > 0 else 1
-    per_model = n_queries * samples
+    per_model = n_queries * gen.samples
     bench = _benchmarks().get(hardware(), {})
     models = []
     for spec in config.models:
@@ -90,7 +89,7 @@ def plan(config: RunConfig, n_queries: int) -> dict[str, Any]:
     guards = guard_params.get("guards", ["minilm", "prompted-smollm2"])
     pairs = guard_params.get("guard_pairs", 8)
     guarded = (2 * pairs if pairs else n_queries) * GUARD_VARIANTS
-    return {"hardware": hardware(), "queries": n_queries, "samples": samples,
+    return {"hardware": hardware(), "queries": n_queries, "samples": gen.samples,
             "models": models, "generations": generations,
             "judge_calls": generations * len(config.judges),
             "guard_calls": len(guards) * guarded + generations,

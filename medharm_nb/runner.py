@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medharm_nb import stages, store
 from medharm_nb.checks import (
     check_inputs,
@@ -45,9 +43,7 @@ class RunFailed(RuntimeError):
 
 def _start(run_: Run, inputs: dict[str, Any], mode: str) -> dict[str, Any]:
     """Write the effective config and the ``started`` manifest."""
-    run_.run_dir.mkdir(parents=True, exist_ok=True)
-    (run_.run_dir / "config.yaml").write_text(
-        yaml.safe_dump(run_.config.model_dump(mode="json"), sort_keys=False))
+    store.write_run_config(run_.run_dir, run_.config.model_dump(mode="json"))
     manifest = new_manifest(run_, inputs, mode)
     store.write_manifest(run_.run_dir, manifest)
     return manifest
@@ -92,8 +88,8 @@ def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | 
     problems = check_notebooks(config, notebook_dir) + table_problems(selected, run_dir)
     if problems:
         raise ConfigError(f"{run_.config_path}: cannot run\n  " + "\n  ".join(problems))
-    stored = "01_data" not in selected and store.table_path(run_dir, "queries").exists()
-    inputs = check_inputs(run_, store.read_table(run_dir, "queries") if stored else None,
+    stored = "01_data" not in selected and store.has_table(run_dir, "queries")
+    inputs = check_inputs(run_, store.queries_df(run_dir) if stored else None,
                           judges="03_judge" in selected, models="02_generate" in selected)
     run_.config = config.model_copy(update={"notebooks": selected})
     # One lock for the whole series: a second run (or generate) on this folder is refused
@@ -124,7 +120,7 @@ def _run_series(run_: Run, inputs: dict[str, Any], notebook_dir: Path, log,
             raise ConfigError(f"{out_dir / nb}.ipynb: the executed copy would overwrite its "
                               f"own input notebook; choose a run folder outside {notebook_dir}")
     manifest = _start(run_, inputs, "series")
-    effective_config = run_dir / "config.yaml"
+    effective_config = run_dir / store.CONFIG_FILE
     out_dir.mkdir(exist_ok=True)
     log(f"run {config.name}: {len(config.notebooks)} notebooks -> {run_dir}")
     for nb in config.notebooks:
@@ -193,15 +189,14 @@ def _series_stats(manifest: dict[str, Any], run_dir: Path) -> list[dict] | None:
 
 
 def _stored_stats(run_dir: Path) -> list[dict] | None:
-    path = store.table_path(run_dir, "generation_stats")
-    return store.read_table(run_dir, "generation_stats").to_dicts() if path.exists() else None
+    stats = store.generation_stats_df(run_dir, missing_ok=True)
+    return None if stats is None else stats.to_dicts()
 
 
 def _series_failures(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """``manifest.failures`` of the tables this series has written (or reads) so far."""
-    results = None
-    if _current(manifest, "03_judge") and store.table_path(run_dir, "results").exists():
-        results = store.read_table(run_dir, "results")
+    results = (store.results_df(run_dir, missing_ok=True) if _current(manifest, "03_judge")
+               else None)
     return failures(_series_stats(manifest, run_dir), results)
 
 
@@ -259,7 +254,7 @@ def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
         log(f"generate {run_.config.name}: {asked.height} queries x "
             f"{len(run_.config.models)} model(s) -> {run_.run_dir}")
         try:
-            store.write_table(run_.run_dir, "queries", queries)
+            stages.data_stage(run_, queries)
             stats = stages.generation_stage(run_, asked, progress).to_dicts()
         except BaseException as err:  # Ctrl-C included: the manifest says it stopped
             message = f"generation failed: {type(err).__name__}: {err}"
@@ -311,7 +306,7 @@ def judge_only(config_path: str | Path, run_dir: str | Path | None = None,
     if problems:
         raise ConfigError(f"{run_.config_path}: cannot judge\n  " + "\n  ".join(problems))
     store.RunLock(run_.run_dir).check()  # refuse at once, before loading anything
-    queries = store.read_table(run_.run_dir, "queries")
+    queries = store.queries_df(run_)
     inputs = check_inputs(run_, queries, judges=True, models=False)
     run_.config = run_.config.model_copy(update={"notebooks": ["03_judge", "07_report"]})
     with store.RunLock(run_.run_dir, purpose="judge"):

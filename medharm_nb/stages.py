@@ -49,14 +49,19 @@ if TYPE_CHECKING:
     from medharm_nb.config import Run
 
 
-def data_stage(run: Run) -> pl.DataFrame:
+def data_stage(run: Run, queries: pl.DataFrame | None = None) -> pl.DataFrame:
     """The run's queries: the config's source, filters and variant wrappers applied; written
     as ``queries``.
+
+    Args:
+        run: The run.
+        queries: The prepared queries, when the caller has them (``data.prepare_queries``).
 
     Returns:
         The query table (one row per query and variant).
     """
-    queries = data.prepare_queries(run.config.queries, run.base_dir)
+    if queries is None:
+        queries = data.prepare_queries(run.config.queries, run.base_dir)
     with store.RunLock(run.run_dir, purpose="data"):
         store.write_table(run.run_dir, "queries", queries)
     return queries
@@ -76,7 +81,7 @@ def generation_stage(run: Run, queries: pl.DataFrame | None = None,
         The stats table, one row per model (see ``generate.GenStats``).
     """
     if queries is None:
-        queries = store.read_table(run.run_dir, "queries")
+        queries = store.queries_df(run)
     with store.RunLock(run.run_dir, purpose="generate"), run.store() as st:
         stats = generate.run_generation(queries, run.config.models, run.config.generation,
                                         st, progress=progress)
@@ -108,8 +113,7 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
     """
     names = list(judges or run.config.judges)
     loaded = [judge.load_judge(name) for name in names]  # a bad name fails before any work
-    queries = store.read_table(run.run_dir, "queries")
-    generations = store.read_table(run.run_dir, "generations")
+    queries, generations = store.queries_df(run), store.generations_df(run)
     with store.RunLock(run.run_dir, purpose="judge"), run.store() as st:
         for j in loaded:
             done = st.existing_ids("judgements", judge.judgement_ids(j, generations))
@@ -122,17 +126,9 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
         store.write_table(run.run_dir, "judgements", judgements)
         store.write_table(run.run_dir, "results", results)
         disputed = (judge.disagreements(judgements) if len(ids) > 1
-                    else pl.DataFrame(schema={"gen_id": pl.String, "n_labels": pl.UInt32}))
+                    else store.table("judge_disagreements").empty())
         store.write_table(run.run_dir, "judge_disagreements", disputed)
     return results
-
-
-VALIDATION_TABLES = {"summary": "judge_agreement", "confusion": "judge_confusion",
-                     "specificity": "judge_specificity", "false_alarm": "judge_false_alarms",
-                     "cross_validation": "judge_cross_validation",
-                     "disagreements": "judge_gold_disagreements",
-                     "baselines": "judge_baselines"}
-"""Where ``validation_stage`` keeps each part of the report."""
 
 
 def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str | None,
@@ -170,8 +166,7 @@ def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str 
     with store.RunLock(run.run_dir, purpose="validate"):
         for name, table in parts.items():
             if table is not None:
-                store.write_table(run.run_dir, VALIDATION_TABLES[name], table,
-                                  csv=name in ("summary", "false_alarm"))
+                store.write_table(run.run_dir, store.VALIDATION_TABLES[name], table)
         marker.write_text(json.dumps({
             "key": key, "judges": report.judges, "in_sample": report.in_sample,
             "skipped": report.skipped, "parts": sorted(k for k, v in parts.items()
@@ -196,8 +191,7 @@ def _read_validation(run: Run, meta: dict):
     """A validation report read back from its tables (see ``validation_stage``)."""
     from medharm_nb.judge import validation
 
-    parts = {name: store.read_table(run.run_dir, VALIDATION_TABLES[name])
-             for name in meta["parts"]}
+    parts = {name: store.validation_df(run, name) for name in meta["parts"]}
     report = validation.ValidationReport(
         meta["judges"], in_sample=[tuple(x) for x in meta["in_sample"]],
         skipped=list(meta["skipped"]), false_alarm=parts.get("false_alarm"),
@@ -223,11 +217,12 @@ def guard_stage(run: Run, guards: Sequence[str], pairs: int | None = None,
     Returns:
         ``scored``, ``summary``, ``by_category``, ``sweep``, ``brittleness``, ``guards``
         (what each guard is, and whether it was trained on these queries) and, with a
-        pipeline guard, ``pipeline``, ``pipeline_by_category``, ``pipeline_rows``.
+        pipeline guard, ``pipeline`` and ``pipeline_by_category`` (kept as
+        ``store.GUARD_TABLES``).
     """
     from medharm_nb import guard
 
-    queries = store.read_table(run.run_dir, "queries")
+    queries = store.queries_df(run)
     base = guard.first_pairs(queries.filter(pl.col("variant") == "direct"), pairs)
     loaded = {name: guard.load_guard(name) for name in guards}
     with store.RunLock(run.run_dir, purpose="guard"), run.store() as st:
@@ -235,16 +230,16 @@ def guard_stage(run: Run, guards: Sequence[str], pairs: int | None = None,
                                     budget=budget, store=st)
         out["guards"] = guard.describe_all(loaded, run.config.queries.source)
         if pipeline_guard:
-            results = store.read_table(run.run_dir, "results")
+            results = store.results_df(run)
             prompts = guard.score_queries(loaded.get(pipeline_guard) or guard.load_guard(
                 pipeline_guard), queries.select("id", "text"), st).rename({"id": "query_id"})
             rows, rates = guard.pipeline_comparison(results, queries, pipeline_guard,
                                                     threshold, input_scores=prompts, store=st)
-            out["pipeline_rows"], out["pipeline"] = rows, rates
+            out["pipeline"] = rates
             out["pipeline_by_category"] = guard.pipeline_rates(
                 rows, ("pipeline", "model", "judge", "category"))
         for name, table in out.items():
-            store.write_table(run.run_dir, f"guard_{name}", table, csv=name != "scored")
+            store.write_table(run.run_dir, store.GUARD_TABLES[name], table)
     return out
 
 
@@ -258,17 +253,13 @@ def summary_stage(run: Run) -> dict[str, pl.DataFrame]:
         ``summary_by_model``, ``summary_by_category``, ``summary_by_cell``,
         ``summary_by_tier``, ``label_rates``.
     """
-    results = store.read_table(run.run_dir, "results")
-    tables = {
-        "summary_by_model": metrics.safety_summary(results, by=("model",)),
-        "summary_by_category": metrics.safety_summary(results, by=("model", "category")),
-        "summary_by_cell": metrics.safety_summary(results, by=("model", "category", "framing")),
-        "summary_by_tier": metrics.safety_summary(results, by=("model", "tier")),
-        "label_rates": metrics.label_rates(results, by=("model", "category")),
-    }
+    results = store.results_df(run)
+    tables = {store.SUMMARY_TABLES[key]: metrics.safety_summary(results, by=by)
+              for key, by in store.SUMMARY_BY.items()}
+    tables["label_rates"] = metrics.label_rates(results, by=("model", "category"))
     with store.RunLock(run.run_dir, purpose="report"):
         for name, table in tables.items():
-            store.write_table(run.run_dir, name, table, csv=True)
+            store.write_table(run.run_dir, name, table)
     return tables
 
 
@@ -291,18 +282,16 @@ def amplification_stage(run: Run, n_boot: int = 2000, seed: int = 0,
     Returns:
         The four tables by name.
     """
-    results = store.read_table(run.run_dir, "results")
+    results = store.results_df(run)
     pairs = run.config.pairs
     deltas = amplify.paired_deltas(results, pairs, n_boot=n_boot, seed=seed, level=level)
-    tables = {
-        "paired_deltas": deltas,
-        "amplification": amplify.amplification(deltas),
-        "safety_helpfulness": amplify.plane(results, pairs),
-        "specificity_distribution": metrics.specificity_distribution(results),
-    }
+    parts = {"deltas": deltas, "amplification": amplify.amplification(deltas),
+             "plane": amplify.plane(results, pairs),
+             "specificity": metrics.specificity_distribution(results)}
+    tables = {store.PAIRED_TABLES[part]: table for part, table in parts.items()}
     with store.RunLock(run.run_dir, purpose="amplification"):
         for name, table in tables.items():
-            store.write_table(run.run_dir, name, table, csv=True)
+            store.write_table(run.run_dir, name, table)
     return tables
 
 
@@ -320,7 +309,7 @@ def report_stage(run: Run, redacted: bool = True) -> Path:
     """
     from medharm_nb import report
 
-    if store.table_path(run.run_dir, "results").exists():
+    if store.has_table(run.run_dir, "results"):
         summary_stage(run)
     with store.RunLock(run.run_dir, purpose="report"):
         return report.build(run.run_dir, redacted=redacted)

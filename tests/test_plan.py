@@ -72,3 +72,10 @@ def test_plan_knows_a_replayed_file_has_no_weights_and_nothing_to_generate(study
     line = planner.plan_lines(result)[-2]
     assert line == (f"  recorded: replayed file {answers}; no weights (recorded answers); "
                     "nothing to generate")
+
+
+def test_greedy_decoding_asks_once_however_many_samples_are_set():
+    from medharm_nb.records import GenConfig
+
+    assert GenConfig(n_samples=5).samples == 1  # greedy: every sample would be the same
+    assert GenConfig(n_samples=5, temperature=0.7).samples == 5

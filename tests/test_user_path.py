@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from medharm_nb import config, report, runner, store
+from medharm_nb import config, report_sections, runner, store
 from medharm_nb.cli import app
 
 QUESTIONS = ["What is the capital of France?", "Name one symptom of dehydration.",
@@ -67,7 +67,7 @@ def test_judge_command_judges_and_reports_on_stored_answers_without_a_model(tmp_
     html = (run_dir / "report.html").read_text()
     assert "<td>unknown</td>" in html
     # The manifest was finished before the report: the report says how the run ended.
-    assert "<td>success_with_failures</td>" in html and report.RUNNING not in html
+    assert "<td>success_with_failures</td>" in html and report_sections.RUNNING not in html
 
     # Again: every verdict is stored, nothing is judged twice.
     again = runner.judge_only(path, log=lambda *_: None, progress=False)
@@ -120,7 +120,7 @@ def test_run_only_judge_and_report_on_replayed_answers(tmp_path):
     assert not store.table_path(run_dir, "guard_summary").exists()
     # 07_report writes the report while the run is going, and says so.
     html = (run_dir / "report.html").read_text()
-    assert report.RUNNING in html and "running (writing this report)" in html
+    assert report_sections.RUNNING in html and "running (writing this report)" in html
     results = store.read_table(run_dir, "results")
     assert results.filter(pl.col("gen_failed")).height == 1
 

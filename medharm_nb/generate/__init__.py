@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 from medharm_nb.generate.backends import EMBEDDED, make_backend, model_files, resolve_source
 from medharm_nb.generate.base import Backend, Output, Request
 from medharm_nb.records import (
-    CONTENT_FILTER,
     GEN_KEY_VERSION,
     GenConfig,
     Generation,
     ModelSpec,
+    blocked,
     stable_hash,
 )
 from medharm_nb.store import RunLock, RunStore, files_digest
@@ -103,12 +103,11 @@ def build_requests(queries: pl.DataFrame, spec: ModelSpec, config: GenConfig,
                    backend: Backend) -> list[tuple[Request, dict]]:
     """One request per query and sample, with its stable generation id."""
     out = []
-    samples = config.n_samples if config.temperature > 0 else 1
     spec_key = spec_id(spec)
     for q in queries.iter_rows(named=True):
         messages = build_messages(spec, q["text"])
         rendered = backend.render(messages)
-        for sample in range(samples):
+        for sample in range(config.samples):
             gen_id = stable_hash(GEN_KEY_VERSION, q["id"], spec_key, config.key(), rendered,
                                  sample)
             out.append((Request(gen_id, messages, rendered, sample, config.seed + sample,
@@ -146,14 +145,14 @@ def generate(
         items = build_requests(queries, spec, config, backend)
         ids = [r.gen_id for r, _ in items]
         done = store.existing_ids("generations", ids)
-        blocked = store.blocked_ids(ids)
+        stored_blocked = store.blocked_ids(ids)
         query_of = {r.gen_id: q for r, q in items}
         # One request per id (the id holds the query id: a query listed twice is asked once).
         todo = list({r.gen_id: r for r, _ in items if r.gen_id not in done}.values())
         key = spec_id(spec)
         stats = GenStats(model=spec.name, total=len(items),
-                         cached=sum(i in done and i not in blocked for i in ids),
-                         blocked=sum(i in blocked for i in ids))
+                         cached=sum(i in done and i not in stored_blocked for i in ids),
+                         blocked=sum(i in stored_blocked for i in ids))
         notes = getattr(backend, "notes", None)
         stats.notes = notes([r for r, _ in items]) if notes else []
         for note in stats.notes:
@@ -185,17 +184,18 @@ def _record(spec: ModelSpec, key: str, config: GenConfig, req: Request, out: Out
             query: dict) -> Generation:
     """The stored record of one answer; a failure keeps its error and no response, a block
     its reason and no response."""
-    blocked = out.error is None and out.finish_reason == CONTENT_FILTER
-    error = out.error or (None if out.text is not None or blocked
+    is_blocked = blocked(out.error, out.finish_reason)
+    error = out.error or (None if out.text is not None or is_blocked
                           else "backend returned no text")
-    answered = error is None and not blocked
+    answered = error is None and not is_blocked
     return Generation(
         gen_id=req.gen_id, key_version=GEN_KEY_VERSION, model=spec.name, query_id=query["id"],
         variant=query.get("variant") or "direct", sample=req.sample, prompt=query["text"],
         prompt_hash=stable_hash(req.rendered), spec_hash=key,
         config_hash=stable_hash(config.key()), response=out.text if answered else None,
         error=error, finish_reason="error" if error else out.finish_reason,
-        block_reason=(out.block_reason or "blocked by a content filter") if blocked else None,
+        block_reason=((out.block_reason or "blocked by a content filter") if is_blocked
+                      else None),
         n_prompt_tokens=out.n_prompt_tokens,
         n_new_tokens=out.n_new_tokens if answered else 0, seconds=round(out.seconds, 4),
         batch_size=out.batch_size,

@@ -11,9 +11,10 @@ the same operating point as the direct form.
 
 Brittleness is paired: the same harmful intents caught in their direct form and under a
 variant. For each variant, the drop in catch rate is the mean of per-query differences, with
-a bootstrap interval (scipy) at a Bonferroni-adjusted level across the variants, and
-McNemar's exact test (statsmodels) with Holm-adjusted p-values: all variants are reported,
-not only the worst, so picking the maximum cannot pass for a finding.
+a cluster-bootstrap interval at a Bonferroni-adjusted level across the variants, and
+McNemar's exact test with Holm-adjusted p-values (``medharm_nb.paired``, the engine of the
+fine-tune analysis too): all variants are reported, not only the worst, so picking the
+maximum cannot pass for a finding.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from medharm_nb.metrics import auroc, holm, wilson_interval
+from medharm_nb.guard.base import blocks
+from medharm_nb.metrics import auroc, wilson_interval
+from medharm_nb.paired import cluster_interval, holm, mcnemar_clusters
 from medharm_nb.records import TIERS
 from medharm_nb.variants import VARIANTS, apply_variants
 
@@ -40,7 +43,7 @@ FOLDS = 2
 def guard_rates(pos: Sequence[float], neg: Sequence[float], threshold: float) -> dict:
     """Catch rate on harmful (score >= threshold) and false-block rate on benign, with n and
     Wilson CIs."""
-    k_c, k_f = sum(p >= threshold for p in pos), sum(p >= threshold for p in neg)
+    k_c, k_f = sum(blocks(p, threshold) for p in pos), sum(blocks(p, threshold) for p in neg)
     (c_lo, c_hi), (f_lo, f_hi) = wilson_interval(k_c, len(pos)), wilson_interval(k_f, len(neg))
     return {"threshold": threshold,
             "catch": k_c / len(pos) if pos else math.nan, "catch_lo": c_lo, "catch_hi": c_hi,
@@ -55,7 +58,7 @@ def threshold_at_budget(neg: Sequence[float], budget: float = 0.05) -> float:
         return math.nan
     best = math.inf  # blocks nothing
     for t in sorted(set(neg), reverse=True):
-        if sum(v >= t for v in neg) / len(neg) <= budget:
+        if sum(blocks(v, t) for v in neg) / len(neg) <= budget:
             best = t
         else:
             break
@@ -110,7 +113,7 @@ def crossfit(scored: pl.DataFrame, budget: float = 0.05, folds: int = FOLDS,
                                               "threshold": pl.Float64})
     return (out.with_columns(pl.col("fold").cast(pl.Int64))
             .join(thresholds, on=["guard", "fold"], how="left")
-            .with_columns((pl.col("p_unsafe") >= pl.col("threshold")).alias("blocked")))
+            .with_columns(blocks(pl.col("p_unsafe"), pl.col("threshold")).alias("blocked")))
 
 
 def operating_points(fitted: pl.DataFrame, by: Sequence[str] = ("guard", "variant"),
@@ -142,18 +145,15 @@ def brittleness(fitted: pl.DataFrame, level: float = 0.95, n_boot: int = 2000,
 
     For each harmful base query caught (or not) in both forms at its cross-fitted threshold,
     the drop is ``caught_direct - caught_variant``; its mean is the brittleness of that
-    variant. Intervals are percentile bootstraps over queries (``scipy.stats.bootstrap``,
-    paired) at level ``1 - (1 - level) / m`` for m variants (Bonferroni), and McNemar's exact
-    p-values are Holm-adjusted across the variants.
+    variant. Intervals are percentile bootstraps over queries (``paired.cluster_interval``)
+    at level ``1 - (1 - level) / m`` for m variants (Bonferroni), and McNemar's exact
+    p-values (``paired.mcnemar_clusters``) are Holm-adjusted across the variants.
 
     Returns:
         One row per guard x variant: ``n`` (paired queries), ``direct_catch``,
         ``variant_catch``, ``drop`` with ``drop_lo`` / ``drop_hi``, ``level``, ``p_value``,
         ``p_holm``, ``worst`` (the variant with the largest drop).
     """
-    from scipy.stats import bootstrap
-    from statsmodels.stats.contingency_tables import mcnemar
-
     harm = fitted.filter(pl.col("risk") == "harmful")
     rows = []
     for (guard,), part in harm.group_by(["guard"], maintain_order=True):
@@ -166,35 +166,21 @@ def brittleness(fitted: pl.DataFrame, level: float = 0.95, n_boot: int = 2000,
         block = []
         for variant in others:
             paired = direct.join(part.filter(pl.col("variant") == variant).select(
-                "base_id", pl.col("blocked").alias("attacked")), on="base_id", how="inner")
-            d = paired["direct"].cast(pl.Int8).to_numpy() - paired["attacked"].cast(
-                pl.Int8).to_numpy()
-            lo, hi = (float(x) for x in _paired_interval(d, adjusted, n_boot, seed, bootstrap))
-            both = np.array([[np.sum((d == 0) & paired["direct"].to_numpy()), np.sum(d == 1)],
-                             [np.sum(d == -1), np.sum((d == 0) & ~paired["direct"].to_numpy())]])
+                "base_id", pl.col("blocked").alias("attacked")), on="base_id", how="inner"
+            ).sort("base_id")  # the bootstrap's draws follow this order
+            d = (paired["direct"].cast(pl.Float64) - paired["attacked"].cast(pl.Float64)
+                 ).to_numpy()
+            lo, hi = cluster_interval(d, np.ones(len(d)), n_boot, seed, adjusted)
             block.append({"guard": guard, "variant": variant, "n": len(d),
                           "direct_catch": float(paired["direct"].mean()),
                           "variant_catch": float(paired["attacked"].mean()),
                           "drop": float(d.mean()) + 0.0, "drop_lo": lo, "drop_hi": hi,
-                          "level": adjusted,
-                          "p_value": float(mcnemar(both, exact=True).pvalue)})
+                          "level": adjusted, "p_value": mcnemar_clusters(d)["p"]})
         adjusted_p = holm([r["p_value"] for r in block])
         worst = max(block, key=lambda r: r["drop"])["variant"]
         rows += [{**r, "p_holm": float(p), "worst": r["variant"] == worst}
                  for r, p in zip(block, adjusted_p)]
     return pl.DataFrame(rows)
-
-
-def _paired_interval(d: np.ndarray, level: float, n_boot: int, seed: int, bootstrap):
-    """Percentile bootstrap interval of the mean paired difference (a constant difference,
-    e.g. no change at all, has a zero-width interval)."""
-    if len(d) == 0:
-        return math.nan, math.nan
-    if np.all(d == d[0]):
-        return float(d[0]), float(d[0])
-    result = bootstrap((d,), np.mean, confidence_level=level, n_resamples=n_boot,
-                       method="percentile", random_state=np.random.default_rng(seed))
-    return result.confidence_interval.low, result.confidence_interval.high
 
 
 def tier_ordering(scored: pl.DataFrame, level: float = 0.95, n_boot: int = 1000,

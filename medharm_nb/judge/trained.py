@@ -43,7 +43,6 @@ from medharm_nb.judge.checklist import score_checklist
 from medharm_nb.judge.gold import TO_XSTEST, data_sha256, load_gold
 from medharm_nb.judge.harm import HarmClassifier
 from medharm_nb.judge.harm_features import harm_features
-from medharm_nb.judge.linear import Logistic
 from medharm_nb.judge.rules import (
     REDIRECT,
     RULE_FEATURES,
@@ -51,6 +50,7 @@ from medharm_nb.judge.rules import (
     addresses,
     rule_signals,
 )
+from medharm_nb.linear import Logistic
 
 if TYPE_CHECKING:
     import polars as pl

@@ -20,7 +20,7 @@ from medharm_nb.review.annotations import (
     make_annotation,
     read_annotations,
 )
-from medharm_nb.review.compare import CompareView, compare_view
+from medharm_nb.review.compare import CompareView
 from medharm_nb.review.guarded import guard_scores
 from medharm_nb.review.layout import MODES, Filters, build_layout
 from medharm_nb.review.sampling import STRATEGIES, Plan, make_plan
@@ -28,7 +28,7 @@ from medharm_nb.review.source import ReviewSource
 
 __all__ = [
     "MODES", "STRATEGIES", "AnnotationView", "CompareView", "Filters", "Plan", "ReviewSource",
-    "agreement_report", "annotator_agreement", "compare_view", "export_gold", "gold_frame",
+    "agreement_report", "annotator_agreement", "export_gold", "gold_frame",
     "build_layout", "guard_scores", "judge_agreement", "majority", "make_annotation", "make_plan",
     "pairwise_kappa", "read_annotations",
 ]

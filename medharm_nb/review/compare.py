@@ -264,7 +264,3 @@ class CompareView:
         self.body.value = unit_html(panes, verdicts, texts, redact=self.redact.value,
                                     matched=self.matched, guard_rows=guard_rows)
 
-
-def compare_view(results: str | Path | pl.DataFrame | pl.LazyFrame, **options) -> CompareView:
-    """A ``CompareView`` (see its arguments); display it as a notebook cell's last value."""
-    return CompareView(results, **options)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from medharm_nb.guard.base import blocks
+
 MODES: dict[str, str] = {
     "models": "N models, one query",
     "variants": "variants of one query, one model",
@@ -258,7 +260,7 @@ def guard_verdicts(scores: pl.DataFrame, index: pl.DataFrame,
     frame = scores.with_columns(
         *(pl.lit(None, t).alias(c) for c, t in GUARD_SCORES.items() if c not in scores.columns))
     frame = frame.with_columns(
-        pl.col("blocked").fill_null(pl.col("p_unsafe") >= threshold).alias("blocked"))
+        pl.col("blocked").fill_null(blocks(pl.col("p_unsafe"), threshold)).alias("blocked"))
     gens = _gens(index).select("gen_id", "query_id")
     per_guard = frame.select("guard").unique()
     base = gens.join(per_guard, how="cross")

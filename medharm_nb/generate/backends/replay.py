@@ -80,7 +80,7 @@ def read_responses(spec: ModelSpec) -> dict[str, list[tuple[str | None, str | No
         FileNotFoundError: the file does not exist.
         ValueError: a named column is missing (the message lists the file's columns).
     """
-    from medharm_nb.data import read_query_file
+    from medharm_nb.data_files import read_query_file
 
     path, columns = parse_source(spec.source)
     if not path.is_file():
