@@ -128,7 +128,7 @@ def read_query_file(path: Path) -> tuple[pl.DataFrame, str]:
                                         "structs; every query field must be a single value"])
         df = df.with_columns(pl.all().cast(pl.String))
         return df.with_row_index("_line", offset=1), "row"
-    text = _decode(path)
+    text = decode_file(path)
     if suffix == ".csv":
         # Old Mac files end lines with a lone CR, which polars reads as one long header line.
         text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -158,7 +158,12 @@ def _ragged_csv_lines(path: Path, text: str) -> list[str]:
             for row in rows if row and len(row) != len(header)]
 
 
-def _decode(path: Path) -> str:
+def decode_file(path: Path) -> str:
+    """A text file's content (UTF-8, a byte-order mark dropped).
+
+    Raises:
+        QueryValidationError: the file is not UTF-8, naming the line of the first bad byte.
+    """
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -337,7 +342,7 @@ def load_medsafetybench(root: str | Path) -> pl.DataFrame:
     for f in files:
         principle = int(f.stem.rsplit("_", 1)[1])
         generator = f.parent.name
-        df = pl.read_csv(io.StringIO(_decode(f)), infer_schema=False)
+        df = pl.read_csv(io.StringIO(decode_file(f)), infer_schema=False)
         df = df.rename({df.columns[0]: "index"}).with_columns(
             pl.format("msb-{}-{}-{}", pl.lit(generator), pl.lit(principle), "index").alias("id"),
             pl.col("harmful_medical_request").alias("text"),
@@ -361,7 +366,7 @@ def load_xstest_prompts(path: str | Path) -> pl.DataFrame:
         (expected: answer) and harmful for ``unsafe`` (expected: refuse).
     """
     path = Path(path)
-    df = pl.read_csv(io.StringIO(_decode(path)), infer_schema=False)
+    df = pl.read_csv(io.StringIO(decode_file(path)), infer_schema=False)
     df = df.with_columns(
         pl.format("xstest-{}", "id").alias("id"),
         pl.col("prompt").alias("text"),

@@ -30,6 +30,7 @@ from medharm_nb.checks import (
     table_problems,
 )
 from medharm_nb.config import INJECTED, NOTEBOOK_DIR, ConfigError, Run, place_run
+from medharm_nb.conversation import stages as conversation
 from medharm_nb.manifest import failures, finish_manifest, new_manifest, outcome
 
 __all__ = ["INJECTED", "NOTEBOOK_DIR", "ConfigError", "RunFailed", "check_inputs",
@@ -260,6 +261,7 @@ def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
             f"{len(run_.config.models)} model(s) -> {run_.run_dir}")
         try:
             store.write_table(run_.run_dir, "queries", queries)
+            conversation.data_step(run_, queries)
             stats = stages.generation_stage(run_, asked, progress).to_dicts()
         except BaseException as err:  # Ctrl-C included: the manifest says it stopped
             message = f"generation failed: {type(err).__name__}: {err}"

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from medharm_nb import amplify, data, generate, judge, metrics, store
+from medharm_nb.conversation import stages as conversation
 from medharm_nb.records import stable_hash
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ if TYPE_CHECKING:
 
 def data_stage(run: Run) -> pl.DataFrame:
     """The run's queries: the config's source, filters and variant wrappers applied; written
-    as ``queries``.
+    as ``queries``. With ``conversations:`` in the config, its conversations too
+    (``conversations``, ``conversation.build``).
 
     Returns:
         The query table (one row per query and variant).
@@ -59,13 +61,15 @@ def data_stage(run: Run) -> pl.DataFrame:
     queries = data.prepare_queries(run.config.queries, run.base_dir)
     with store.RunLock(run.run_dir, purpose="data"):
         store.write_table(run.run_dir, "queries", queries)
+        conversation.data_step(run, queries)
     return queries
 
 
 def generation_stage(run: Run, queries: pl.DataFrame | None = None,
                      progress: bool = True) -> pl.DataFrame:
     """Ask every model of the run every query; write the ``generations`` (this run's current
-    answers, failures included) and ``generation_stats`` tables.
+    answers, failures included) and ``generation_stats`` tables. With conversations, ask
+    them turn by turn too (``turns``; their stats rows join ``generation_stats``).
 
     Args:
         run: The run.
@@ -80,6 +84,7 @@ def generation_stage(run: Run, queries: pl.DataFrame | None = None,
     with store.RunLock(run.run_dir, purpose="generate"), run.store() as st:
         stats = generate.run_generation(queries, run.config.models, run.config.generation,
                                         st, progress=progress)
+        stats += conversation.generation_step(run, st, progress) or []
         generations = generate.current_generations(
             st.frame("generations"), queries, run.config.models, run.config.generation)
         table = pl.DataFrame([s.as_dict() for s in stats])
@@ -96,7 +101,9 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
     (``judge_error``, ``parse_failed``) is asked again. Writes ``judgements`` (this run's
     verdicts), ``results`` (``metrics.results_table``: one row per generation and judge,
     failed generations included) and ``judge_disagreements`` (responses the judges label
-    differently, at the compliance split; empty with one judge).
+    differently, at the compliance split; empty with one judge). With conversations, every
+    answered turn is judged too, the conversation as context (``turn_results``,
+    ``conversation_outcomes``).
 
     Args:
         run: The run (``config.open_run``).
@@ -124,6 +131,7 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
         disputed = (judge.disagreements(judgements) if len(ids) > 1
                     else pl.DataFrame(schema={"gen_id": pl.String, "n_labels": pl.UInt32}))
         store.write_table(run.run_dir, "judge_disagreements", disputed)
+        conversation.judging_step(run, loaded, st, progress)
     return results
 
 
@@ -251,10 +259,12 @@ def guard_stage(run: Run, guards: Sequence[str], pairs: int | None = None,
 def summary_stage(run: Run) -> dict[str, pl.DataFrame]:
     """The report's tables from the run's ``results``: compliance, unsafe, over-refusal and
     helpfulness rates per model, per model x category, per model x category x framing, and
-    label shares; each written as Parquet and CSV under ``tables/``.
+    label shares; each written as Parquet and CSV under ``tables/``. With turn results, the
+    by-turn tables too (``unsafe_by_turn``, ``survival``, ``by_turn``).
 
     Returns:
-        ``summary_by_model``, ``summary_by_category``, ``summary_by_cell``, ``label_rates``.
+        ``summary_by_model``, ``summary_by_category``, ``summary_by_cell``, ``label_rates``
+        (and the by-turn tables).
     """
     results = store.read_table(run.run_dir, "results")
     tables = {
@@ -266,6 +276,7 @@ def summary_stage(run: Run) -> dict[str, pl.DataFrame]:
     with store.RunLock(run.run_dir, purpose="report"):
         for name, table in tables.items():
             store.write_table(run.run_dir, name, table, csv=True)
+        tables.update(conversation.summary_step(run.run_dir) or {})
     return tables
 
 
@@ -278,6 +289,7 @@ def amplification_stage(run: Run, n_boot: int = 2000, seed: int = 0,
     points) and ``specificity_distribution``, each as Parquet and CSV.
 
     A run without pairs writes the tables empty (the report says so) rather than failing.
+    With conversations, ``single_vs_multi`` and ``amplification_by_turn`` too.
 
     Args:
         run: The run.
@@ -300,6 +312,8 @@ def amplification_stage(run: Run, n_boot: int = 2000, seed: int = 0,
     with store.RunLock(run.run_dir, purpose="amplification"):
         for name, table in tables.items():
             store.write_table(run.run_dir, name, table, csv=True)
+        tables.update(conversation.amplification_step(run, results, n_boot, seed, level)
+                      or {})
     return tables
 
 
