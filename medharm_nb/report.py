@@ -26,6 +26,7 @@ import polars as pl
 import yaml
 
 from medharm_nb import amplify, metrics, plots, store
+from medharm_nb.conversation.report import turns_section
 
 REPORT_FILE = "report.html"
 UNREDACTED_FILE = "report-unredacted.html"
@@ -511,6 +512,8 @@ def build(run_dir: str | Path, redacted: bool = True, out: str | Path | None = N
     _rates_section(doc, by_category, distribution)
     _paired_section(doc, deltas)
     _plane_section(doc, plane)
+    if (run_dir / "tables" / "turns.parquet").exists() or (config or {}).get("conversations"):
+        turns_section(doc, run_dir, _table)
     _guard_section(doc, run_dir)
     _judge_section(doc, run_dir)
     _failures_section(doc, by_model)

@@ -228,10 +228,15 @@ def guard_stage(run: Run, guards: Sequence[str], pairs: int | None = None,
     ``pipeline_guard`` then guards the stored results (input; input and output), reusing the
     prompt scores just made. Tables ``guard_<name>`` are written for each part.
 
+    With conversations, each guard also reads every turn, alone and with its history, at
+    ``threshold`` (``conversation.guard``): ``turn_scores`` and ``conversations`` (caught,
+    unsafe with and without the guard, false blocks on benign conversations).
+
     Returns:
         ``scored``, ``summary``, ``by_category``, ``sweep``, ``brittleness``, ``guards``
         (what each guard is, and whether it was trained on these queries) and, with a
-        pipeline guard, ``pipeline``, ``pipeline_by_category``, ``pipeline_rows``.
+        pipeline guard, ``pipeline``, ``pipeline_by_category``, ``pipeline_rows`` (and with
+        conversations ``turn_scores``, ``conversations``).
     """
     from medharm_nb import guard
 
@@ -251,8 +256,10 @@ def guard_stage(run: Run, guards: Sequence[str], pairs: int | None = None,
             out["pipeline_rows"], out["pipeline"] = rows, rates
             out["pipeline_by_category"] = guard.pipeline_rates(
                 rows, ("pipeline", "model", "judge", "category"))
+        out.update(conversation.guard_step(run, loaded, st, threshold) or {})
         for name, table in out.items():
-            store.write_table(run.run_dir, f"guard_{name}", table, csv=name != "scored")
+            store.write_table(run.run_dir, f"guard_{name}", table,
+                              csv=name not in ("scored", "turn_scores"))
     return out
 
 

@@ -26,6 +26,7 @@ from medharm_nb import judge, store
 from medharm_nb.conversation import results as conv_results
 from medharm_nb.conversation.attacker import attack
 from medharm_nb.conversation.build import build_conversations
+from medharm_nb.conversation.guard import guarded_conversations, score_turns
 from medharm_nb.conversation.turns import converse
 from medharm_nb.generate import GenStats, make_backend
 
@@ -119,6 +120,26 @@ def judging_step(run: Run, loaded: Sequence, st: store.RunStore,
     return results
 
 
+def guard_step(run: Run, guards: dict, st: store.RunStore,
+               threshold: float = 0.5) -> dict[str, pl.DataFrame] | None:
+    """Score every turn with each guard, on its message and on the whole history
+    (``conversation.guard``), and what that does to whole conversations.
+
+    Returns:
+        ``turn_scores`` and (with turn results) ``conversations``, for the guard stage to
+        write as ``guard_turn_scores`` and ``guard_conversations``; None without turns.
+    """
+    if not has_conversations(run) or not store.table_path(run.run_dir, "turns").exists():
+        return None
+    turns = store.read_table(run.run_dir, "turns")
+    scores = pl.concat([score_turns(g, turns, st, threshold) for g in guards.values()])
+    out = {"turn_scores": scores}
+    if store.table_path(run.run_dir, "turn_results").exists():
+        out["conversations"] = guarded_conversations(
+            scores, store.read_table(run.run_dir, "turn_results"))
+    return out
+
+
 def amplification_step(run: Run, results: pl.DataFrame, n_boot: int = 2000, seed: int = 0,
                        level: float = 0.95) -> dict[str, pl.DataFrame] | None:
     """Single- vs multi-turn deltas per model and amplification by turn per pair; write
@@ -150,3 +171,59 @@ def summary_step(run_dir) -> dict[str, pl.DataFrame] | None:
     for name, table in tables.items():
         store.write_table(run_dir, name, table, csv=True)
     return tables
+
+
+# -- what the notebooks show ------------------------------------------------------------------
+
+NONE = "no conversations in this run (add a conversations: section to the config)"
+
+
+def overview(run_dir) -> pl.DataFrame | str:
+    """Conversations per kind, template and risk, with their turns (01_data)."""
+    if not store.table_path(run_dir, "conversations").exists():
+        return NONE
+    return (store.read_table(run_dir, "conversations")
+            .group_by("kind", "template", "risk")
+            .agg(pl.len().alias("conversations"), pl.col("n_turns").max().alias("turns"))
+            .sort("kind", "template", "risk"))
+
+
+def example(run_dir, risk: str = "harmful") -> pl.DataFrame | str:
+    """The user turns of the first scripted conversation on a ``risk`` query (01_data)."""
+    if not store.table_path(run_dir, "conversations").exists():
+        return NONE
+    rows = store.read_table(run_dir, "conversations").filter(
+        (pl.col("kind") == "scripted") & (pl.col("risk") == risk)).sort("conv_id")
+    if rows.is_empty():
+        return f"no scripted conversation on a {risk} query"
+    first = rows.row(0, named=True)
+    return pl.DataFrame({"conv_id": first["conv_id"], "turn": range(1, first["n_turns"] + 1),
+                         "user": first["users"]})
+
+
+def turn_overview(run_dir) -> pl.DataFrame | str:
+    """Per model, kind and template: conversations, turns asked, failed turns and why the
+    conversations ended (02_generate)."""
+    if not store.table_path(run_dir, "turns").exists():
+        return NONE
+    turns = store.read_table(run_dir, "turns")
+    ends = (turns.unique(["model", "conv_id", "sample"])
+            .group_by("model", "kind", "template", "stop_reason").len()
+            .pivot(on="stop_reason", index=["model", "kind", "template"], values="len")
+            .fill_null(0))
+    asked = turns.group_by("model", "kind", "template").agg(
+        pl.struct("conv_id", "sample").n_unique().alias("conversations"),
+        (~pl.col("given")).sum().alias("turns_asked"),
+        pl.col("error").is_not_null().sum().alias("turns_failed"))
+    return asked.join(ends, on=["model", "kind", "template"]).sort("model", "kind",
+                                                                    "template")
+
+
+def labels_by_turn(run_dir) -> pl.DataFrame | str:
+    """Labels per model, judge, template, risk and turn, one column per label (03_judge)."""
+    if not store.table_path(run_dir, "turn_results").exists():
+        return NONE
+    return (store.read_table(run_dir, "turn_results")
+            .pivot(on="label", index=["model", "judge", "template", "risk", "turn"],
+                   values="gen_id", aggregate_function="len")
+            .fill_null(0).sort("model", "judge", "template", "risk", "turn"))

@@ -21,14 +21,20 @@ from medharm_nb.review.annotations import (
     read_annotations,
 )
 from medharm_nb.review.compare import CompareView, compare_view
+from medharm_nb.review.conversation import (
+    ConversationView,
+    conversation_view,
+    turn_annotation_view,
+)
 from medharm_nb.review.guarded import guard_scores
 from medharm_nb.review.layout import MODES, Filters, build_layout
 from medharm_nb.review.sampling import STRATEGIES, Plan, make_plan
 from medharm_nb.review.source import ReviewSource
 
 __all__ = [
-    "MODES", "STRATEGIES", "AnnotationView", "CompareView", "Filters", "Plan", "ReviewSource",
-    "agreement_report", "annotator_agreement", "compare_view", "export_gold", "gold_frame",
+    "MODES", "STRATEGIES", "AnnotationView", "CompareView", "ConversationView", "Filters", "Plan",
+    "ReviewSource", "agreement_report", "annotator_agreement", "compare_view",
+    "conversation_view", "export_gold", "gold_frame", "turn_annotation_view",
     "build_layout", "guard_scores", "judge_agreement", "majority", "make_annotation", "make_plan",
     "pairwise_kappa", "read_annotations",
 ]

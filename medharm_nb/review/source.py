@@ -26,17 +26,20 @@ INDEX_COLUMNS: dict[str, pl.DataType] = {
     "model": pl.String, "query_id": pl.String, "variant": pl.String, "sample": pl.Int64,
     "category": pl.String, "framing": pl.String, "risk": pl.String, "expected": pl.String,
     "pair_id": pl.String, "base_id": pl.String, "gen_failed": pl.Boolean,
-    "gen_blocked": pl.Boolean, "truncated": pl.Boolean,
+    "gen_blocked": pl.Boolean, "truncated": pl.Boolean, "conv_id": pl.String, "turn": pl.Int64,
 }
 """The index: one row per generation x judge, every column but the texts. A column the
 results lack (an older table, a hand-made frame) is filled with nulls (``variant`` with
-``direct``, ``base_id`` with the query id, the flags with False)."""
+``direct``, ``base_id`` with the query id, the flags with False); ``conv_id`` and ``turn``
+are set only for conversation turns (``turn_results``)."""
 
 TEXT_COLUMNS: dict[str, pl.DataType] = {
     "gen_id": pl.String, "text": pl.String, "response": pl.String, "gen_error": pl.String,
-    "block_reason": pl.String, "finish_reason": pl.String,
+    "block_reason": pl.String, "finish_reason": pl.String, "history": pl.String,
+    "user": pl.String,
 }
-"""Fetched per response on screen: the query text, the response, why there is none."""
+"""Fetched per response on screen: the query text, the response, why there is none (and for
+a conversation turn, the messages before it and its user message)."""
 
 _DEFAULTS = {"variant": pl.lit("direct"), "base_id": pl.col("query_id"), "sample": pl.lit(0),
              "gen_failed": pl.lit(False), "gen_blocked": pl.lit(False)}
