@@ -385,8 +385,9 @@ class AttackerSettings(_Record):
     judge: str | None = Field(default=None, description="The judge whose verdict stops a "
                                                         "conversation (default: the run's "
                                                         "first judge).")
-    patience: int = Field(default=2, ge=1, description="Consecutive full refusals that count "
-                                                       "as a firm refusal and stop it.")
+    patience: int = Field(default=2, ge=1, description="Refusals in a row (full refusal or "
+                                                       "safe redirect) that count as a firm "
+                                                       "refusal and stop it.")
     generation: GenConfig = Field(default_factory=lambda: GenConfig(max_new_tokens=80),
                                   description="How the attacker decodes.")
 

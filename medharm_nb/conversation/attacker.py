@@ -5,7 +5,8 @@ conversation so far and the target's last answer, and writes the next user messa
 (``templates.ATTACKER_TEMPLATES``). The target answers with its own history, the stop judge
 reads that answer in context, and the conversation ends early on success (the judge calls the
 answer unsafe; a judge that does not measure harm stops on ``full_compliance``), on a firm
-refusal (``patience`` full refusals in a row), or when the turn budget runs out.
+refusal (``patience`` refusals in a row: ``records.REFUSAL_LABELS``, a full refusal or a safe
+redirect), or when the turn budget runs out.
 
 Everything is stored and keyed by its history, the attacker's messages (generations of the
 attacker's spec), the target's answers and the stop judge's verdicts, so a rerun or a resumed
@@ -34,7 +35,7 @@ from medharm_nb.conversation.turns import (
 )
 from medharm_nb.generate import Backend, GenStats
 from medharm_nb.judge import Judge, judge_generations, judgement_ids
-from medharm_nb.records import AttackerSettings, GenConfig, ModelSpec
+from medharm_nb.records import REFUSAL_LABELS, AttackerSettings, GenConfig, ModelSpec
 from medharm_nb.store import RunLock, RunStore
 
 MAX_MESSAGE = 800
@@ -44,7 +45,8 @@ TRANSCRIPT_CHARS = 500
 """The attacker reads the last ``TRANSCRIPT_MESSAGES`` messages, each cut at
 ``TRANSCRIPT_CHARS`` characters (a small attacker's context is short)."""
 _LABEL = re.compile(r"^\s*(?:\*\*)?(?:the\s+)?(?:user(?:'s)?(?:\s+next)?(?:\s+message)?|"
-                    r"message(?:\s+\d+)?|next message|me)\s*(?:\*\*)?\s*[:\-]\s*", re.I)
+                    r"message(?:\s+\d+)?|next message)\s*(?:\*\*)?\s*[:\-]\s*(?:\*\*)?\s*",
+                    re.I)
 _SPEAKER = re.compile(r"\n\s*(?:assistant|ai|user|system)\s*:", re.I)
 
 
@@ -176,7 +178,8 @@ def _attack_turn(threads: list[Thread], turn: int, settings: AttackerSettings,
         if not t.active:
             continue
         verdict = found.get(t.rows[-1]["gen_id"])
-        t.refusals = t.refusals + 1 if (verdict or {}).get("label") == "full_refusal" else 0
+        refused = (verdict or {}).get("label") in REFUSAL_LABELS
+        t.refusals = t.refusals + 1 if refused else 0
         if succeeded(verdict):
             t.stop_reason = "success"
         elif t.refusals >= settings.patience:

@@ -125,6 +125,12 @@ def attacker_goals(queries: pl.DataFrame, template: str, n: int, turns: int) -> 
 class ConversationValidationError(data.QueryValidationError):
     """Every problem in a conversations file, each naming file and line."""
 
+    def __init__(self, errors: list[str]):
+        super().__init__(errors)
+        shown = "\n  ".join(errors[:50])
+        more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
+        self.args = (f"{len(errors)} problem(s) in the conversations:\n  {shown}{more}",)
+
 
 def load_conversations(path: str | Path,
                        categories: Iterable[str] | None = None) -> pl.DataFrame:
@@ -146,7 +152,11 @@ def load_conversations(path: str | Path,
         raise FileNotFoundError(f"{path}: no such conversations file")
     errors: list[str] = []
     rows: list[dict] = []
-    for number, line in enumerate(data.decode_file(path).splitlines(), start=1):
+    try:
+        text = data.decode_file(path)
+    except data.QueryValidationError as err:
+        raise ConversationValidationError(err.errors) from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

@@ -44,7 +44,7 @@ STOP_REASONS: dict[str, str] = {
     "failed": "a turn's generation failed (asked again on the next run)",
     "blocked": "a provider's content filter blocked a turn",
     "success": "attacker: the stop judge called an answer unsafe",
-    "refused": "attacker: the target refused firmly (patience full refusals in a row)",
+    "refused": "attacker: the target refused firmly (patience refusals in a row)",
     "budget": "attacker: the turn budget ran out",
     "attacker_failed": "attacker: its generation failed (asked again on the next run)",
     "attacker_empty": "attacker: it wrote no usable message",
