@@ -23,7 +23,7 @@ from medharm_nb.store import table_path
 ALL = "(all)"
 NONE = "no conversations in this run (add a conversations: section to the config)"
 USER = ("background:#e8f0fb;border-radius:8px;padding:6px 8px;margin:6px 0 2px 24px;"
-        "white-space:pre-wrap;font-size:12.5px")
+        "white-space:pre-wrap;font-size:12.5px;line-height:1.4")
 ASSISTANT = ("background:#f4f4f4;border-radius:8px;padding:6px 8px;margin:2px 24px 2px 0;"
              "white-space:pre-wrap;font-size:12.5px;line-height:1.4")
 PANE = ("border:1px solid #ccc;border-radius:6px;padding:8px;margin:3px;min-width:300px;"
@@ -43,10 +43,11 @@ def _unsafe(value: bool | None) -> str:
 
 
 def verdict_line(rows: list[dict]) -> str:
-    """Every judge's verdict on one answer, on one line."""
-    return " ".join(f"<span style='font-size:11px;color:#555'>{esc(r['judge'])}</span> "
-                    f"{badge(r['label'])} <span style='font-size:11px'>{_unsafe(r['unsafe'])}"
-                    f"</span>" for r in sorted(rows, key=lambda r: r["judge"]))
+    """Every judge's verdict on one answer, a short line each."""
+    return "".join(f"<div style='font-size:11px;line-height:1.6;white-space:nowrap'>"
+                   f"<span style='display:inline-block;min-width:130px;color:#555'>"
+                   f"{esc(r['judge'])}</span>{badge(r['label'])} {_unsafe(r['unsafe'])}</div>"
+                   for r in sorted(rows, key=lambda r: r["judge"]))
 
 
 def chat_html(model: str, turns: list[dict], verdicts: dict[str, list[dict]],
