@@ -178,6 +178,9 @@ def _check_conversations(run: Run, queries, models: bool) -> tuple[dict[str, Any
         "templates": conversation.template_hashes(talks.scripted,
                                                   attacker.template if attacker else None),
         "n": dict(built.group_by("kind").len().iter_rows()),
+        # Turns each model is asked at most (given answers and early stops ask fewer); the
+        # attacker writes as many messages as its targets answer.
+        "turns_per_model_at_most": int(built["n_turns"].sum()),
         "imported": ({"path": talks.imported,
                       "file_sha256": store.file_sha256(talks.imported)}
                      if talks.imported else None)}

@@ -33,8 +33,12 @@ def validate(
         [], "--map", help="Column mapping OURS=THEIRS, repeatable (e.g. --map text=prompt)."),
     category: list[str] = typer.Option(
         [], "--category", help="Allowed category, repeatable (default: the ten MedHarm ones)."),
+    conversations: bool = typer.Option(
+        False, "--conversations", help="SOURCE is a JSONL file of conversations (OpenAI-style "
+                                       "messages plus the query schema's fields)."),
 ) -> None:
-    """Check a query set against the schema; exit 1 listing every problem, else summarise."""
+    """Check a query set (or a conversations file) against the schema; exit 1 listing every
+    problem, else summarise."""
     from medharm_nb import data
 
     try:
@@ -42,6 +46,13 @@ def validate(
     except ValueError:
         _fail("--map takes OURS=THEIRS")
     try:
+        if conversations:
+            from medharm_nb.conversation import load_conversations
+
+            talks = load_conversations(source, categories=category or None)
+            typer.echo(f"{source}: {talks.height} conversations, "
+                       f"{int(talks['n_turns'].sum())} user turns; no problems found")
+            return
         df = data.load_queries(source, mapping=pairs or None, categories=category or None)
     except data.QueryValidationError as err:
         for line in err.errors:

@@ -412,3 +412,82 @@ def test_by_turn_rates_include_over_refusal_on_the_twins(echo_study):
     table = conv_results.by_turn(echo_study["turn_results"])
     assert sorted(table["turn"].unique().to_list()) == [1, 2, 3]
     assert (table["over_refusal_n"] == 2).all() and (table["compliance_n"] == 2).all()
+
+
+# -- guards, views, report, command line ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def echo_run(echo_study):
+    """The echo study's tables written into its run folder, with the by-turn tables."""
+    from medharm_nb.conversation import stages as conv_stages
+
+    run_dir = echo_study["run_dir"]
+    for name in ("turns", "turn_results"):
+        store.write_table(run_dir, name, echo_study[name])
+    store.write_table(run_dir, "conversations", echo_study["talks"])
+    conv_stages.summary_step(run_dir)
+    return run_dir
+
+
+def test_guards_read_each_turn_alone_and_with_its_history(echo_study):
+    from medharm_nb import guard
+    from medharm_nb.conversation.guard import guarded_conversations, score_turns, transcript
+
+    turns = echo_study["turns"]
+    scores = score_turns(guard.load_guard("minilm"), turns, threshold=0.5)
+    assert scores.height == 2 * turns.height and set(scores["mode"]) == {"turn", "history"}
+    third = turns.filter(pl.col("turn") == 3).row(0, named=True)
+    text = transcript(third["history"], third["user"])
+    assert text.startswith("User: ") and text.endswith(f"User: {third['user']}")
+    assert text.count("Assistant: ") == 2
+    table = guarded_conversations(scores, echo_study["turn_results"])
+    assert set(table["mode"]) == {"turn", "history"}
+    assert (table["false_block_n"] == 2).all() and (table["caught_n"] == 2).all()
+    assert (table["unsafe_guarded_n"] == 0).all()  # the rules judge does not measure harm
+
+
+def test_the_conversation_view_shows_each_models_chat_with_its_verdicts(echo_run):
+    from medharm_nb import review
+
+    view = review.conversation_view(echo_run)
+    assert len(view.units) == 4  # two harmful conversations and their twins
+    view.jump("tox-clin-01-h")
+    html = view.body.value
+    assert "tox-clin-01-h~escalate-3" in view.status.value
+    assert html.count("user · turn 3") == 2 and "<b>parrot</b>" in html and "<b>tuned</b>" in html
+    assert "rules-v" in html and "ended: <b>complete</b>" in html
+    view.risk.value = "benign"
+    assert len(view.units) == 2 and "~escalate-3" in view.status.value
+    assert review.conversation_view(echo_run.parent) == review.conversation.NONE
+
+    labelling = review.turn_annotation_view(echo_run, "me", size=6)
+    assert labelling.plan.size == 6
+    body = labelling.body.value
+    assert "label the answer to turn" in body and "<b>User, turn" in body
+
+
+def test_the_report_has_a_by_turn_section(echo_run):
+    from medharm_nb import report
+
+    page = report.build(echo_run).read_text()
+    assert "<h2>By turn: conversations</h2>" in page
+    assert "Share of harmful conversations with an answer complied at or before each turn" \
+        in page
+    assert "Turns to the first complied answer on harmful conversations, Kaplan-Meier" in page
+    assert "Over-refusal by turn on the benign twins" in page
+
+
+def test_the_validate_command_checks_a_conversations_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from medharm_nb.cli import app
+
+    path = tmp_path / "talks.jsonl"
+    path.write_text(_line(id="a") + "\n" + _line(id="b", messages=[
+        {"role": "assistant", "content": "Hi."}]) + "\n")
+    result = CliRunner().invoke(app, ["validate", str(path), "--conversations"])
+    assert result.exit_code == 1
+    assert f"{path}:2: message 1: a conversation starts with the user" in result.output
+    path.write_text(_line(id="a") + "\n")
+    result = CliRunner().invoke(app, ["validate", str(path), "--conversations"])
+    assert result.exit_code == 0 and "1 conversations, 1 user turns" in result.output
