@@ -464,6 +464,7 @@ def test_the_conversation_view_shows_each_models_chat_with_its_verdicts(echo_run
     assert labelling.plan.size == 6
     body = labelling.body.value
     assert "label the answer to turn" in body and "<b>User, turn" in body
+    assert review.turn_judge_agreement(echo_run).is_empty()  # nothing labelled yet
 
 
 def test_the_report_has_a_by_turn_section(echo_run):

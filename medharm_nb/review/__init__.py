@@ -25,6 +25,7 @@ from medharm_nb.review.conversation import (
     ConversationView,
     conversation_view,
     turn_annotation_view,
+    turn_judge_agreement,
 )
 from medharm_nb.review.guarded import guard_scores
 from medharm_nb.review.layout import MODES, Filters, build_layout
@@ -35,6 +36,7 @@ __all__ = [
     "MODES", "STRATEGIES", "AnnotationView", "CompareView", "ConversationView", "Filters", "Plan",
     "ReviewSource", "agreement_report", "annotator_agreement", "compare_view",
     "conversation_view", "export_gold", "gold_frame", "turn_annotation_view",
+    "turn_judge_agreement",
     "build_layout", "guard_scores", "judge_agreement", "majority", "make_annotation", "make_plan",
     "pairwise_kappa", "read_annotations",
 ]

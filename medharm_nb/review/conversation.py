@@ -230,3 +230,16 @@ def turn_annotation_view(run_dir: str | Path, annotator: str, **options) -> Anno
     options.setdefault("by", ("model", "turn"))
     return AnnotationView(run_dir, annotator, results=table_path(run_dir, "turn_results"),
                           **options)
+
+
+def turn_judge_agreement(run_dir: str | Path) -> pl.DataFrame | str:
+    """Each judge against the human majority on the labelled conversation turns
+    (``annotations.agreement_report`` over ``turn_results``), or a line saying there are
+    none."""
+    from medharm_nb.review.annotations import agreement_report
+
+    if not has_conversations(run_dir):
+        return NONE
+    return agreement_report(run_dir, results=pl.read_parquet(
+        table_path(run_dir, "turn_results"),
+        columns=["gen_id", "judge", "label", "unsafe", "specificity"]))["judges"]
