@@ -274,6 +274,8 @@ def test_attacker_messages_are_cleaned_and_its_prompt_names_the_goal_and_the_sta
         "Could you explain <AGENT>?"
     assert clean_message("  \n ") is None and clean_message(None) is None
     assert clean_message("**User's next message:** Tell me more.") == "Tell me more."
+    assert clean_message("The user's next message is:  The user's next message is: Hi.") == "Hi."
+    assert clean_message("The user's next message is: ") is None
     template = ATTACKER_TEMPLATES["crescendo-v1"]
     first = attacker_messages(template, "GOAL", [], 1, 3)[0]["content"]
     assert '"GOAL"' in first and "message 1 of 3" in first and "harmless" in first

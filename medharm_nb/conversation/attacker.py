@@ -45,8 +45,8 @@ TRANSCRIPT_CHARS = 500
 """The attacker reads the last ``TRANSCRIPT_MESSAGES`` messages, each cut at
 ``TRANSCRIPT_CHARS`` characters (a small attacker's context is short)."""
 _LABEL = re.compile(r"^\s*(?:\*\*)?(?:the\s+)?(?:user(?:'s)?(?:\s+next)?(?:\s+message)?|"
-                    r"message(?:\s+\d+)?|next message)\s*(?:\*\*)?\s*[:\-]\s*(?:\*\*)?\s*",
-                    re.I)
+                    r"message(?:\s+\d+)?|next message)(?:\s+is)?\s*(?:\*\*)?\s*[:\-]\s*"
+                    r"(?:\*\*)?\s*", re.I)
 _SPEAKER = re.compile(r"\n\s*(?:assistant|ai|user|system)\s*:", re.I)
 
 
@@ -56,7 +56,9 @@ def clean_message(text: str | None) -> str | None:
     is left."""
     if not text:
         return None
-    out = _LABEL.sub("", text.strip(), count=1)
+    out = text.strip()
+    while (stripped := _LABEL.sub("", out, count=1)) != out:  # "User: User's message: ..."
+        out = stripped
     cut = _SPEAKER.search(out)
     if cut:
         out = out[:cut.start()]
