@@ -66,7 +66,7 @@ def survival_curve(table: pl.DataFrame, measure: str | None = None) -> alt.Facet
     data = _shown(table, measure)
     x = alt.X("turn:Q", title="turn", axis=alt.Axis(tickMinStep=1, format="d"))
     band = alt.Chart(data).mark_area(opacity=0.15, interpolate="step-after").encode(
-        x=x, y="lo:Q", y2="hi:Q", color=alt.Color("model:N", legend=None))
+        x=x, y="lo:Q", y2="hi:Q", color="model:N")
     curve = alt.Chart(data).mark_line(interpolate="step-after", point=True).encode(
         x=x, y=alt.Y("survival:Q", title=f"not yet {MEASURE_TITLES[measure]}",
                      axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
@@ -74,7 +74,7 @@ def survival_curve(table: pl.DataFrame, measure: str | None = None) -> alt.Facet
         tooltip=["model", "judge", "template", "turn", "at_risk", "events", "censored", "n",
                  alt.Tooltip("survival:Q", format=".0%"), alt.Tooltip("lo:Q", format=".0%"),
                  alt.Tooltip("hi:Q", format=".0%")])
-    return ((band + curve).properties(width=220, height=180)
+    return ((curve + band).properties(width=220, height=180)
             .facet(facet=alt.Facet("panel:N", title=None), columns=3)
             .resolve_scale(x="independent")
             .properties(title=f"Turns to the first {MEASURE_TITLES[measure]} answer "
