@@ -137,9 +137,9 @@ def check_inputs(run: Run, queries=None, judges: bool = True,
             problems.append(str(err))
     if models and not problems:
         problems = pair_problems(run.config, queries)
-    talks, talked = run.config.conversations, None
+    talks, talked, built = run.config.conversations, None, None
     if talks is not None:
-        talked, more = _check_conversations(run, queries, models)
+        talked, more, built = _check_conversations(run, queries, models)
         problems += more
     if problems:
         raise ConfigError(f"{run.config_path}: cannot run\n  " + "\n  ".join(problems))
@@ -147,7 +147,7 @@ def check_inputs(run: Run, queries=None, judges: bool = True,
 
     return {
         **({"conversations": talked} if talked is not None else {}),
-        "plan": plan(run.config, queries.height),
+        "plan": plan(run.config, queries.height, built),
         "queries": {"source": source, "n": queries.height,
                     "table_hash": stable_hash(queries.select("id", "text").rows()),
                     "file_sha256": (store.file_sha256(source) if Path(source).is_file()
@@ -158,13 +158,15 @@ def check_inputs(run: Run, queries=None, judges: bool = True,
     }
 
 
-def _check_conversations(run: Run, queries, models: bool) -> tuple[dict[str, Any], list[str]]:
+def _check_conversations(run: Run, queries, models: bool
+                         ) -> tuple[dict[str, Any], list[str], Any]:
     """Build the run's conversations now (an imported file is validated, every problem
     named with its line) and check the attacker's model and stop judge.
 
     Returns:
         The manifest's ``conversations`` entry (template hashes, counts per kind, the
-        imported file's digest, the attacker's spec id) and the problems found.
+        imported file's digest, the attacker's spec id), the problems found, and the
+        conversations table.
 
     Raises:
         conversation.ConversationValidationError: the imported file is wrong.
@@ -178,9 +180,6 @@ def _check_conversations(run: Run, queries, models: bool) -> tuple[dict[str, Any
         "templates": conversation.template_hashes(talks.scripted,
                                                   attacker.template if attacker else None),
         "n": dict(built.group_by("kind").len().iter_rows()),
-        # Turns each model is asked at most (given answers and early stops ask fewer); the
-        # attacker writes as many messages as its targets answer.
-        "turns_per_model_at_most": int(built["n_turns"].sum()),
         "imported": ({"path": talks.imported,
                       "file_sha256": store.file_sha256(talks.imported)}
                      if talks.imported else None)}
@@ -197,7 +196,7 @@ def _check_conversations(run: Run, queries, models: bool) -> tuple[dict[str, Any
             judge.load_judge(attacker.judge or run.config.judges[0])
         except ValueError as err:
             problems.append(f"conversations.attacker.judge: {err}")
-    return entry, problems
+    return entry, problems, built
 
 
 def _check_model(spec) -> dict[str, Any]:

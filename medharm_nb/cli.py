@@ -160,9 +160,14 @@ def plan_command(
     try:
         cfg = run_config.absolutize(run_config.load_config(config), config.resolve().parent)
         queries = data.prepare_queries(cfg.queries, config.resolve().parent)
+        talks = None
+        if cfg.conversations is not None:
+            from medharm_nb.conversation import build_conversations
+
+            talks = build_conversations(queries, cfg.conversations)
     except (run_config.ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    for line in plan_lines(plan(cfg, queries.height)):
+    for line in plan_lines(plan(cfg, queries.height, talks)):
         typer.echo(line)
 
 

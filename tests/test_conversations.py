@@ -494,3 +494,19 @@ def test_the_validate_command_checks_a_conversations_file(tmp_path):
     path.write_text(_line(id="a") + "\n")
     result = CliRunner().invoke(app, ["validate", str(path), "--conversations"])
     assert result.exit_code == 0 and "1 conversations, 1 user turns" in result.output
+
+
+def test_the_plan_counts_the_turns_a_run_will_ask(queries):
+    from medharm_nb.config import RunConfig
+    from medharm_nb.plan import plan, plan_lines
+
+    settings = ConversationSettings(scripted=["escalate-3"], attacker=AttackerSettings(
+        model=ECHO, queries=1, turns=4))
+    config = RunConfig(name="p", models=[ECHO], conversations=settings)
+    talks = build_conversations(queries, settings)
+    result = plan(config, queries.height, talks)
+    assert result["conversations"] == {"conversations": 5, "turns_per_model_at_most": 16,
+                                       "turns_at_most": 16, "attacker_messages_at_most": 4}
+    assert any(line.startswith("conversations: 5, at most 16 turns per model")
+               for line in plan_lines(result))
+    assert plan(config, queries.height)["conversations"] is None
