@@ -18,6 +18,7 @@ every stage of the series; each module follows the data:
 ``guard``              guards on each turn's message and on the whole history; false
                        blocks on benign conversations
 ``stages``             what each notebook adds when a run has conversations
+``plots``, ``report``  the by-turn charts and the report's "by turn" section
 =====================  ===============================================================
 
 Only ``templates`` and ``build`` are imported here, so the config can check template names
