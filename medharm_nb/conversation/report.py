@@ -56,7 +56,8 @@ def turns_section(doc, run_dir: Path, table: Callable[..., str]) -> None:
                f"point (at most; n_unknown in tables/unsafe_by_turn.csv are outside it). "
                f"Judges: {_judges(shown)}. Error bars: {CLUSTERED}.")
     if curves is not None and curves.filter(pl.col("n") > 0).height:
-        n = curves.filter((pl.col("measure") == measure) & (pl.col("turn") == 0))
+        n = curves.filter((pl.col("measure") == measure) & (pl.col("turn") == 0)
+                          & (pl.col("n") > 0))
         doc.figure(plots.survival_curve(curves, measure),
                    f"Turns to the first {word} answer on harmful conversations, Kaplan-Meier "
                    f"(statsmodels SurvfuncRight); a conversation without one is censored at "
