@@ -17,6 +17,7 @@ matches a turn by its user message, or with ``#id=`` by ``<conv_id>#<turn>``).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -142,8 +143,7 @@ class Asker:
         return [stored[i] for i in ids]
 
     def _generate(self, todo: list[Request], variant: dict[str, str]) -> None:
-        import time
-
+        """Ask the backend (its weights loaded the first time), storing each group."""
         if not self._prepared:
             began = time.perf_counter()
             self.backend.prepare()
