@@ -28,6 +28,9 @@ of tables lives here, tested like any other package code.
                            self-contained ``report.html`` (``report``)
 =========================  ========================================================
 
+With a ``conversations:`` section in the config, each stage also runs its conversation step
+(``conversation.stages``: the same run folder, more tables); without one, nothing changes.
+
 Each holds the run folder's lock (``store.RunLock``) while it writes, so a notebook opened by
 hand is refused while a series runs in the same folder; inside a ``medharm-nb run`` the
 kernels work within the series' lock.
