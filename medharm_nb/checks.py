@@ -131,12 +131,17 @@ def check_inputs(run: Run, queries=None, judges: bool = True,
             problems.append(str(err))
     if models and not problems:
         problems = pair_problems(run.config, queries)
+    talks, talked, built = run.config.conversations, None, None
+    if talks is not None:
+        talked, more, built = _check_conversations(run, queries, models)
+        problems += more
     if problems:
         raise ConfigError(f"{run.config_path}: cannot run\n  " + "\n  ".join(problems))
     from medharm_nb.plan import plan
 
     return {
-        "plan": plan(run.config, queries.height),
+        **({"conversations": talked} if talked is not None else {}),
+        "plan": plan(run.config, queries.height, built),
         "queries": {"source": source, "n": queries.height,
                     "table_hash": stable_hash(queries.select("id", "text").rows()),
                     "file_sha256": (store.file_sha256(source) if Path(source).is_file()
@@ -145,6 +150,47 @@ def check_inputs(run: Run, queries=None, judges: bool = True,
         "models": checked,
         "generation_config_hash": stable_hash(run.config.generation.key()),
     }
+
+
+def _check_conversations(run: Run, queries, models: bool
+                         ) -> tuple[dict[str, Any], list[str], Any]:
+    """Build the run's conversations now (an imported file is validated, every problem
+    named with its line) and check the attacker's model and stop judge.
+
+    Returns:
+        The manifest's ``conversations`` entry (template hashes, counts per kind, the
+        imported file's digest, the attacker's spec id), the problems found, and the
+        conversations table.
+
+    Raises:
+        conversation.ConversationValidationError: the imported file is wrong.
+    """
+    from medharm_nb import conversation
+
+    talks = run.config.conversations
+    built = conversation.build_conversations(queries, talks)
+    attacker = talks.attacker
+    entry: dict[str, Any] = {
+        "templates": conversation.template_hashes(talks.scripted,
+                                                  attacker.template if attacker else None),
+        "n": dict(built.group_by("kind").len().iter_rows()),
+        "imported": ({"path": talks.imported,
+                      "file_sha256": store.file_sha256(talks.imported)}
+                     if talks.imported else None)}
+    problems = []
+    if attacker is not None:
+        if models:
+            try:
+                entry["attacker"] = _check_model(attacker.model)
+            except (OSError, ValueError) as err:
+                problems.append(f"conversations.attacker: {err}")
+        from medharm_nb import judge
+
+        try:
+            judge.load_judge(attacker.judge or run.config.judges[0])
+        except ValueError as err:
+            problems.append(f"conversations.attacker.judge: {err}")
+    return entry, problems, built
 
 
 def _check_model(spec) -> dict[str, Any]:

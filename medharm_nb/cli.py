@@ -29,8 +29,12 @@ def validate(
         [], "--map", help="Column mapping OURS=THEIRS, repeatable (e.g. --map text=prompt)."),
     category: list[str] = typer.Option(
         [], "--category", help="Allowed category, repeatable (default: the ten MedHarm ones)."),
+    conversations: bool = typer.Option(
+        False, "--conversations", help="SOURCE is a JSONL file of conversations (OpenAI-style "
+                                       "messages plus the query schema's fields)."),
 ) -> None:
-    """Check a query set against the schema; exit 1 listing every problem, else summarise."""
+    """Check a query set (or a conversations file) against the schema; exit 1 listing every
+    problem, else summarise."""
     from medharm_nb import data
 
     try:
@@ -38,6 +42,13 @@ def validate(
     except ValueError:
         fail("--map takes OURS=THEIRS")
     try:
+        if conversations:
+            from medharm_nb.conversation import load_conversations
+
+            talks = load_conversations(source, categories=category or None)
+            typer.echo(f"{source}: {talks.height} conversations, "
+                       f"{int(talks['n_turns'].sum())} user turns; no problems found")
+            return
         df = data.load_queries(source, mapping=pairs or None, categories=category or None)
     except data.QueryValidationError as err:
         for line in err.errors:
@@ -178,9 +189,14 @@ def plan_command(
     try:
         cfg = run_config.absolutize(run_config.load_config(config), config.resolve().parent)
         queries = data.prepare_queries(cfg.queries, config.resolve().parent)
+        talks = None
+        if cfg.conversations is not None:
+            from medharm_nb.conversation import build_conversations
+
+            talks = build_conversations(queries, cfg.conversations)
     except (run_config.ConfigError, FileNotFoundError, ValueError) as err:
         fail(str(err))
-    for line in plan_lines(plan(cfg, queries.height)):
+    for line in plan_lines(plan(cfg, queries.height, talks)):
         typer.echo(line)
 
 

@@ -18,8 +18,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medharm_nb import store
+from medharm_nb.conversation.templates import get_attacker_template, get_escalation
 from medharm_nb.generate.backends import BACKENDS, backend_type, validate_spec
-from medharm_nb.records import GenConfig, ModelSpec, QuerySelection, stable_hash
+from medharm_nb.records import (
+    ConversationSettings,
+    GenConfig,
+    ModelSpec,
+    QuerySelection,
+    stable_hash,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 NOTEBOOK_DIR = (PACKAGE_DIR / "notebooks" if (PACKAGE_DIR / "notebooks").is_dir()
@@ -51,6 +58,10 @@ class RunConfig(BaseModel):
     notebooks: list[str] = Field(default=list(SERIES), description="Notebooks to run, in order.")
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Extra parameters per notebook name.")
+    conversations: ConversationSettings | None = Field(
+        default=None, description="Multi-turn conversations asked besides the single queries "
+                                  "(scripted escalation, imported, an adaptive attacker); "
+                                  "each notebook adds their steps (medharm_nb.conversation).")
 
     @field_validator("name")
     @classmethod
@@ -81,6 +92,18 @@ class RunConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return models
+
+    @field_validator("conversations")
+    @classmethod
+    def _known_templates(cls, settings: ConversationSettings | None):
+        if settings is None:
+            return settings
+        for name in settings.scripted:
+            get_escalation(name)
+        if settings.attacker is not None:
+            validate_spec(settings.attacker.model)
+            get_attacker_template(settings.attacker.template)
+        return settings
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -348,4 +371,16 @@ def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:
     queries = config.queries.model_copy(update={
         "source": resolve_source_path(config.queries.source, base_dir), "data_files": files})
     models = [backend_type(m).resolve(m, base_dir) for m in config.models]
-    return config.model_copy(update={"queries": queries, "models": models})
+    update: dict[str, Any] = {"queries": queries, "models": models}
+    talks = config.conversations
+    if talks is not None:
+        changes: dict[str, Any] = {}
+        if talks.imported and not Path(talks.imported).is_absolute() \
+                and (base_dir / talks.imported).exists():
+            changes["imported"] = str((base_dir / talks.imported).resolve())
+        if talks.attacker is not None:
+            spec = talks.attacker.model
+            changes["attacker"] = talks.attacker.model_copy(
+                update={"model": backend_type(spec).resolve(spec, base_dir)})
+        update["conversations"] = talks.model_copy(update=changes)
+    return config.model_copy(update=update)

@@ -156,8 +156,8 @@ def finalize(df: pl.DataFrame, where: str, unit: str = "row",
         df = df.with_row_index("_line", offset=1)
     if "pair_id" not in df.columns:
         df = df.with_columns(pl.lit(None, dtype=pl.String).alias("pair_id"))
-    if "tier" not in df.columns:
-        df = df.with_columns(pl.lit(UNTIERED).alias("tier"))
+    df = df.with_columns((pl.col("tier").fill_null(UNTIERED) if "tier" in df.columns
+                          else pl.lit(UNTIERED)).alias("tier"))
     errors = validate_frame(df, where, unit, tuple(categories))
     if errors:
         raise QueryValidationError(errors)
@@ -192,6 +192,8 @@ def validate_frame(df: pl.DataFrame, where: str, unit: str,
         if not row["text"] or not str(row["text"]).strip():
             errors.append(f"{pos}: empty text (id {qid!r})")
         for column, values in allowed.items():
+            if column == "tier" and row.get("tier") is None:
+                continue  # optional: no tier reads as unspecified
             if row[column] not in values:
                 errors.append(f"{pos}: unknown {column} {row[column]!r} (id {qid!r}); "
                               f"allowed: {', '.join(values)}")

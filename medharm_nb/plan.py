@@ -55,12 +55,14 @@ def _benchmarks() -> dict[str, dict[str, float]]:
         return {}
 
 
-def plan(config: RunConfig, n_queries: int) -> dict[str, Any]:
+def plan(config: RunConfig, n_queries: int, conversations=None) -> dict[str, Any]:
     """The run's size and cost, model by model, before anything runs.
 
     Args:
         config: The run config.
         n_queries: Queries the run asks (the prepared query table's rows, variants included).
+        conversations: The run's conversations table (``conversation.build``), if any: its
+            turns are counted under ``conversations`` (the single-query figures exclude them).
 
     Returns:
         ``generations``, ``judge_calls``, ``guard_calls``, ``max_new_tokens_total``, and per
@@ -89,7 +91,16 @@ def plan(config: RunConfig, n_queries: int) -> dict[str, Any]:
     guards = guard_params.get("guards", ["minilm", "prompted-smollm2"])
     pairs = guard_params.get("guard_pairs", 8)
     guarded = (2 * pairs if pairs else n_queries) * GUARD_VARIANTS
+    talks = None
+    if conversations is not None and conversations.height:
+        attacked = conversations.filter(conversations["kind"] == "attacker")
+        turns = int(conversations["n_turns"].sum()) * gen.samples
+        talks = {"conversations": conversations.height, "turns_per_model_at_most": turns,
+                 "turns_at_most": turns * len(config.models),
+                 "attacker_messages_at_most": int(attacked["n_turns"].sum()) * gen.samples
+                 * len(config.models)}
     return {"hardware": hardware(), "queries": n_queries, "samples": gen.samples,
+            "conversations": talks,
             "models": models, "generations": generations,
             "judge_calls": generations * len(config.judges),
             "guard_calls": len(guards) * guarded + generations,
@@ -117,5 +128,11 @@ def plan_lines(result: dict[str, Any]) -> list[str]:
                 is not None else "time: no benchmark here")
         convert = ", converted once from GGUF" if m.get("convert") else ""
         lines.append(f"  {m['model']}: {m['where']}{convert}; {mem}; {time}")
+    talks = result.get("conversations")
+    if talks:
+        lines.append(f"conversations: {talks['conversations']}, at most "
+                     f"{talks['turns_per_model_at_most']} turns per model = "
+                     f"{talks['turns_at_most']} turns (fewer when an attacker stops early), "
+                     f"and at most {talks['attacker_messages_at_most']} attacker messages")
     lines.append(f"time estimate: {result['benchmark']}")
     return lines

@@ -377,6 +377,78 @@ class QuerySelection(_Record):
     variants: list[str] = Field(default=["direct"], description="Prompt-variant wrappers.")
 
 
+ConversationKind = Literal["scripted", "imported", "attacker"]
+
+
+class Conversation(_Record):
+    """One conversation of a study: the user turns a model is asked, one at a time, the last
+    of which carries its query's intent (``conversation.build`` makes these; the
+    ``conversations`` table holds one row per conversation, plus the query's metadata
+    columns, whichever the query set has: category, framing, risk, expected, tier ...).
+
+    A model answers each user turn with its own previous answers in the history, except
+    where an imported conversation gives the assistant's answer (``given``): that answer
+    stands in the history as written and is neither generated nor judged.
+    """
+
+    conv_id: str = Field(description="Stable id: '<query id>~<template>' for scripted and "
+                                     "attacker conversations, the file's id for imported ones.")
+    query_id: str = Field(description="The id of the query it carries, so its results join "
+                                      "the single-turn ones (imported: the file's query_id, "
+                                      "else conv_id).")
+    kind: ConversationKind = Field(description="scripted (an escalation template), imported "
+                                               "(a JSONL file) or attacker (a model plays the "
+                                               "user).")
+    template: str = Field(description="The escalation or attacker template's name, or "
+                                      "'import:<file name>'.")
+    template_hash: str = Field(description="Hash of the template's text (of the file's "
+                                           "content for imported ones): part of every turn id.")
+    users: list[str] = Field(description="The user turns, in order (attacker: empty, the "
+                                         "attacker writes them).")
+    given: list[str | None] = Field(description="Per user turn, the assistant answer the file "
+                                                "gives, or None where the model answers.")
+    n_turns: int = Field(ge=1, description="User turns (attacker: its turn budget).")
+    text: str = Field(description="The query's intent: the last user turn (attacker: its "
+                                  "goal, the query's text).")
+    pair_conv_id: str | None = Field(default=None, description="conv_id of its benign/harmful "
+                                                               "twin's conversation, if any.")
+
+
+class AttackerSettings(_Record):
+    """An adaptive attacker (``conversation.attacker``): a model that plays the user."""
+
+    model: ModelSpec = Field(description="Any model spec; it writes each next user turn.")
+    template: str = Field(default="crescendo-v1",
+                          description="The attacker's prompt (conversation.ATTACKER_TEMPLATES).")
+    turns: int = Field(default=4, ge=1, le=10, description="Turn budget per conversation.")
+    queries: int = Field(default=3, ge=1, description="Harmful queries it attacks: the run's "
+                                                      "first N, one category at a time.")
+    judge: str | None = Field(default=None, description="The judge whose verdict stops a "
+                                                        "conversation (default: the run's "
+                                                        "first judge).")
+    patience: int = Field(default=2, ge=1, description="Refusals in a row (full refusal or "
+                                                       "safe redirect) that count as a firm "
+                                                       "refusal and stop it.")
+    generation: GenConfig = Field(default_factory=lambda: GenConfig(max_new_tokens=80),
+                                  description="How the attacker decodes.")
+
+
+class ConversationSettings(_Record):
+    """A run config's ``conversations:`` section: which conversations the models are asked."""
+
+    scripted: list[str] = Field(default=["escalate-3"], description="Escalation templates "
+                                "(conversation.ESCALATIONS) applied to the run's direct "
+                                "queries, harmful and benign alike; [] for none.")
+    per_cell: int | None = Field(default=None, ge=1, description="Harmful queries per "
+                                 "category x framing given scripted conversations (with their "
+                                 "twins); None: every direct query of the run.")
+    imported: str | None = Field(default=None, description="A JSONL file of conversations: "
+                                 "OpenAI-style messages plus the query schema's fields.")
+    imported_categories: list[str] | None = Field(default=None, description="Valid categories "
+                                                  "of the imported file (default: ours).")
+    attacker: AttackerSettings | None = Field(default=None, description="An adaptive attacker.")
+
+
 class GuardVerdict(_Record):
     """A guard's score for one item, stored so a re-run never scores it again."""
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import polars as pl
 
 from medharm_nb import amplify, metrics, store
-from medharm_nb.report_doc import CSS, Doc, esc, model_pairs
+from medharm_nb.conversation.report import turns_section
+from medharm_nb.report_doc import CSS, Doc, esc, html_table, model_pairs
 from medharm_nb.report_sections import (
     examples_section,
     failures_section,
@@ -84,6 +85,8 @@ def build(run_dir: str | Path, redacted: bool = True, out: str | Path | None = N
     tier_section(doc, by_tier)
     paired_section(doc, deltas)
     plane_section(doc, plane)
+    if (run_dir / "tables" / "turns.parquet").exists() or (config or {}).get("conversations"):
+        turns_section(doc, run_dir, html_table)
     guard_section(doc, run_dir)
     judge_section(doc, run_dir)
     failures_section(doc, by_model)

@@ -28,6 +28,9 @@ of tables lives here, tested like any other package code.
                            self-contained ``report.html`` (``report``)
 =========================  ========================================================
 
+With a ``conversations:`` section in the config, each stage also runs its conversation step
+(``conversation.stages``: the same run folder, more tables); without one, nothing changes.
+
 Each holds the run folder's lock (``store.RunLock``) while it writes, so a notebook opened by
 hand is refused while a series runs in the same folder; inside a ``medharm-nb run`` the
 kernels work within the series' lock.
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from medharm_nb import amplify, data, generate, judge, metrics, store
+from medharm_nb.conversation import stages as conversation
 from medharm_nb.records import stable_hash
 
 if TYPE_CHECKING:
@@ -51,7 +55,8 @@ if TYPE_CHECKING:
 
 def data_stage(run: Run, queries: pl.DataFrame | None = None) -> pl.DataFrame:
     """The run's queries: the config's source, filters and variant wrappers applied; written
-    as ``queries``.
+    as ``queries``. With ``conversations:`` in the config, its conversations too
+    (``conversations``, ``conversation.build``).
 
     Args:
         run: The run.
@@ -64,13 +69,15 @@ def data_stage(run: Run, queries: pl.DataFrame | None = None) -> pl.DataFrame:
         queries = data.prepare_queries(run.config.queries, run.base_dir)
     with store.RunLock(run.run_dir, purpose="data"):
         store.write_table(run.run_dir, "queries", queries)
+        conversation.data_step(run, queries)
     return queries
 
 
 def generation_stage(run: Run, queries: pl.DataFrame | None = None,
                      progress: bool = True) -> pl.DataFrame:
     """Ask every model of the run every query; write the ``generations`` (this run's current
-    answers, failures included) and ``generation_stats`` tables.
+    answers, failures included) and ``generation_stats`` tables. With conversations, ask
+    them turn by turn too (``turns``; their stats rows join ``generation_stats``).
 
     Args:
         run: The run.
@@ -85,6 +92,7 @@ def generation_stage(run: Run, queries: pl.DataFrame | None = None,
     with store.RunLock(run.run_dir, purpose="generate"), run.store() as st:
         stats = generate.run_generation(queries, run.config.models, run.config.generation,
                                         st, progress=progress)
+        stats += conversation.generation_step(run, st, progress) or []
         generations = generate.current_generations(
             st.frame("generations"), queries, run.config.models, run.config.generation)
         table = pl.DataFrame([s.as_dict() for s in stats])
@@ -101,7 +109,9 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
     (``judge_error``, ``parse_failed``) is asked again. Writes ``judgements`` (this run's
     verdicts), ``results`` (``metrics.results_table``: one row per generation and judge,
     failed generations included) and ``judge_disagreements`` (responses the judges label
-    differently, at the compliance split; empty with one judge).
+    differently, at the compliance split; empty with one judge). With conversations, every
+    answered turn is judged too, the conversation as context (``turn_results``,
+    ``conversation_outcomes``).
 
     Args:
         run: The run (``config.open_run``).
@@ -128,6 +138,7 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
         disputed = (judge.disagreements(judgements) if len(ids) > 1
                     else store.table("judge_disagreements").empty())
         store.write_table(run.run_dir, "judge_disagreements", disputed)
+        conversation.judging_step(run, loaded, st, progress)
     return results
 
 
@@ -214,11 +225,15 @@ def guard_stage(run: Run, guards: Sequence[str], pairs: int | None = None,
     ``pipeline_guard`` then guards the stored results (input; input and output), reusing the
     prompt scores just made. Tables ``guard_<name>`` are written for each part.
 
+    With conversations, each guard also reads every turn, alone and with its history, at
+    ``threshold`` (``conversation.guard``): ``turn_scores`` and ``conversations`` (caught,
+    unsafe with and without the guard, false blocks on benign conversations).
+
     Returns:
         ``scored``, ``summary``, ``by_category``, ``sweep``, ``brittleness``, ``guards``
         (what each guard is, and whether it was trained on these queries) and, with a
         pipeline guard, ``pipeline`` and ``pipeline_by_category`` (kept as
-        ``store.GUARD_TABLES``).
+        ``store.GUARD_TABLES``); with conversations, ``turn_scores`` and ``conversations``.
     """
     from medharm_nb import guard
 
@@ -238,6 +253,7 @@ def guard_stage(run: Run, guards: Sequence[str], pairs: int | None = None,
             out["pipeline"] = rates
             out["pipeline_by_category"] = guard.pipeline_rates(
                 rows, ("pipeline", "model", "judge", "category"))
+        out.update(conversation.guard_step(run, loaded, st, threshold) or {})
         for name, table in out.items():
             store.write_table(run.run_dir, store.GUARD_TABLES[name], table)
     return out
@@ -247,11 +263,12 @@ def summary_stage(run: Run) -> dict[str, pl.DataFrame]:
     """The report's tables from the run's ``results``: compliance, unsafe, over-refusal and
     helpfulness rates per model, per model x category, per model x category x framing, per
     model x tier (a benign twin counts in its pair's tier), and label shares; each written
-    as Parquet and CSV under ``tables/``.
+    as Parquet and CSV under ``tables/``. With turn results, the by-turn tables too
+    (``unsafe_by_turn``, ``survival``, ``by_turn``).
 
     Returns:
         ``summary_by_model``, ``summary_by_category``, ``summary_by_cell``,
-        ``summary_by_tier``, ``label_rates``.
+        ``summary_by_tier``, ``label_rates`` (and the by-turn tables).
     """
     results = store.results_df(run)
     tables = {store.SUMMARY_TABLES[key]: metrics.safety_summary(results, by=by)
@@ -260,6 +277,7 @@ def summary_stage(run: Run) -> dict[str, pl.DataFrame]:
     with store.RunLock(run.run_dir, purpose="report"):
         for name, table in tables.items():
             store.write_table(run.run_dir, name, table)
+        tables.update(conversation.summary_step(run.run_dir) or {})
     return tables
 
 
@@ -272,6 +290,7 @@ def amplification_stage(run: Run, n_boot: int = 2000, seed: int = 0,
     points) and ``specificity_distribution``, each as Parquet and CSV.
 
     A run without pairs writes the tables empty (the report says so) rather than failing.
+    With conversations, ``single_vs_multi`` and ``amplification_by_turn`` too.
 
     Args:
         run: The run.
@@ -292,6 +311,8 @@ def amplification_stage(run: Run, n_boot: int = 2000, seed: int = 0,
     with store.RunLock(run.run_dir, purpose="amplification"):
         for name, table in tables.items():
             store.write_table(run.run_dir, name, table)
+        tables.update(conversation.amplification_step(run, results, n_boot, seed, level)
+                      or {})
     return tables
 
 

@@ -140,7 +140,8 @@ def test_run_only_data_and_generate_with_the_echo_backend(tmp_path):
     import nbformat
 
     executed = nbformat.read(run_dir / "notebooks" / "02_generate.ipynb", as_version=4)
-    shown = [o for o in executed.cells[-1].outputs if o.get("output_type") == "execute_result"]
+    lengths = next(c for c in executed.cells if "length_summary" in c.source)
+    shown = [o for o in lengths.outputs if o.get("output_type") == "execute_result"]
     table = shown[0]["data"]["text/html"]
     # The echo answers say they ended (share 0.0); the replayed ones say nothing (null).
     assert "share_truncated" in table and "<td>0.0</td>" in table and "<td>null</td>" in table

@@ -38,8 +38,8 @@ from medharm_nb.store import RunLock, RunStore, files_digest
 
 __all__ = [
     "EMBEDDED", "Backend", "GenStats", "Output", "Request", "build_messages",
-    "current_generations", "generate", "length_summary", "make_backend", "model_files",
-    "resolve_source", "run_generation", "spec_id", "weights_digest",
+    "current_generations", "generate", "generation_record", "length_summary", "make_backend",
+    "model_files", "resolve_source", "run_generation", "spec_id", "weights_digest",
 ]
 
 
@@ -166,7 +166,7 @@ def generate(
         bar = tqdm(total=len(todo), desc=f"generate {spec.name}", unit="resp",
                    disable=not progress)
         for group in backend.generate(todo, config):
-            records = [_record(spec, key, config, req, out, query_of[req.gen_id])
+            records = [generation_record(spec, key, config, req, out, query_of[req.gen_id])
                        for req, out in group]
             store.add("generations", records)
             stats.generated += sum(r.error is None and not r.blocked for r in records)
@@ -180,10 +180,19 @@ def generate(
         return stats
 
 
-def _record(spec: ModelSpec, key: str, config: GenConfig, req: Request, out: Output,
-            query: dict) -> Generation:
+def generation_record(spec: ModelSpec, key: str, config: GenConfig, req: Request, out: Output,
+                      query: dict) -> Generation:
     """The stored record of one answer; a failure keeps its error and no response, a block
-    its reason and no response."""
+    its reason and no response.
+
+    Args:
+        spec: The model that answered.
+        key: ``spec_id(spec)``.
+        config: The decoding settings.
+        req: The request (its id, rendered prompt and sample).
+        out: The backend's output.
+        query: ``id``, ``text`` (the user message sent) and optionally ``variant``.
+    """
     is_blocked = blocked(out.error, out.finish_reason)
     error = out.error or (None if out.text is not None or is_blocked
                           else "backend returned no text")

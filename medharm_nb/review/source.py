@@ -25,6 +25,9 @@ INDEX_COLUMNS: tuple[str, ...] = tuple(
     c for c in TABLES["results"].columns if c == "gen_id" or c not in TEXT_COLUMNS)
 """The index: one row per generation x judge, every column of the results table
 (``store.catalogue``) but the texts."""
+TURN_COLUMNS = {"index": ("conv_id", "turn"), "text": ("history", "user")}
+"""What a conversation turn (``turn_results``) adds: its conversation and turn to the index,
+the messages before it and its user message to the texts."""
 
 
 class ReviewSource:
@@ -46,7 +49,10 @@ class ReviewSource:
         if isinstance(results, (str, Path)):
             results = results_scan(results)
         self.lazy = results.lazy()
-        self.index = self.lazy.select(INDEX_COLUMNS).collect()
+        schema = self.lazy.collect_schema()
+        self.text_columns = [*TEXT_COLUMNS, *(c for c in TURN_COLUMNS["text"] if c in schema)]
+        self.index = self.lazy.select(
+            *INDEX_COLUMNS, *(c for c in TURN_COLUMNS["index"] if c in schema)).collect()
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._cache_size = cache_size
         self._searches: dict[str, frozenset[str]] = {}
@@ -64,7 +70,7 @@ class ReviewSource:
         missing = [g for g in wanted if g not in self._cache]
         if missing:
             fetched = (self.lazy.filter(pl.col("gen_id").is_in(missing))
-                       .select(TEXT_COLUMNS).unique("gen_id").collect())
+                       .select(self.text_columns).unique("gen_id").collect())
             for row in fetched.iter_rows(named=True):
                 self._cache[row["gen_id"]] = row
             while len(self._cache) > self._cache_size:

@@ -164,7 +164,7 @@ _declare(
 
 GUARD_TABLES: dict[str, str] = {part: f"guard_{part}" for part in (
     "scored", "summary", "by_category", "sweep", "brittleness", "guards", "pipeline",
-    "pipeline_by_category")}
+    "pipeline_by_category", "turn_scores", "conversations")}
 """Each part of ``guard.evaluate_guards`` (and of the pipeline) and the table it is kept in."""
 _RATES_AT = {"threshold": F64, "catch": F64, "catch_lo": F64, "catch_hi": F64,
              "n_harmful": I64, "false_block": F64, "false_block_lo": F64,
@@ -199,10 +199,15 @@ _GUARD = {
                  "(guard.pipeline_rates)."),
     "pipeline_by_category": ({**_keys("pipeline", "model", "judge", "category"),
                               **_PIPELINE}, "As guard_pipeline, per category."),
+    "turn_scores": ({}, "Conversations: each guard's P(unsafe) for each turn's message and "
+                        "for the whole history (open columns)."),
+    "conversations": ({}, "Conversations: caught, unsafe with and without the guard, false "
+                          "blocks on benign conversations (open columns)."),
 }
 _declare(*(Table(GUARD_TABLES[part], columns, "stages.guard_stage", "04_guardrails", doc,
+                 extra=part in ("turn_scores", "conversations"),
                  added={"in_sample": None} if part == "guards" else {},
-                 csv=part != "scored")
+                 csv=part not in ("scored", "turn_scores"))
            for part, (columns, doc) in _GUARD.items()))
 
 VALIDATION_TABLES: dict[str, str] = {
@@ -239,6 +244,35 @@ _declare(Table("gold", {
     "unsafe": B, "specificity": I64}, "review.export_gold", None,
     "A person's label (or the majority's) of a run's response, as judge-eval --gold and "
     "judge-train --gold read it.", csv=True))
+
+
+# Conversations (medharm_nb.conversation): written only when a config has conversations:, so
+# no notebook of a single-turn series reads them (no read_by). Their columns are declared
+# open (extra=True): they carry the queries' metadata columns, whatever a set holds.
+_CONVERSATION = {
+    "conversations": ("conversation.stages.data_step", "01_data", False,
+                      "One conversation: its query, kind (scripted or attacker), template and "
+                      "user turns."),
+    "turns": ("conversation.stages.generation_step", "02_generate", False,
+              "One assistant turn of one model in one conversation (a generation)."),
+    "turn_results": ("conversation.stages.judging_step", "03_judge", False,
+                     "One judged turn: the results table's columns per turn and judge."),
+    "conversation_outcomes": ("conversation.stages.judging_step", "03_judge", True,
+                              "One conversation per model and judge: unsafe at each turn, at "
+                              "the last, and the first unsafe turn."),
+    "unsafe_by_turn": ("conversation.stages.summary_step", "07_report", True,
+                       "Cumulative unsafe (and compliance) rate by turn, with intervals."),
+    "survival": ("conversation.stages.summary_step", "07_report", True,
+                 "Kaplan-Meier turns to the first unsafe answer."),
+    "by_turn": ("conversation.stages.summary_step", "07_report", True,
+                "Every rate at each turn (over-refusal on the twins too)."),
+    "single_vs_multi": ("conversation.stages.amplification_step", "06_amplification", True,
+                        "Per model: multi-turn minus single-turn rates, paired by query."),
+    "amplification_by_turn": ("conversation.stages.amplification_step", "06_amplification",
+                              True, "Per pair: fine-tune minus base at each turn."),
+}
+_declare(*(Table(name, {}, stage, notebook, doc, extra=True, csv=csv)
+           for name, (stage, notebook, csv, doc) in _CONVERSATION.items()))
 
 
 def table(name: str) -> Table:

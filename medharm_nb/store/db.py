@@ -128,6 +128,21 @@ class RunStore:
         (done, and counted apart from answers; see ``records.Generation``)."""
         return self._ids_where("generations", ids, _BLOCKED.format(t=""))
 
+    def fetch(self, table: str, ids: Iterable[str]) -> pl.DataFrame:
+        """The stored rows of ``table`` whose ids are among ``ids`` (failed ones included),
+        with the record's columns and types, in no particular order."""
+        record, key = _TABLES[table]
+        names = list(record.model_fields)
+        wanted = list(dict.fromkeys(ids))
+        rows: list[tuple] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += self._conn.execute(
+                f"SELECT {', '.join(names)} FROM {table} WHERE {key} IN ({marks})",
+                chunk).fetchall()
+        return self._rows_frame(record, names, rows)
+
     def _ids_where(self, table: str, ids: Iterable[str], condition: str) -> set[str]:
         _, key = _TABLES[table]
         wanted = list(ids)
@@ -176,6 +191,12 @@ class RunStore:
         record, _ = _TABLES[table]
         names = list(record.model_fields)
         rows = self._conn.execute(f"SELECT {', '.join(names)} FROM {table}").fetchall()
+        return self._rows_frame(record, names, rows)
+
+    @staticmethod
+    def _rows_frame(record: type[BaseModel], names: list[str], rows: list[tuple]
+                    ) -> pl.DataFrame:
+        """SQL rows of a record's table as a typed DataFrame (JSON columns decoded)."""
         types_ = {n: polars_type(record.model_fields[n].annotation) for n in names}
         nested = [i for i, n in enumerate(names) if types_[n] is None]
         if nested:  # lists and dicts are stored as JSON text
