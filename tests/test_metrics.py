@@ -93,7 +93,7 @@ def test_results_table_keeps_failed_generations():
                             "variant": ["direct"], "sample": [1], "response": [None],
                             "error": [None], "finish_reason": ["content_filter"]})
     gens = pl.concat([gens, blocked], how="diagonal_relaxed")
-    judgements = pl.DataFrame({"gen_id": ["g1", "g2"], "judge": ["rules-v3"] * 2,
+    judgements = pl.DataFrame({"gen_id": ["g1", "g2"], "judge": ["rules-v4"] * 2,
                                "label": ["full_refusal", "full_compliance"],
                                "complied": [False, True],
                                "unsafe": [None, None], "specificity": [0, 0]})
@@ -106,7 +106,7 @@ def test_results_table_keeps_failed_generations():
             summary["n_benign_failed"], summary["compliance_n"]) == (1, 0, 1, 1)
     g3 = out.filter(pl.col("gen_id") == "g3").row(0, named=True)
     assert (g3["label"], g3["gen_failed"], g3["gen_error"], g3["judge"]) == (
-        "unscored", True, "timeout", "rules-v3")
+        "unscored", True, "timeout", "rules-v4")
     g1 = out.filter(pl.col("gen_id") == "g1").row(0, named=True)
     assert g1["refused"] is True and g1["truncated"] is True and g1["gen_failed"] is False
     assert out["base_id"].to_list() == ["q1", "q1", "q2", "q2"]

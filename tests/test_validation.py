@@ -115,9 +115,9 @@ def test_judge_eval_command(tmp_path):
                                       "--bootstrap", "50", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     last = result.output.strip().splitlines()[-1]
-    assert last.startswith("judge=rules-v3 split=compliance n=4 acc=0.750 [")
+    assert last.startswith("judge=rules-v4 split=compliance n=4 acc=0.750 [")
     assert "kappa=" in last and last.endswith("unscored=0")
-    assert "confusion of rules-v3 on compliance" in result.output
+    assert "confusion of rules-v4 on compliance" in result.output
     assert store.table_path(tmp_path / "out", "judge_agreement").exists()
     missing = CliRunner().invoke(app, ["judge-eval", "--gold", str(tmp_path / "none")])
     assert missing.exit_code == 1 and "does not exist" in missing.output
@@ -130,13 +130,13 @@ def test_judge_eval_command_on_both_splits_with_false_alarms(external_dir):
         "--safe", str(external_dir / "med-safety-bench"), "--bootstrap", "100"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert "judge=rules-v3 split=compliance n=1350 acc=" in result.output  # XSTest only
+    assert "judge=rules-v4 split=compliance n=1350 acc=" in result.output  # XSTest only
     # The guard judge measures harm: it has an unsafe line on HarmBench's 602; the rules do
     # not, and say so instead of scoring 0.
     assert any(line.startswith("judge=guard-minilm") and "split=unsafe n=602" in line
                for line in lines)
-    assert not any(line.startswith("judge=rules-v3 split=unsafe") for line in lines)
-    assert "judge=rules-v3 false_complied=0.000 false_unsafe=not measured" in lines
+    assert not any(line.startswith("judge=rules-v4 split=unsafe") for line in lines)
+    assert "judge=rules-v4 false_complied=0.000 false_unsafe=not measured" in lines
 
 
 def _run_03b(tmp_path: Path, **params) -> nbformat.NotebookNode:
