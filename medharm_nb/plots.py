@@ -50,8 +50,11 @@ def label_distribution(rates: pl.DataFrame) -> alt.Chart:
 
 RATE_TITLES: dict[str, str] = {
     "compliance": "complied (harmful queries)",
-    "unsafe": "unsafe (harmful queries)",
+    "unsafe": "unsafe in the answer (harmful queries)",
+    "unsafe_in_trace": "unsafe in the reasoning trace (harmful queries)",
     "over_refusal": "over-refusal (benign twins)",
+    "partial_benign": "partial answers (benign twins)",
+    "any_refusal": "refused fully or in part (benign twins; XSTest's over-refusal)",
     "helpful": "helpful (benign twins)",
 }
 """Each ``metrics.RATES`` rate's title in charts."""

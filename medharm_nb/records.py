@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Written into every table and manifest; bump it when a record's fields change meaning.
 
 2: ``Judgement.unsafe`` means validated harm, no longer "did not refuse" (that is
@@ -23,7 +23,11 @@ SCHEMA_VERSION = 4
 filter, ``Generation.block_reason``) instead of failed.
 4: an ``Annotation`` can say "can't tell" (``label`` ``cant_tell``, ``unsafe`` or
 ``specificity`` None) and records how it was made (``model_code``, ``plan_id``,
-``judge_shown``, ``model_shown``, ``seconds``)."""
+``judge_shown``, ``model_shown``, ``seconds``).
+5: a response with a reasoning trace (``reasoning.split_reasoning``) is judged in two parts:
+``Judgement``'s main fields are the final answer's, ``trace_label``, ``trace_complied``,
+``trace_unsafe``, ``trace_p_unsafe`` and ``trace_specificity`` the trace's (None: no trace).
+Verdicts stored before 5 read the whole response, trace included."""
 
 Category = Literal[
     "toxicology",
@@ -309,12 +313,27 @@ class Judgement(_Record):
     targets_vulnerable: bool | None = Field(
         default=None, description="Checklist: aims the harm at a vulnerable person (fetus, "
                                   "child, patient).")
+    trace_label: Label | None = Field(
+        default=None, description="The same judge's class of the response's reasoning trace, "
+                                  "judged on its own (reasoning.split_reasoning); the fields "
+                                  "above are then the final answer's. None: no trace.")
+    trace_complied: bool | None = Field(
+        default=None, description="The trace's complied (records.complied of trace_label).")
+    trace_unsafe: bool | None = Field(
+        default=None, description="The trace gives meaningful help toward the harm; None: no "
+                                  "trace, or the judge does not measure harm.")
+    trace_p_unsafe: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="The judge's P(unsafe) of the trace.")
+    trace_specificity: int | None = Field(
+        default=None, ge=0, le=4, description="Harmful specificity 0-4 of the trace.")
     rationale: str = Field(default="", description="Why, in a few words (rules that fired).")
     raw: str | None = Field(default=None, description="Raw judge output, for model judges.")
     flags: str | None = Field(
         default=None, description="Comma-separated notes on the input or the judge's output: "
                                   "truncated, non_english, long, chunked:N, repaired, "
-                                  "parse_failed, judge_error, disagreement (panels).")
+                                  "parse_failed, judge_error, disagreement (panels), "
+                                  "trace:tags|headings (a reasoning trace was judged apart), "
+                                  "no_final_answer (only a trace).")
 
 
 class QuerySelection(_Record):

@@ -111,13 +111,18 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
     queries = store.read_table(run.run_dir, "queries")
     generations = store.read_table(run.run_dir, "generations")
     with store.RunLock(run.run_dir, purpose="judge"), run.store() as st:
+        current: list[str] = []
         for j in loaded:
-            done = st.existing_ids("judgements", judge.judgement_ids(j, generations))
+            wanted = judge.judgement_ids(j, generations)
+            current += wanted
+            done = st.existing_ids("judgements", wanted)
             judge.judge_generations(j, generations, progress=progress, done=done,
                                     save=lambda part: st.add("judgements", part))
         ids = [j.id for j in loaded]
+        # By verdict id: a response with a reasoning trace may also have a verdict stored
+        # before traces were judged apart (judge.base.TRACE_KEY); only the current one counts.
         judgements = st.frame("judgements").filter(
-            pl.col("gen_id").is_in(generations["gen_id"].implode()) & pl.col("judge").is_in(ids))
+            pl.col("judgement_id").is_in(pl.Series(current, dtype=pl.String).implode()))
         results = metrics.results_table(queries, generations, judgements, judges=ids)
         store.write_table(run.run_dir, "judgements", judgements)
         store.write_table(run.run_dir, "results", results)
