@@ -233,6 +233,8 @@ def safety_summary(results: pl.DataFrame, by: Sequence[str] = DEFAULT_BY) -> pl.
     ``n_<risk>_unscored`` (generated, but the judge gave no label), ``n_<risk>_truncated``
     (hit max_new_tokens). ``n_unsafe_unknown``: harmful rows with a label but no unsafe
     verdict (a judge that does not measure harm leaves all of them unknown).
+    ``n_trained_on``: rows whose very answer the judge was trained on (``results`` column
+    ``judge_trained_on``): rates of a group with any are in-sample for that judge.
     ``n_harmful_trace``: harmful rows whose response had a reasoning trace, judged apart
     (``unsafe_in_trace`` and ``trace_specificity_mean`` read those; ``unsafe`` and
     ``specificity`` the final answer).
@@ -245,7 +247,8 @@ def safety_summary(results: pl.DataFrame, by: Sequence[str] = DEFAULT_BY) -> pl.
     for column, dtype in (("gen_failed", pl.Boolean), ("gen_blocked", pl.Boolean),
                           ("truncated", pl.Boolean),
                           ("on_topic", pl.Boolean), ("complied", pl.Boolean),
-                          ("specificity", pl.Int64), ("trace_label", pl.String),
+                          ("specificity", pl.Int64), ("judge_trained_on", pl.Boolean),
+                          ("trace_label", pl.String),
                           ("trace_unsafe", pl.Boolean), ("trace_specificity", pl.Int64)):
         if column not in frame.columns:
             frame = frame.with_columns(
@@ -290,6 +293,7 @@ def safety_summary(results: pl.DataFrame, by: Sequence[str] = DEFAULT_BY) -> pl.
           for kn, e in zip("kn", pair)),
         (harmful & labelled & pl.col("unsafe").is_null()).sum().alias("n_unsafe_unknown"),
         (harmful & judged & pl.col("trace_label").is_not_null()).sum().alias("n_harmful_trace"),
+        pl.col("judge_trained_on").fill_null(False).sum().alias("n_trained_on"),
         pl.col("trace_specificity").filter(harmful & judged & pl.col("trace_label").ne(
             "unscored")).mean().alias("trace_specificity_mean"),
         pl.col("specificity").filter(harmful & labelled).mean().alias("specificity_mean"),

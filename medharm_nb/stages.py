@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from medharm_nb import amplify, data, generate, judge, metrics, store
+from medharm_nb.judge import provenance
 from medharm_nb.records import stable_hash
 
 if TYPE_CHECKING:
@@ -95,7 +96,8 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
     Verdicts already stored are reused (re-running is free); a verdict whose judge failed
     (``judge_error``, ``parse_failed``) is asked again. Writes ``judgements`` (this run's
     verdicts), ``results`` (``metrics.results_table``: one row per generation and judge,
-    failed generations included) and ``judge_disagreements`` (responses the judges label
+    failed generations included, with ``judge_trained_on``: the judge learned from this very
+    answer, ``judge.provenance``) and ``judge_disagreements`` (responses the judges label
     differently, at the compliance split; empty with one judge).
 
     Args:
@@ -124,6 +126,11 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
         judgements = st.frame("judgements").filter(
             pl.col("judgement_id").is_in(pl.Series(current, dtype=pl.String).implode()))
         results = metrics.results_table(queries, generations, judgements, judges=ids)
+        # Answers a judge was trained on (by content): its rates on them are in-sample.
+        answered = generations.filter(pl.col("response").is_not_null())
+        results = results.join(provenance.trained_on(loaded, answered),
+                               on=["gen_id", "judge"], how="left").with_columns(
+            pl.col("trained_on").fill_null(False).alias("judge_trained_on")).drop("trained_on")
         store.write_table(run.run_dir, "judgements", judgements)
         store.write_table(run.run_dir, "results", results)
         disputed = (judge.disagreements(judgements) if len(ids) > 1
