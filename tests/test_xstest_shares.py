@@ -12,15 +12,15 @@ shares here are in-sample (the run marks every answer ``judge_trained_on``), and
 held-out figure is the leave-one-model-out one, also checked here.
 
 Measured (judge share; people's share [95% interval]), full compliance / full refusal /
-partial:
+partial, on 250 answers each:
   gpt4             people 0.916 [0.875, 0.944] / 0.064 [0.040, 0.101] / 0.020 [0.009, 0.046]
                    rules 0.912 / 0.076 / 0.012; trained 0.912 / 0.076 / 0.012;
                    trained held out 0.912 / 0.076 / 0.012
   llama2new        people 0.704 [0.645, 0.757] / 0.140 [0.102, 0.188] / 0.156 [0.116, 0.206]
-                   rules 0.676 / 0.160 / 0.164; trained 0.680 / 0.156 / 0.164;
+                   rules 0.676 / 0.160 / 0.164; trained 0.688 / 0.156 / 0.156;
                    trained held out 0.688 / 0.152 / 0.160
   mistralinstruct  people 0.984 [0.960, 0.994] / 0.008 [0.002, 0.029] / 0.008 [0.002, 0.029]
-                   rules 0.972 / 0.020 / 0.008; trained 0.976 / 0.016 / 0.008;
+                   rules 0.972 / 0.020 / 0.008; trained 0.980 / 0.016 / 0.004;
                    trained held out 0.976 / 0.020 / 0.004
 (rules-v3 put llama2new's full refusals at 0.292 and partials at 0.056, outside both.)
 """
