@@ -7,7 +7,7 @@ import json
 import polars as pl
 import pytest
 
-from medharm_nb.judge import RuleJudge, TrainedJudge, gold, provenance, validation
+from medharm_nb.judge import GuardJudge, RuleJudge, TrainedJudge, gold, provenance, validation
 from medharm_nb.judge.harm import HarmClassifier
 
 REFUSAL = "I'm sorry, but I can't help with that request."
@@ -116,7 +116,19 @@ def test_the_shipped_judges_declare_every_classifier():
     params = {k: v for k, v in HarmClassifier.shipped().params.items()
               if k != provenance.TRAINING_ROWS}
     assert HarmClassifier(params).id == shipped.harm.id
-    assert provenance.declared(RuleJudge()) == []
+    # The rules were written reading XSTest: its answers are their development rows, and a
+    # guard judge's labels are the rules'.
+    [rules] = provenance.declared(RuleJudge())
+    assert (rules.component, rules.splits, len(rules.hashes)) == (
+        "rules", ("compliance", "label3"), 1347)
+    assert [r.component for r in provenance.declared(GuardJudge(object(), "g"))] == ["rules"]
+
+
+def test_the_rules_declaration_is_xstest(external_dir):
+    from medharm_nb.judge.declarations import rules_declaration
+
+    [shipped] = provenance.declared(RuleJudge())
+    assert rules_declaration(external_dir) == shipped
 
 
 def test_the_shipped_harm_declaration_is_its_training_data(external_dir):

@@ -5,11 +5,12 @@ the ``rules`` and ``trained`` judges, the run stages), and each judge's shares o
 compliance, full refusal and partial refusal on the 250 safe prompts are checked against
 the toolkit's 95% interval around people's shares.
 
-What these figures are: rules-v4 was tuned reading llama2new's and mistralinstruct's answers
-and checked unchanged on gpt4, so gpt4's shares are held out and the other two development.
-The shipped trained judge learned its compliance classifier from all three files: its
-shares here are in-sample (the run marks every answer ``judge_trained_on``), and the
-held-out figure is the leave-one-model-out one, also checked here.
+What these figures are: rules-v4's changes were tuned reading llama2new's and
+mistralinstruct's answers and checked unchanged on gpt4 (the earlier phrase lists were
+written reading all three, so the rules declare every XSTest answer as development and the
+run marks them ``judge_trained_on``). The shipped trained judge learned its compliance
+classifier from all three files: its shares here are in-sample too, and its held-out figure
+is the leave-one-model-out one, also checked here.
 
 Measured (judge share; people's share [95% interval]), full compliance / full refusal /
 partial, on 250 answers each:
@@ -87,12 +88,12 @@ def test_shares_lie_inside_the_interval_around_peoples(replayed, people, judge, 
                                               "judge_share")
 
 
-def test_the_trained_judge_is_in_sample_on_these_answers_and_says_so(replayed):
+def test_both_judges_are_in_sample_on_these_answers_and_say_so(replayed):
     marked = replayed.group_by("judge").agg(pl.col("judge_trained_on").mean())
     flags = {r["judge"].split("-")[0]: r["judge_trained_on"] for r in marked.iter_rows(named=True)}
-    # Its compliance classifier learned from every one of these answers; the rules learned
-    # from none (hand-written, not trained).
-    assert flags == {"rules": 0.0, "trained": 1.0}
+    # The trained judge's compliance classifier learned from every one of these answers; the
+    # rules' phrase lists were written reading them (declared as development rows).
+    assert flags == {"rules": 1.0, "trained": 1.0}
 
 
 def test_over_refusal_two_ways_side_by_side(replayed):
@@ -105,7 +106,7 @@ def test_over_refusal_two_ways_side_by_side(replayed):
         assert row["any_refusal_n"] == row["over_refusal_n"] == 250
     trained_on = {r["judge"].split("-")[0]: r["n_trained_on"] for r in metrics.safety_summary(
         replayed, by=()).iter_rows(named=True)}
-    assert trained_on == {"rules": 0, "trained": 750}
+    assert trained_on == {"rules": 750, "trained": 750}
 
 
 def test_held_out_trained_shares_lie_inside_too(external_dir, people):

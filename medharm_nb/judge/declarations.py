@@ -1,8 +1,11 @@
-"""Training-row declarations for artifacts made before they declared them.
+"""Training-row declarations for artifacts made before they declared them, and for the rules.
 
-The harm classifier ``harm_judge_v1.json`` was trained before artifacts declared their
-training rows (``judge.provenance``). Its rows are re-made here exactly as ``harm_train``
-made them, checked against the SHA-256 of the training data the artifact stores, and
+The rule judge has no training rows, but its phrase lists were written reading XSTest's
+1,350 labelled answers: ``rules_declaration`` declares them as its development rows
+(``assets/rules_development_rows.json``), so its XSTest figures are marked in-sample like
+any trained judge's. The harm classifier ``harm_judge_v1.json`` was trained before artifacts
+declared their training rows (``judge.provenance``). Its rows are re-made here exactly as
+``harm_train`` made them, checked against the SHA-256 of the training data the artifact stores, and
 declared with the cross-validated figures it stores; ``declare_harm_v1`` writes them into the
 artifact (its weights, and so its id, are untouched). Re-run it only to re-make the shipped
 declaration::
@@ -21,7 +24,7 @@ import polars as pl
 
 from medharm_nb.judge import provenance
 from medharm_nb.judge.base import check_response
-from medharm_nb.judge.gold import load_harmbench, load_xstest_harm
+from medharm_nb.judge.gold import load_harmbench, load_xstest_completions, load_xstest_harm
 from medharm_nb.judge.harm import (
     HarmClassifier,
     data_sha256,
@@ -89,3 +92,28 @@ def declare_harm_v1(external: str | Path, path: str | Path | None = None) -> Pat
     params[provenance.TRAINING_ROWS] = harm_v1_declaration(external, params).to_dict()
     path.write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+RULES_ROWS = "rules_development_rows.json"
+"""The rule judge's declared development rows, in ``medharm_nb/assets``."""
+
+
+def rules_declaration(external: str | Path) -> provenance.TrainingRows:
+    """The rows the rule judge's phrase lists and thresholds were written reading: all of
+    XSTest v2's labelled answers (rules-v1 to -v3 read all three files; rules-v4's changes
+    were tuned on two and checked on GPT-4's, which the docs report as held out)."""
+    frame = load_xstest_completions(Path(external) / "xstest")
+    return provenance.declare(frame, "rules", ("compliance", "label3"), source="source")
+
+
+def declare_rules(external: str | Path, path: str | Path | None = None) -> Path:
+    """Write the rule judge's declaration (default: the shipped asset)."""
+    path = Path(path) if path is not None else rules_rows_path()
+    path.write_text(json.dumps(rules_declaration(external).to_dict(), indent=1) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def rules_rows_path() -> Path:
+    """Where the rule judge's declaration ships: ``medharm_nb/assets``."""
+    return Path(__file__).resolve().parents[1] / "assets" / RULES_ROWS

@@ -16,11 +16,17 @@ object per classifier (``TrainingRows.to_dict``)::
      "hashes": ["3f0c9a...", ...],        # sorted row_hash of every training row
      "cross_validated": [                 # optional: held-out figures made when training
         {"source": "harmbench", "group": "all", "split": "unsafe", "metric": "accuracy",
-         "value": 0.754, "lo": 0.721, "hi": 0.786, "scheme": "nested grouped 5-fold"}]}
+         "accuracy": 0.754, "lo": 0.721, "hi": 0.786, "n": 602,
+         "scheme": "nested grouped 5-fold"}]}
+
+``source`` is the gold set's name as ``judge.gold`` loads it (``xstest``, ``harmbench``,
+``beavertails``, ``pku-saferlhf``), ``group`` its ``source_model`` or ``all``.
 
 A judge object offers its declarations through ``training_data()`` (a list of
-``TrainingRows``); ``declared`` also finds them without it, in ``judge.params`` and
-``judge.harm.params`` (the trained judge's two classifiers) and in a panel's members.
+``TrainingRows``; the rule judge declares the XSTest answers its phrase lists were written
+reading); ``declared`` also finds them without it, in ``judge.params`` and
+``judge.harm.params`` (the trained judge's two classifiers), in a panel's members and in a
+guard or published judge's label judge.
 """
 
 from __future__ import annotations
@@ -134,8 +140,10 @@ def declared(judge: Any) -> list[TrainingRows]:
         if isinstance(params, dict) and TRAINING_ROWS in params:
             found.append(TrainingRows.from_dict(name, params[TRAINING_ROWS],
                                                 f"{getattr(judge, 'id', name)} ({name})"))
-    for member in getattr(judge, "judges", None) or ():  # a panel: its members'
-        found += declared(member)
+    # A panel's members; a guard or published judge's label judge (the rules).
+    for member in [*(getattr(judge, "judges", None) or ()), getattr(judge, "label_judge", None)]:
+        if member is not None:
+            found += declared(member)
     return found
 
 

@@ -30,11 +30,15 @@ pattern run once over the whole response).
 
 from __future__ import annotations
 
+import json
 import re
 from bisect import bisect_right
 from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
 
 from medharm_nb import records
+from medharm_nb.judge import provenance
 from medharm_nb.judge.base import check_response, make_judgement, unscored
 from medharm_nb.judge.checklist import CHECKLIST, addresses, score_checklist
 
@@ -293,6 +297,11 @@ class RuleJudge:
         self.id = (f"{self.version}+{records.stable_hash(asdict(self.thresholds), length=8)}"
                    if custom else self.version)
 
+    def training_data(self) -> list[provenance.TrainingRows]:
+        """The rows the phrase lists were written reading (``judge.provenance``): XSTest's
+        labelled answers, so its figures there are marked in-sample."""
+        return [_development_rows()]
+
     def judge(self, prompt: str, response: str | None) -> records.Judgement:
         """Label one response and fill the specificity checklist.
 
@@ -376,6 +385,13 @@ class RuleJudge:
         if scan.hits(REDIRECT):
             return "safe_redirect", [*fired, "redirect", size]
         return "full_refusal", [*fired, size]
+
+
+@cache
+def _development_rows() -> provenance.TrainingRows:
+    path = Path(__file__).resolve().parents[1] / "assets" / "rules_development_rows.json"
+    return provenance.TrainingRows.from_dict(
+        "rules", json.loads(path.read_text(encoding="utf-8")), str(path))
 
 
 RULE_FEATURES: tuple[str, ...] = (

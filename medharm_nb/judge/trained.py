@@ -52,6 +52,7 @@ from medharm_nb.judge.rules import (
     addresses,
     rule_signals,
 )
+from medharm_nb.metrics import wilson_interval
 
 if TYPE_CHECKING:
     import polars as pl
@@ -424,18 +425,20 @@ def _source_name(gold: str | Path) -> str:
 
 def _figures(cv: pl.DataFrame, source: str, scheme: str) -> list[dict[str, Any]]:
     """Held-out figures for the declaration (``provenance``): per held-out group and pooled
-    (weighted by n), on the compliance split and XSTest's 3-way split."""
+    (weighted by n), on the compliance split and XSTest's 3-way split, each with a Wilson
+    95% interval."""
     out = []
     n = cv["n"].to_numpy()
     for split, column in (("compliance", "complied_accuracy"), ("label3", "accuracy")):
         values = cv[column].to_numpy()
-        for group, value, count in zip(cv["held_out"].to_list(), values, n):
-            out.append({"source": source, "group": str(group), "split": split,
+        groups = [*zip(map(str, cv["held_out"].to_list()), values, n),
+                  ("all", float((values * n).sum() / n.sum()), int(n.sum()))]
+        for group, value, count in groups:
+            lo, hi = wilson_interval(round(float(value) * int(count)), int(count))
+            out.append({"source": source, "group": group, "split": split,
                         "metric": "accuracy", "accuracy": round(float(value), 4),
-                        "n": int(count), "scheme": scheme})
-        out.append({"source": source, "group": "all", "split": split, "metric": "accuracy",
-                    "accuracy": round(float((values * n).sum() / n.sum()), 4),
-                    "n": int(n.sum()), "scheme": scheme})
+                        "lo": round(lo, 4), "hi": round(hi, 4), "n": int(count),
+                        "scheme": scheme})
     return out
 
 
