@@ -38,9 +38,9 @@ from functools import cache
 from pathlib import Path
 
 from medharm_nb import records
-from medharm_nb.judge import provenance
 from medharm_nb.judge.base import check_response, make_judgement, unscored
 from medharm_nb.judge.checklist import CHECKLIST, addresses, score_checklist
+from medharm_nb.judge.provenance import TrainingRows
 
 
 def _any(*phrases: str, first: str = "") -> re.Pattern[str]:
@@ -297,7 +297,7 @@ class RuleJudge:
         self.id = (f"{self.version}+{records.stable_hash(asdict(self.thresholds), length=8)}"
                    if custom else self.version)
 
-    def training_data(self) -> list[provenance.TrainingRows]:
+    def training_data(self) -> list[TrainingRows]:
         """The rows the phrase lists were written reading (``judge.provenance``): XSTest's
         labelled answers, so its figures there are marked in-sample."""
         return [_development_rows()]
@@ -388,9 +388,9 @@ class RuleJudge:
 
 
 @cache
-def _development_rows() -> provenance.TrainingRows:
+def _development_rows() -> TrainingRows:
     path = Path(__file__).resolve().parents[1] / "assets" / "rules_development_rows.json"
-    return provenance.TrainingRows.from_dict(
+    return TrainingRows.from_dict(
         "rules", json.loads(path.read_text(encoding="utf-8")), str(path))
 
 
