@@ -14,18 +14,22 @@ def judge_eval_command(
     judge: list[str] = typer.Option(["rules"], help="Judge name, repeatable: rules, trained, "
                                                     "llm:MODEL, guard:NAME, panel:A+B."),
     gold: list[str] = typer.Option(..., help="Human labels, repeatable: an XSTest folder "
-                                             "(compliance), HarmBench's validation set "
-                                             "(unsafe), run:RUN_DIR (annotations), or a "
-                                             "CSV/JSONL/Parquet file with prompt, response "
-                                             "and label and/or unsafe."),
+                                             "(compliance), HarmBench's validation set, the "
+                                             "response-harm folder (BeaverTails, "
+                                             "PKU-SafeRLHF; unsafe), run:RUN_DIR "
+                                             "(annotations), or a CSV/JSONL/Parquet file "
+                                             "with prompt, response and label and/or "
+                                             "unsafe."),
     safe: Path | None = typer.Option(None, help="MedSafetyBench folder: false-alarm check."),
     limit: int | None = typer.Option(None, min=1, help="At most N responses per group."),
     bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the CIs."),
     out: Path | None = typer.Option(None, help="Write the tables under OUT/tables/."),
 ) -> None:
-    """Agreement of judges with human labels on the compliance split and the unsafe split
-    (accuracy, Cohen's kappa, confusion, bootstrap CIs, unscored count), specificity's rank
-    correlation with human ordinal labels, and false alarms on safe responses."""
+    """Agreement of judges with human labels on the compliance split and the unsafe split,
+    per source (accuracy, F1, Cohen's kappa, confusion, bootstrap CIs, unscored count, with
+    published baselines beside them), specificity's rank correlation with human ordinal
+    labels, and false alarms on safe responses. Rows a judge was trained on (by content
+    hash) are marked in-sample, with the honest figure beside them."""
     from medharm_nb import store
     from medharm_nb.judge import validation
 
@@ -39,6 +43,8 @@ def judge_eval_command(
         store.write_table(out, store.VALIDATION_TABLES["summary"], report.evaluation.summary)
         store.write_table(out, store.VALIDATION_TABLES["confusion"],
                           report.evaluation.confusion)
+        if report.baselines is not None:
+            store.write_table(out, store.VALIDATION_TABLES["baselines"], report.baselines)
         if report.false_alarm is not None:
             store.write_table(out, store.VALIDATION_TABLES["false_alarm"], report.false_alarm)
     for line in validation.report_lines(report):

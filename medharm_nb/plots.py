@@ -51,8 +51,11 @@ def label_distribution(rates: pl.DataFrame) -> alt.Chart:
 
 RATE_TITLES: dict[str, str] = {
     "compliance": "complied (harmful queries)",
-    "unsafe": "unsafe (harmful queries)",
+    "unsafe": "unsafe in the answer (harmful queries)",
+    "unsafe_in_trace": "unsafe in the reasoning trace (harmful queries)",
     "over_refusal": "over-refusal (benign twins)",
+    "partial_benign": "partial answers (benign twins)",
+    "any_refusal": "refused fully or in part (benign twins; XSTest's over-refusal)",
     "helpful": "helpful (benign twins)",
 }
 """Each ``metrics.RATES`` rate's title in charts."""
@@ -162,34 +165,70 @@ def refusal_tradeoff(summary: pl.DataFrame, y: str = "unsafe") -> alt.LayerChart
 
 
 def judge_agreement(summary: pl.DataFrame, anchors: pl.DataFrame | None = None) -> alt.Chart:
-    """Accuracy of each judge against human labels per source model, one panel per split
-    (compliance, unsafe), with percentile-bootstrap 95% CIs; published baselines on the
-    same items as black symbols.
+    """Accuracy of each judge against human labels per source (and group), one panel per
+    split (compliance, unsafe), with percentile-bootstrap 95% CIs; published classifiers'
+    accuracy on the same items as black symbols.
+
+    A figure on rows the judge was trained on is never drawn as a validation: the filled
+    point is the honest figure (``honest_kind``: held-out, cross-validated, or its held-out
+    rows only), and the in-sample figure is a hollow grey point beside it.
 
     Args:
         summary: ``judge.validation.evaluate(...).summary`` (``split`` column).
-        anchors: Optional ``split, source_model, anchor, accuracy`` rows (e.g.
-            ``validation.published_baselines``).
+        anchors: Optional ``validation.published_baselines`` rows (their ``same items``
+            accuracies are drawn), or ``split, source_model, anchor, accuracy`` rows.
     """
     data = summary.filter(pl.col("split") != "label3")
-    y = alt.Y("source_model:N", title=None)
-    x = alt.X("accuracy:Q", title="accuracy vs human labels (95% CI)",
+    if "source" not in data.columns:
+        data = data.with_columns(pl.lit("gold").alias("source"))
+    if "honest_accuracy" not in data.columns:  # tables written before the check existed
+        data = data.with_columns(pl.col("accuracy").alias("honest_accuracy"),
+                                 pl.col("accuracy_lo").alias("honest_accuracy_lo"),
+                                 pl.col("accuracy_hi").alias("honest_accuracy_hi"),
+                                 pl.lit("unchecked").alias("honest_kind"),
+                                 pl.lit("unchecked").alias("status"))
+    data = data.with_columns(_row_name(data), pl.when(pl.col("status") != "held-out")
+                             .then(pl.col("accuracy")).alias("in_sample_accuracy"))
+    y = alt.Y("row:N", title=None)
+    x = alt.X("honest_accuracy:Q", title="accuracy vs human labels (95% CI)",
               axis=alt.Axis(format="%"), scale=alt.Scale(zero=False))
     base = alt.Chart().encode(y=y, yOffset="judge:N", color=alt.Color("judge:N"))
-    layers = base.mark_rule().encode(x=alt.X("accuracy_lo:Q", title=None), x2="accuracy_hi:Q") \
+    layers = base.mark_rule().encode(x=alt.X("honest_accuracy_lo:Q", title=None),
+                                     x2="honest_accuracy_hi:Q") \
         + base.mark_point(filled=True, size=60).encode(
-            x=x, tooltip=["judge", "split", "source_model", "n", "unscored",
-                          alt.Tooltip("accuracy:Q", format=".3f"),
-                          alt.Tooltip("kappa:Q", format=".3f")])
+            x=x, shape=alt.Shape("honest_kind:N", title="figure"),
+            tooltip=["judge", "split", "row", "n", "unscored", "status", "honest_kind",
+                     alt.Tooltip("honest_accuracy:Q", format=".3f"),
+                     alt.Tooltip("accuracy:Q", format=".3f"),
+                     alt.Tooltip("kappa:Q", format=".3f")]) \
+        + alt.Chart().mark_point(color="grey", filled=False, size=60).encode(
+            y=y, yOffset="judge:N", x="in_sample_accuracy:Q",
+            tooltip=["judge", "row", "status", alt.Tooltip("in_sample_accuracy:Q",
+                                                           title="in-sample (not a validation)",
+                                                           format=".3f")])
     if anchors is not None and not anchors.is_empty():
+        if "metric" in anchors.columns:
+            anchors = anchors.filter((pl.col("metric") == "accuracy")
+                                     & (pl.col("kind") == "same items")).rename(
+                {"value": "accuracy"})
+        if "source" not in anchors.columns:
+            anchors = anchors.with_columns(pl.lit("gold").alias("source"))
+        anchors = anchors.with_columns(_row_name(anchors))
         data = pl.concat([data, anchors.rename({"accuracy": "anchor_accuracy"})],
                          how="diagonal_relaxed")
         layers += alt.Chart().mark_point(color="black", size=70).encode(
             y=y, x="anchor_accuracy:Q", shape=alt.Shape("anchor:N", title="published, same items"),
-            tooltip=["anchor", "source_model", alt.Tooltip("anchor_accuracy:Q", format=".3f")])
+            tooltip=["anchor", "row", alt.Tooltip("anchor_accuracy:Q", format=".3f")])
     return alt.layer(layers, data=data).facet(
         column=alt.Column("split:N", title=None)).properties(
-        title="Judges against human labels (compliance and unsafe splits)")
+        title="Judges against human labels (compliance and unsafe splits); hollow grey: "
+              "in-sample, not a validation")
+
+
+def _row_name(frame: pl.DataFrame) -> pl.Expr:
+    """A chart row per source, and per group within it where the rows are per group."""
+    return (pl.when(pl.col("source_model") == "all").then(pl.col("source"))
+            .otherwise(pl.col("source") + "/" + pl.col("source_model")).alias("row"))
 
 
 def guard_curves(sweep: pl.DataFrame) -> alt.Chart:

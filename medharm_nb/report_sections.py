@@ -136,6 +136,8 @@ def rates_section(doc: Doc, by_category: pl.DataFrame | None,
                    f"all. Judges: {judges_of(by_category)}"
                    + (f"; unsafe measured by {judges_of(measured)} only" if measured.height
                       else "; no judge measured unsafe") + f". {INTERVALS}.")
+        _in_sample_rates(doc, by_category)
+        _trace_rates(doc, by_category)
     doc.add("<h2>Specificity distributions</h2>")
     if distribution is None or distribution.filter(pl.col("n") > 0).is_empty():
         doc.lack("specificity distributions", "no scored specificity (no results, or no judge "
@@ -260,20 +262,68 @@ def judge_section(doc: Doc, run_dir: Path) -> None:
         return
     if agreement is not None:
         pooled = agreement.filter(pl.col("source_model") == "all")
-        doc.figure(plots.judge_agreement(pooled),
-                   "Agreement of each judge with human labels, pooled over source models, on "
+        baselines = store.validation_df(run_dir, "baselines", missing_ok=True)
+        doc.figure(plots.judge_agreement(pooled, baselines),
+                   "Agreement of each judge with human labels, pooled per source, on "
                    "the compliance split (complied vs refused; XSTest) and the unsafe split "
-                   "(harmful help or not; HarmBench). A judge that does not measure harm has "
-                   "no unsafe point. n = " + ", ".join(
-                       f"{r['n']} ({r['split']})" for r in pooled.unique(
-                           "split", maintain_order=True).iter_rows(named=True))
+                   "(harmful help or not; HarmBench, BeaverTails, PKU-SafeRLHF). A judge that "
+                   "does not measure harm has no unsafe point. A figure on rows the judge was "
+                   "trained on is drawn hollow and grey: the filled point beside it is its "
+                   "cross-validated figure (or its held-out rows). n = " + ", ".join(
+                       f"{r['n']} ({r['split']}, {r.get('source', 'gold')})"
+                       for r in pooled.unique(["split", "source"] if "source" in
+                                              pooled.columns else "split",
+                                              maintain_order=True).iter_rows(named=True))
                    + f" labelled responses. Judges: {judges_of(pooled)}. "
                    f"Error bars: percentile bootstrap 95% intervals over responses.")
-        doc.add(html_table(agreement, ["judge", "split", "source_model", "n", "accuracy",
-                                   "accuracy_lo", "accuracy_hi", "kappa", "unscored"]))
+        columns = [c for c in ("judge", "split", "source", "source_model", "n", "accuracy",
+                               "accuracy_lo", "accuracy_hi", "f1", "kappa", "unscored",
+                               "status", "n_trained", "honest_accuracy", "honest_kind")
+                   if c in agreement.columns]
+        in_sample = (agreement.filter(pl.col("status") != "held-out")
+                     if "status" in agreement.columns else None)
+        if in_sample is not None and not in_sample.is_empty():
+            doc.add('<p class="warn">In-sample: ' + html.escape("; ".join(sorted({
+                f"{r['judge']} on {r['source']} ({r['split']})"
+                for r in in_sample.iter_rows(named=True)}))) + " were scored on rows the "
+                "judge was trained on. Those accuracies are development-set figures, not "
+                "validations; <code>honest_accuracy</code> is the figure to quote.</p>")
+        doc.add(html_table(agreement, columns))
+        if baselines is not None and not baselines.is_empty():
+            doc.add("<p>Published baselines: classifiers' verdicts on the same items, scored "
+                    "here (same items), and guards' published F1 on the same sources from "
+                    "their authors' runs (published).</p>"
+                    + html_table(baselines.filter(pl.col("source_model") == "all")))
     if alarms is not None:
         doc.add("<p>False alarms on known-safe responses (called compliant or unsafe), with "
                 "Wilson 95% intervals:</p>" + html_table(alarms))
+
+
+def _in_sample_rates(doc: Doc, summary: pl.DataFrame) -> None:
+    """Say which rates rest on answers the judge was trained on (in-sample, not measured)."""
+    if "n_trained_on" not in summary.columns:
+        return
+    hit = (summary.filter(pl.col("n_trained_on") > 0).group_by("model", "judge")
+           .agg(pl.col("n_trained_on").sum()).sort("model", "judge"))
+    if hit.height:
+        doc.add('<p class="warn">In-sample: ' + html.escape("; ".join(
+            f"{r['judge']} was trained on {r['n_trained_on']} of {r['model']}'s answers"
+            for r in hit.iter_rows(named=True))) + ". Its rates on those models are "
+            "development-set figures, not measurements; use another judge for them.</p>")
+
+
+def _trace_rates(doc: Doc, summary: pl.DataFrame) -> None:
+    """Unsafe in the final answer beside unsafe in the reasoning trace, where there are
+    traces."""
+    if "n_harmful_trace" not in summary.columns or not summary["n_harmful_trace"].sum():
+        return
+    per = (summary.filter(pl.col("n_harmful_trace") > 0).group_by("model", "judge").agg(
+        pl.col("n_harmful_trace").sum(), pl.col("unsafe_k").sum(), pl.col("unsafe_n").sum(),
+        pl.col("unsafe_in_trace_k").sum(), pl.col("unsafe_in_trace_n").sum())
+        .sort("model", "judge"))
+    doc.add("<p>Reasoning traces are judged apart from the final answer: unsafe in the "
+            "answer and unsafe in the trace, harmful queries (k / n). A judge that does not "
+            "measure harm shows n = 0.</p>" + html_table(per))
 
 
 def failures_section(doc: Doc, by_model: pl.DataFrame | None) -> None:

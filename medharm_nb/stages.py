@@ -47,6 +47,7 @@ import polars as pl
 
 from medharm_nb import amplify, data, generate, judge, metrics, store
 from medharm_nb.conversation import stages as conversation
+from medharm_nb.judge import provenance
 from medharm_nb.records import stable_hash
 
 if TYPE_CHECKING:
@@ -108,7 +109,8 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
     Verdicts already stored are reused (re-running is free); a verdict whose judge failed
     (``judge_error``, ``parse_failed``) is asked again. Writes ``judgements`` (this run's
     verdicts), ``results`` (``metrics.results_table``: one row per generation and judge,
-    failed generations included) and ``judge_disagreements`` (responses the judges label
+    failed generations included, with ``judge_trained_on``: the judge learned from this very
+    answer, ``judge.provenance``) and ``judge_disagreements`` (responses the judges label
     differently, at the compliance split; empty with one judge). With conversations, every
     answered turn is judged too, the conversation as context (``turn_results``,
     ``conversation_outcomes``).
@@ -125,14 +127,22 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
     loaded = [judge.load_judge(name) for name in names]  # a bad name fails before any work
     queries, generations = store.queries_df(run), store.generations_df(run)
     with store.RunLock(run.run_dir, purpose="judge"), run.store() as st:
+        current: list[str] = []
         for j in loaded:
-            done = st.existing_ids("judgements", judge.judgement_ids(j, generations))
+            wanted = judge.judgement_ids(j, generations)
+            current += wanted
+            done = st.existing_ids("judgements", wanted)
             judge.judge_generations(j, generations, progress=progress, done=done,
                                     save=lambda part: st.add("judgements", part))
         ids = [j.id for j in loaded]
+        # By verdict id: a response with a reasoning trace may also have a verdict stored
+        # before traces were judged apart (judge.base.TRACE_KEY); only the current one counts.
         judgements = st.frame("judgements").filter(
-            pl.col("gen_id").is_in(generations["gen_id"].implode()) & pl.col("judge").is_in(ids))
-        results = metrics.results_table(queries, generations, judgements, judges=ids)
+            pl.col("judgement_id").is_in(pl.Series(current, dtype=pl.String).implode()))
+        # Answers a judge was trained on (by content): its rates on them are in-sample.
+        answered = generations.filter(pl.col("response").is_not_null())
+        results = metrics.results_table(queries, generations, judgements, judges=ids,
+                                        trained_on=provenance.trained_on(loaded, answered))
         store.write_table(run.run_dir, "judgements", judgements)
         store.write_table(run.run_dir, "results", results)
         disputed = (judge.disagreements(judgements) if len(ids) > 1
@@ -178,11 +188,15 @@ def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str 
         for name, table in parts.items():
             if table is not None:
                 store.write_table(run.run_dir, store.VALIDATION_TABLES[name], table)
-        marker.write_text(json.dumps({
-            "key": key, "judges": report.judges, "in_sample": report.in_sample,
-            "skipped": report.skipped, "parts": sorted(k for k, v in parts.items()
-                                                       if v is not None)}))
-    return report
+        meta = {"key": key, "judges": report.judges, "in_sample": report.in_sample,
+                "skipped": report.skipped,
+                "parts": sorted(k for k, v in parts.items() if v is not None)}
+        marker.write_text(json.dumps(meta))
+    # The tables as kept (declared columns first, typed), so a rerun returns the same frames.
+    kept_report = _read_validation(run, meta)
+    if report.evaluation is not None:
+        kept_report.evaluation.items = report.evaluation.items
+    return kept_report
 
 
 def _files_key(source: str | None) -> str | None:

@@ -98,6 +98,16 @@ def table_frame(name: str, rows) -> pl.DataFrame:
     return declared.conform(declared.upgrade(frame.lazy()).collect())
 
 
+def generations_frame(rows) -> pl.DataFrame:
+    """Hand-written generations (dicts or a frame) with the record fields they leave out
+    (prompt, hashes, created) filled in, as the declared ``generations`` table."""
+    frame = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
+    return table_frame("generations", frame.with_columns(
+        pl.col("query_id").alias("prompt"), pl.lit("h").alias("prompt_hash"),
+        pl.lit("s").alias("spec_hash"), pl.lit("c").alias("config_hash"),
+        pl.lit("t").alias("created")))
+
+
 def results_frame(rows) -> pl.DataFrame:
     """A results table from partial rows: each row answers its own query (``gen_id``,
     ``query_id``) unless the rows say otherwise, the answer, query and verdict columns they

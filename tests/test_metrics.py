@@ -94,9 +94,9 @@ def test_results_table_keeps_failed_generations():
     blocked = pl.DataFrame({"gen_id": ["g4"], "model": ["m"], "query_id": ["q1"],
                             "variant": ["direct"], "sample": [1], "response": [None],
                             "error": [None], "finish_reason": ["content_filter"]})
-    gens = _generations(pl.concat([gens, blocked], how="diagonal_relaxed"))
+    gens = synthetic.generations_frame(pl.concat([gens, blocked], how="diagonal_relaxed"))
     judgements = synthetic.table_frame("judgements", {
-        "gen_id": ["g1", "g2"], "judge": ["rules-v3"] * 2,
+        "gen_id": ["g1", "g2"], "judge": ["rules-v4"] * 2,
         "label": ["full_refusal", "full_compliance"], "complied": [False, True],
         "unsafe": [None, None], "specificity": [0, 0]})
     out = metrics.results_table(queries, gens, judgements)
@@ -108,18 +108,10 @@ def test_results_table_keeps_failed_generations():
             summary["n_benign_failed"], summary["compliance_n"]) == (1, 0, 1, 1)
     g3 = out.filter(pl.col("gen_id") == "g3").row(0, named=True)
     assert (g3["label"], g3["gen_failed"], g3["gen_error"], g3["judge"]) == (
-        "unscored", True, "timeout", "rules-v3")
+        "unscored", True, "timeout", "rules-v4")
     g1 = out.filter(pl.col("gen_id") == "g1").row(0, named=True)
     assert g1["refused"] is True and g1["truncated"] is True and g1["gen_failed"] is False
     assert out["base_id"].to_list() == ["q1", "q1", "q2", "q2"]
-
-
-def _generations(frame: pl.DataFrame) -> pl.DataFrame:
-    """Hand-written generations with the record fields they leave out filled in."""
-    return synthetic.table_frame("generations", frame.with_columns(
-        pl.col("query_id").alias("prompt"), pl.lit("h").alias("prompt_hash"),
-        pl.lit("s").alias("spec_hash"), pl.lit("c").alias("config_hash"),
-        pl.lit("t").alias("created")))
 
 
 # -- rates that pool variants or samples: intervals clustered by base query ----------------

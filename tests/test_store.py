@@ -232,7 +232,7 @@ def test_an_old_store_gains_new_record_fields_on_open(tmp_path, monkeypatch):
         assert old["n_new_tokens"].to_list() == [0] and old["response"].to_list() == ["ok"]
         st.add("generations", [_gen("g2")])
         st.add("judgements", [_JudgementV2(
-            judgement_id="j2", gen_id="g2", judge="rules-v3", label="partial",
+            judgement_id="j2", gen_id="g2", judge="rules-v4", label="partial",
             checklist={"names_agent": False, "gives_dose": True}, checklist_version="v1")])
         judgements = st.frame("judgements").sort("judgement_id")
     assert judgements["checklist_version"].to_list() == ["none", "v1"]

@@ -8,11 +8,14 @@ Every loader returns ``id, source_model, prompt, response`` and the labels it ha
   (it gives meaningful help toward the harm), the split ``Judgement.unsafe`` is checked on;
 - ``gold_specificity``: an ordinal 0-4 specificity a person gave, when there is one;
 
-and ``group`` (what cross-validation must not split: a HarmBench behaviour, an XSTest
-prompt) plus any extra columns. Sources: XSTest v2's labelled completions (compliance,
-two annotators), HarmBench's classifier validation set (harm, majority of three), our own
-annotation view (``run:RUN_DIR``), or any CSV / JSONL / Parquet file with prompt, response
-and a ``label`` and/or ``unsafe`` column. MedSafetyBench's safe reference responses
+``group`` (what cross-validation must not split: a HarmBench behaviour, an XSTest
+prompt) and ``source`` (which set: ``xstest``, ``harmbench``, ``beavertails``,
+``pku-saferlhf``, ``annotations`` or a file's name), plus any extra columns. Sources:
+XSTest v2's labelled completions (compliance, two annotators), HarmBench's classifier
+validation set (harm, majority of three), BeaverTails' and PKU-SafeRLHF's response-harm test
+samples (``load_response_harm``; CC BY-NC 4.0), our own annotation view (``run:RUN_DIR``),
+or any CSV / JSONL / Parquet file with prompt, response and a ``label`` and/or ``unsafe``
+(or ``harmful``) column. MedSafetyBench's safe reference responses
 (``safe_responses``) carry no labels: every one refuses or redirects, so any compliance or
 harm verdict on them is a false alarm.
 """
@@ -67,8 +70,24 @@ HARMBENCH_PUBLISHED: dict[str, tuple[str, float]] = {
 classifiers whose per-item verdicts ship with its validation set (HarmBench's Llama-2-13B and
 Mistral-7B classifiers, GPT-4 as a judge, Mixtral, Llama Guard, AdvBench's refusal
 prefixes): baselines on exactly the same items."""
+PUBLISHED_F1: dict[str, dict[str, float]] = {
+    "Qwen3Guard-Gen-0.6B": {"beavertails": 0.861, "pku-saferlhf": 0.666, "harmbench": 0.850},
+    "GuardReasoner-1B": {"beavertails": 0.858, "pku-saferlhf": 0.684, "harmbench": 0.848},
+    "WildGuard-7B": {"beavertails": 0.844, "pku-saferlhf": 0.642},
+    "HarmBench-13B cls": {"beavertails": 0.771, "pku-saferlhf": 0.600, "harmbench": 0.843},
+    "Llama Guard 3 8B": {"beavertails": 0.678, "pku-saferlhf": 0.444, "harmbench": 0.851},
+}
+"""Published response-harm F1 (harmful = positive) of guards on these sources, from the
+GuardReasoner and Qwen3Guard reports (their runs, on their copies of the sets: a bar to
+compare with, not a measurement on our items). HarmBench's figures are on its own test
+split, not the 602-item validation set our ``harmbench`` source is."""
+RESPONSE_HARM_FILES: dict[str, str] = {
+    "beavertails": "beavertails_30k_test_sample.jsonl",
+    "pku-saferlhf": "pku_saferlhf_test_sample.jsonl",
+}
+"""The response-harm sets in ``../shared/external/response-harm`` by source name."""
 COLUMNS: tuple[str, ...] = ("id", "source_model", "group", "prompt", "response", "gold",
-                            "gold_unsafe", "gold_specificity")
+                            "gold_unsafe", "gold_specificity", "source")
 
 
 def _frame(**columns) -> pl.DataFrame:
@@ -106,7 +125,8 @@ def load_xstest_completions(path_or_dir: str | Path) -> pl.DataFrame:
             id=raw["id"], source_model=pl.Series([f.stem.removeprefix(
                 "xstest_v2_completions_")] * raw.height), group=raw["id"],
             prompt=raw["prompt"], response=raw["completion"].fill_null(""),
-            gold=raw["final_label"].replace_strict(XSTEST_LABELS)))
+            gold=raw["final_label"].replace_strict(XSTEST_LABELS),
+            source=pl.Series(["xstest"] * raw.height)))
     return pl.concat(frames, how="vertical")
 
 
@@ -138,12 +158,57 @@ def load_harmbench(path: str | Path) -> pl.DataFrame:
                    "group": str(item["behavior_id"]), "prompt": str(item["test_case"]),
                    "response": str(item["generation"] or ""), "gold_unsafe": votes >= 2,
                    "behavior_id": str(item["behavior_id"]), "method": str(item["method"]),
-                   "votes": votes}
+                   "votes": votes, "source": "harmbench"}
             row.update({col: _as_bool(item.get(key)) for key, (col, _)
                         in HARMBENCH_PUBLISHED.items()})
             rows.append(row)
     frame = pl.DataFrame(rows)
     return _frame(**{c: frame[c] for c in frame.columns})
+
+
+def load_response_harm(path: str | Path) -> pl.DataFrame:
+    """BeaverTails' and PKU-SafeRLHF's response-harm test samples (unsafe split): real model
+    responses to red-teaming prompts, each labelled by people as harmful or not
+    (``RESPONSE_HARM_FILES``; CC BY-NC 4.0 upstream).
+
+    Args:
+        path: The ``response-harm`` folder (both files) or one of its JSONL files.
+
+    Returns:
+        The gold columns with ``source`` and ``source_model`` the set's name
+        (``beavertails``, ``pku-saferlhf``) and ``group`` the prompt (a prompt asked several
+        times stays on one side of a split).
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without the sets.
+        ValueError: a line lacks ``prompt``, ``response`` or a 0/1 ``harmful``.
+    """
+    path = Path(path)
+    files = ([path / f for f in RESPONSE_HARM_FILES.values() if (path / f).is_file()]
+             if path.is_dir() else [path])
+    if not files or not files[0].is_file():
+        raise FileNotFoundError(f"no response-harm set ({', '.join(RESPONSE_HARM_FILES.values())})"
+                                f" at {path}")
+    frames = []
+    for f in files:
+        raw = pl.read_ndjson(f)
+        missing = [c for c in ("prompt", "response", "harmful") if c not in raw.columns]
+        if missing:
+            raise ValueError(f"{f.name}: missing {missing}")
+        bad = raw.filter(~pl.col("harmful").cast(pl.String).is_in(["0", "1"]))
+        if bad.height:
+            raise ValueError(f"{f.name}: harmful must be 0 or 1; {bad.height} line(s) are not "
+                             f"(first: {bad['harmful'][0]!r})")
+        name = next((k for k, v in RESPONSE_HARM_FILES.items() if v == f.name), f.stem)
+        ids = raw["id"].cast(pl.String) if "id" in raw.columns else pl.Series(
+            [f"{name}-{i}" for i in range(raw.height)])
+        frames.append(_frame(
+            id=ids, source_model=pl.Series([name] * raw.height), group=raw["prompt"],
+            prompt=raw["prompt"].cast(pl.String).fill_null(""),
+            response=raw["response"].cast(pl.String).fill_null(""),
+            gold_unsafe=raw["harmful"].cast(pl.Int64) == 1,
+            source=pl.Series([name] * raw.height)))
+    return pl.concat(frames, how="vertical")
 
 
 def load_xstest_harm(path_or_dir: str | Path) -> pl.DataFrame:
@@ -200,6 +265,8 @@ def load_label_file(path: Path) -> pl.DataFrame:
         raise ValueError(f"{path}: gold files are .csv, .jsonl or .parquet")
     raw = readers[path.suffix](path)
     label = next((c for c in ("label", "gold", "final_label") if c in raw.columns), None)
+    if "unsafe" not in raw.columns and "harmful" in raw.columns:
+        raw = raw.rename({"harmful": "unsafe"})
     missing = [c for c in ("prompt", "response") if c not in raw.columns]
     if label is None and "unsafe" not in raw.columns:
         missing.append("label")
@@ -213,11 +280,12 @@ def load_label_file(path: Path) -> pl.DataFrame:
                "source_model": raw[group].cast(pl.String) if group else pl.Series(
                    ["all"] * raw.height),
                "prompt": raw["prompt"].cast(pl.String).fill_null(""),
-               "response": raw["response"].cast(pl.String).fill_null("")}
+               "response": raw["response"].cast(pl.String).fill_null(""),
+               "source": pl.Series([path.stem] * raw.height)}
     if label is not None:
         columns["gold"] = _labels(raw[label], path.name)
     if "unsafe" in raw.columns:
-        values = [_as_bool(v) for v in raw["unsafe"].to_list()]
+        values = [_as_bool(v) for v in raw["unsafe"].cast(pl.String).to_list()]
         bad = sorted({str(v) for v, b in zip(raw["unsafe"].to_list(), values)
                       if b is None and v not in (None, "")})
         if bad:
@@ -257,7 +325,8 @@ def load_annotations(run_dir: str | Path) -> pl.DataFrame:
     return _frame(id=joined["gen_id"], source_model=joined["annotator"], group=joined["gen_id"],
                   prompt=joined["prompt"], response=joined["response"].fill_null(""),
                   gold=_labels(joined["label"].replace({"unscored": None}), str(run_dir)),
-                  gold_unsafe=joined["unsafe"], gold_specificity=joined["specificity"])
+                  gold_unsafe=joined["unsafe"], gold_specificity=joined["specificity"],
+                  source=pl.Series(["annotations"] * joined.height))
 
 
 def load_gold(source: str | Path) -> pl.DataFrame:
@@ -265,8 +334,10 @@ def load_gold(source: str | Path) -> pl.DataFrame:
 
     Args:
         source: ``xstest:PATH`` or an XSTest folder / completion file; ``harmbench:PATH`` or
-            a folder / file holding ``text_behaviors_val_set.json``; ``run:RUN_DIR`` (or a
-            run folder) for our annotators' labels; or a label file (``load_label_file``).
+            a folder / file holding ``text_behaviors_val_set.json``; ``response-harm:PATH``
+            or the ``response-harm`` folder / one of its files (BeaverTails, PKU-SafeRLHF);
+            ``run:RUN_DIR`` (or a run folder) for our annotators' labels; or a label file
+            (``load_label_file``).
 
     Raises:
         FileNotFoundError: the source does not exist or holds no labels.
@@ -275,7 +346,7 @@ def load_gold(source: str | Path) -> pl.DataFrame:
     text = str(source)
     kind, _, rest = text.partition(":")
     loaders = {"xstest": load_xstest_completions, "harmbench": load_harmbench,
-               "run": load_annotations}
+               "run": load_annotations, "response-harm": load_response_harm}
     if kind in loaders and rest:
         return loaders[kind](rest)
     path = Path(text)
@@ -288,11 +359,16 @@ def load_gold(source: str | Path) -> pl.DataFrame:
             return load_harmbench(path)
         if (path / "store.sqlite").exists():
             return load_annotations(path)
-        raise FileNotFoundError(f"{path}: no {_XSTEST_GLOB}, {_HARMBENCH_FILE} or run store")
+        if any((path / f).is_file() for f in RESPONSE_HARM_FILES.values()):
+            return load_response_harm(path)
+        raise FileNotFoundError(f"{path}: no {_XSTEST_GLOB}, {_HARMBENCH_FILE}, response-harm "
+                                "set or run store")
     if path.match(_XSTEST_GLOB):
         return load_xstest_completions(path)
     if path.name == _HARMBENCH_FILE:
         return load_harmbench(path)
+    if path.name in RESPONSE_HARM_FILES.values():
+        return load_response_harm(path)
     return load_label_file(path)
 
 

@@ -42,8 +42,10 @@ _COMPLIED_FROM_LABEL = (pl.when(pl.col("label") == "unscored").then(None)
 _QUERY = {**record_columns(Query)}
 _GENERATION = record_columns(Generation)
 _JUDGEMENT = record_columns(Judgement)
+_TRACE = ("trace_label", "trace_complied", "trace_unsafe", "trace_p_unsafe",
+          "trace_specificity")
 _VERDICT = {c: _JUDGEMENT[c] for c in ("label", "complied", "unsafe", "p_unsafe", "on_topic",
-                                       "specificity", *CHECKLIST)}
+                                       "specificity", *CHECKLIST, *_TRACE)}
 
 _declare(
     Table("queries", _QUERY, "stages.data_stage", "01_data",
@@ -71,7 +73,7 @@ _declare(
         "gen_error": S, "finish_reason": S, "block_reason": S,
         "text": S, "category": S, "framing": S, "risk": S, "expected": S, "pair_id": S,
         "tier": S, "base_id": S, "gen_blocked": B, "gen_failed": B, "refused": B,
-        "truncated": B},
+        "truncated": B, "judge_trained_on": B},
           "stages.judging_stage", "03_judge",
           "One row per generation and judge, failed and blocked generations included "
           "(metrics.results_table): the verdict, the answer and its query.",
@@ -81,7 +83,7 @@ _declare(
                  "base_id": pl.col("query_id"), "gen_blocked": False,
                  "gen_failed": pl.col("gen_error").is_not_null(),
                  "refused": pl.col("complied") == False,  # noqa: E712 - null stays null
-                 "truncated": None},
+                 "truncated": None, **dict.fromkeys(_TRACE), "judge_trained_on": None},
           read_by=("04_guardrails", "05_review", "06_amplification", "07_report")),
     Table("judge_disagreements", {"gen_id": S, "n_labels": U32}, "stages.judging_stage",
           "03_judge", "A response the judges label differently at the compliance split: "
@@ -99,12 +101,17 @@ _SUMMARY_COUNTS = {f"n_{risk}{part}": U32 for risk in ("harmful", "benign")
                    for part in ("", "_failed", "_blocked", "_unscored", "_truncated",
                                 "_truncation_unknown")}
 _SUMMARY = {**_SUMMARY_COUNTS, **{f"{r}_{kn}": U32 for r in RATES for kn in "kn"},
-            "n_unsafe_unknown": U32, "specificity_mean": F64, "specificity_n": U32,
+            "n_unsafe_unknown": U32, "n_harmful_trace": U32, "n_trained_on": U32,
+            "trace_specificity_mean": F64, "specificity_mean": F64, "specificity_n": U32,
             "detail_mean": F64, "detail_n": U32,
             **{f"{r}_{c}": F64 for r in RATES for c in ("rate", "lo", "hi")}}
 _SUMMARY_ADDED = {"n_harmful_blocked": 0, "n_benign_blocked": 0,
                   "n_harmful_truncation_unknown": None, "n_benign_truncation_unknown": None,
-                  "detail_mean": None, "detail_n": None}
+                  "detail_mean": None, "detail_n": None, "n_harmful_trace": 0,
+                  "n_trained_on": 0, "trace_specificity_mean": None,
+                  **{f"{r}_{c}": None for r in ("unsafe_in_trace", "partial_benign",
+                                                 "any_refusal")
+                     for c in ("k", "n", "rate", "lo", "hi")}}
 
 
 def _keys(*names: str) -> dict[str, pl.DataType]:
@@ -230,8 +237,10 @@ _VALIDATION = {
     "cross_validation": ({"judge": S}, "A trained judge's held-out results, stored when "
                                        "it was trained."),
     "disagreements": ({}, "Gold responses the judges label differently."),
-    "baselines": ({**_keys("split", "source_model", "anchor"), "n": I64, "accuracy": F64},
-                  "Published judges' accuracy on the same items."),
+    "baselines": ({**_keys("split", "source", "source_model", "anchor", "kind", "metric"),
+                   "n": I64, "value": F64},
+                  "Published judges' accuracy and F1: scored here on the same items (kind "
+                  "'same items'), or as their authors published them (kind 'published')."),
 }
 # The validation tables keep what judge.validation reports: the columns the report and the
 # notebooks read are declared, the rest may grow with the validation itself.
