@@ -35,8 +35,9 @@ from medharm_nb.generate.base import BaseBackend, Output, Request
 from medharm_nb.records import GenConfig, ModelSpec
 from medharm_nb.store import files_digest
 
-CPU_TOKEN_BUDGET = 16384
-"""Cache tokens (rows x columns, ``hf_engine.columns``) per run on a CPU."""
+CPU_TOKEN_BUDGET = 20480
+"""Cache tokens (rows x columns, ``hf_engine.columns``: prompt, answer and a quarter more
+of slack) per run on a CPU: 16,384 tokens of prompt and answer, as before the slack."""
 GPU_MEMORY_SHARE = 0.6
 """Share of free GPU memory the KV cache of one batch may fill; the rest is for activations."""
 
@@ -46,8 +47,9 @@ class HFBackend(BaseBackend):
 
     Args:
         spec: The model spec (``backend: hf``).
-        token_budget: Padded tokens per batch, rows x (longest prompt + max_new_tokens);
-            default: from free GPU memory on CUDA, ``CPU_TOKEN_BUDGET`` on a CPU.
+        token_budget: Cache tokens per engine run, rows x ``hf_engine.columns(longest prompt
+            + max_new_tokens)``; default: from free GPU memory on CUDA, ``CPU_TOKEN_BUDGET``
+            on a CPU.
         inject_oom_above: Testing hook: raise an out-of-memory error for any batch with
             more rows than this, as a GPU would for a batch too large for its memory.
         answer_lengths: Benchmark hook: gen_id -> tokens after which that answer ends as if
@@ -331,7 +333,8 @@ def run_size(widths: Sequence[int], budget: int, cap: int) -> tuple[int, int]:
 
 
 def default_token_budget(model) -> int:
-    """Padded tokens per batch: what ``GPU_MEMORY_SHARE`` of free memory holds as KV cache."""
+    """Cache tokens per engine run (padded tokens per batch in ``last_logits``): what
+    ``GPU_MEMORY_SHARE`` of free memory holds as keys and values."""
     import torch
 
     if model.device.type != "cuda":
