@@ -13,7 +13,11 @@ bf16 and/or quantized to nf4. For each it reports:
   never produce a stop token, so each answer ends after its drawn length (the backend's
   ``answer_lengths`` hook), as a real model's would at its end-of-sequence token;
 - raw@B on the workload: ``model.generate`` in batches of B on the same workload, where a
-  batch runs until its longest answer is done: tokens/s counts the answers' tokens only.
+  batch runs until its longest answer is done: tokens/s counts the answers' tokens only;
+- the engine's split: per decoding step, the model's forward pass against everything else
+  (picking, stop checks, bookkeeping, copies), by live rows, with the per-step cost curve
+  and the prefill (``hf_steplog.StepLog``; the device is synchronized around each forward
+  pass while it is kept, so the engine run that measures it is the one reported).
 
     python benchmarks/gpu_bench.py                      # bf16 and nf4, the full workload
     python benchmarks/gpu_bench.py --quant nf4 --out nf4.json
@@ -38,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medharm_nb.generate import Request, build_messages  # noqa: E402
-from medharm_nb.generate.backends import hf, hf_models  # noqa: E402
+from medharm_nb.generate.backends import hf, hf_models, hf_steplog  # noqa: E402
 from medharm_nb.records import GenConfig, ModelSpec  # noqa: E402
 
 WORDS = (
@@ -156,6 +160,7 @@ def engine(backend, items: list[tuple[str, int]], max_new: int, batch: int) -> d
                         rendered=backend.render(build_messages(backend.spec, p)))
                 for i, (p, _) in enumerate(items)]
     backend.answer_lengths = {str(i): n for i, (_, n) in enumerate(items)}
+    backend.step_log = log = hf_steplog.StepLog()
     peak_gib()
     sync()
     began = time.perf_counter()
@@ -163,13 +168,43 @@ def engine(backend, items: list[tuple[str, int]], max_new: int, batch: int) -> d
                                                        batch_size=batch)))
     sync()
     seconds = time.perf_counter() - began
+    backend.step_log = None
     outputs = [o for g in groups for _, o in g]
     tokens = sum(o.n_new_tokens for o in outputs)
     assert len(outputs) == len(items) and not any(o.error for o in outputs)
     assert tokens == sum(n for _, n in items), "every answer must end at its drawn length"
-    return {"prompts": len(items), "tokens": tokens, "batches": len(groups),
-            "largest_batch": max(map(len, groups)), "seconds": round(seconds, 2),
-            "tok_s": round(tokens / seconds, 1), **peak_gib()}
+    return {"prompts": len(items), "tokens": tokens, "rows": outputs[0].batch_size,
+            "seconds": round(seconds, 2), "tok_s": round(tokens / seconds, 1), **peak_gib(),
+            "split": split(log)}
+
+
+def split(log: hf_steplog.StepLog) -> dict:
+    """The engine's time: forward against the rest per step, by live rows; the cost curve."""
+    a, b = log.fit()
+    forward, other = log.forward_seconds, log.other_seconds
+    return {"steps": len(log.decode), "row_steps": log.row_steps,
+            "forward_s": round(forward, 2), "other_s": round(other, 2),
+            "other_share": round(other / (forward + other), 4),
+            "copy_s": round(log.copy_seconds, 3), "text_s": round(log.text_seconds, 3),
+            "prefill_s": round(log.prefill_seconds, 2),
+            "prefill_tokens": sum(p[1] for p in log.prefill),
+            "curve_ms": [round(1000 * a, 2), round(1000 * b, 4)],
+            "by_rows": [{k: round(v, 4) if isinstance(v, float) else v for k, v in g.items()}
+                        for g in log.split()]}
+
+
+def split_lines(name: str, split: dict) -> list[str]:
+    """The split as lines: per row group, forward and other milliseconds per step."""
+    lines = [f"[{name}] engine split: forward {split['forward_s']} s, outside the forward "
+             f"{split['other_s']} s ({100 * split['other_share']:.1f}%), prefill "
+             f"{split['prefill_s']} s ({split['prefill_tokens']} tokens), text "
+             f"{split['text_s']} s; cost per step {split['curve_ms'][0]} ms + "
+             f"{split['curve_ms'][1]} ms x rows"]
+    lines += [f"[{name}]   rows {g['rows']:>9}: {g['steps']:>5} steps, forward "
+              f"{g['forward_ms']:.2f} ms, other {g['other_ms']:.2f} ms "
+              f"({100 * g['other_share']:.1f}%), {g['columns']:.0f} columns"
+              for g in split["by_rows"]]
+    return lines
 
 
 def run_one(folder: Path, quant: str, args) -> dict:
@@ -204,7 +239,9 @@ def run_one(folder: Path, quant: str, args) -> dict:
             torch.cuda.empty_cache()
     eng = engine(backend, items, max(lengths), args.engine_batch)
     result["engine"] = eng
-    print(f"[{name}] engine on the workload: {eng}", flush=True)
+    print(f"[{name}] engine on the workload: "
+          f"{ {k: v for k, v in eng.items() if k != 'split'} }", flush=True)
+    print("\n".join(split_lines(name, eng["split"])), flush=True)
     if args.raw_workload_batch:
         raw = raw_generate(backend, prompts, lengths, args.raw_workload_batch)
         result["raw_workload"] = raw

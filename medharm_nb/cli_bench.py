@@ -25,16 +25,23 @@ def bench_generate(
                                                "short, a few at the cap."),
     dtype: str | None = typer.Option(None, help="float32 | bfloat16 | float16 (default: the "
                                                 "weights' own)."),
+    naive_n: int = typer.Option(64, min=0, help="Mixed workload: the naive loop answers the "
+                                                "first N prompts only (0: skip it)."),
+    static_batch: list[int] = typer.Option(
+        [], "--static-batch", min=1, help="Mixed workload: a static batch size to try, "
+                                          "repeatable (default: the four largest powers of "
+                                          "two up to N, at most 256)."),
 ) -> None:
     """Naive loop (one prompt at a time, plain generate) against the engine on the same
     prompts; checks the greedy outputs match. Fixed workload: the last line is
-    'speedup=X.XX naive_tok_s=... engine_tok_s=...'. Mixed workload: plain batched generate
-    at its best batch size too, and the last line is 'engine_vs_batched=X.XX
-    engine_vs_naive=Y.YY ...'."""
+    'speedup=X.XX naive_tok_s=... engine_tok_s=...'. Mixed workload: static batches of
+    plain generate at their best size too, the engine's split (forward against the rest,
+    by live rows), the per-step cost curve and the ceiling; the last line is
+    'engine_vs_batched=X.XX ...'."""
     from pydantic import ValidationError
 
     from medharm_nb.bench import bench_generate as run_bench
-    from medharm_nb.bench import bench_mixed
+    from medharm_nb.bench_mixed import bench_mixed, report_lines
     from medharm_nb.config import parse_spec
 
     if workload not in ("fixed", "mixed"):
@@ -44,13 +51,20 @@ def bench_generate(
                           quantization=quantization, dtype=dtype)
         if workload == "mixed":
             out = bench_mixed(spec, n=n, cap=max_new_tokens, engine_batch=batch_size,
+                              naive_n=naive_n, batch_sizes=tuple(static_batch) or None,
                               log=typer.echo)
-            typer.echo(f"outputs: {out['mismatches']} of {n} differ between the three ways")
+            for line in report_lines(out):
+                typer.echo(line)
+            typer.echo(f"outputs: {out['mismatches']} of {n} differ between the ways "
+                       f"{out['mismatched'] or ''}")
+            typer.echo(f"load average before {out['load_before']}, after {out['load']}")
+            naive = (f" engine_vs_naive={out['engine_vs_naive']:.2f} "
+                     f"naive_tok_s={out['naive_tok_s']:.1f}" if naive_n else "")
             typer.echo(f"engine_vs_batched={out['engine_vs_batched']:.2f} "
-                       f"engine_vs_naive={out['engine_vs_naive']:.2f} "
+                       f"engine_vs_batched_cpu={out['engine_vs_batched_cpu']:.2f} "
                        f"engine_tok_s={out['engine_tok_s']:.1f} "
                        f"batched_tok_s={out['batched_tok_s']:.1f} "
-                       f"best_batch={out['best_batch']} naive_tok_s={out['naive_tok_s']:.1f}")
+                       f"best_batch={out['best_batch']}{naive}")
             if out["mismatches"]:
                 raise typer.Exit(1)
             return

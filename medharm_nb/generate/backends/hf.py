@@ -4,11 +4,12 @@ Weights load in their own dtype (``dtype="auto"``, GGUF files dequantized to flo
 SDPA attention, optionally quantized by bitsandbytes (nf4 or int8; a GGUF file is converted
 once to safetensors for that, see ``generate.convert``) and with a PEFT/LoRA adapter on top.
 
-The engine is a plain decode loop over transformers' KV cache, not ``model.generate``:
-prompts are sorted by length and cut into batches under a token budget; a sequence that
-finishes leaves the batch instead of being padded to the longest; an out-of-memory batch is
-halved and retried. Greedy output equals a one-prompt-at-a-time run; sampled output is
-reproducible, each request drawing from its own generator seeded with ``request.seed``.
+The engine is a decode loop of its own, not ``model.generate`` (``hf_engine``): prompts,
+longest first, fill the slots of a key-value cache sized under a token budget; a sequence
+that finishes leaves its slot to the next waiting prompt (continuous batching) instead of
+being padded to the longest; an out-of-memory run is halved and retried. Greedy output
+equals a one-prompt-at-a-time run; sampled output is reproducible, each request drawing
+from its own generator seeded with ``request.seed``.
 
 Where weights come from and how they load (embedded models, GGUF, quantization, adapters)
 is ``hf_models``.
@@ -16,14 +17,13 @@ is ``hf_models``.
 
 from __future__ import annotations
 
-import inspect
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from medharm_nb.generate.backends import hf_plan
+from medharm_nb.generate.backends import hf_engine, hf_plan, hf_slots, hf_steplog
 from medharm_nb.generate.backends.hf_models import (
     adapter_tokenizer,
     check_spec,
@@ -35,12 +35,11 @@ from medharm_nb.generate.base import BaseBackend, Output, Request
 from medharm_nb.records import GenConfig, ModelSpec
 from medharm_nb.store import files_digest
 
-CPU_TOKEN_BUDGET = 16384
-"""Padded tokens (rows x (longest prompt + max_new_tokens)) per batch on a CPU."""
+CPU_TOKEN_BUDGET = 20480
+"""Cache tokens (rows x columns, ``hf_engine.columns``: prompt, answer and a quarter more
+of slack) per run on a CPU: 16,384 tokens of prompt and answer, as before the slack."""
 GPU_MEMORY_SHARE = 0.6
 """Share of free GPU memory the KV cache of one batch may fill; the rest is for activations."""
-COMPACT_EVERY = 8
-"""Drop finished rows once they are 1/COMPACT_EVERY of the batch (each drop copies the cache)."""
 
 
 class HFBackend(BaseBackend):
@@ -48,12 +47,16 @@ class HFBackend(BaseBackend):
 
     Args:
         spec: The model spec (``backend: hf``).
-        token_budget: Padded tokens per batch, rows x (longest prompt + max_new_tokens);
-            default: from free GPU memory on CUDA, ``CPU_TOKEN_BUDGET`` on a CPU.
+        token_budget: Cache tokens per engine run, rows x ``hf_engine.columns(longest prompt
+            + max_new_tokens)``; default: from free GPU memory on CUDA, ``CPU_TOKEN_BUDGET``
+            on a CPU.
         inject_oom_above: Testing hook: raise an out-of-memory error for any batch with
             more rows than this, as a GPU would for a batch too large for its memory.
         answer_lengths: Benchmark hook: gen_id -> tokens after which that answer ends as if
             a stop token came (a model with random weights never produces one).
+
+    Set ``step_log`` to an ``hf_steplog.StepLog`` to have ``generate`` record where its
+    time goes (forward passes, prefill, the work around them, text).
     """
 
     def __init__(self, spec: ModelSpec, token_budget: int | None = None,
@@ -65,6 +68,7 @@ class HFBackend(BaseBackend):
         self.token_budget = token_budget
         self.inject_oom_above = inject_oom_above
         self.answer_lengths = answer_lengths or {}
+        self.step_log: hf_steplog.StepLog | None = None
         self.tokenizer = (adapter_tokenizer(spec.adapter)
                           or load_tokenizer(self.source, self.gguf_file))
         if spec.chat_template is None and self.tokenizer.chat_template is None:
@@ -133,11 +137,13 @@ class HFBackend(BaseBackend):
 
     def generate(self, requests: Sequence[Request],
                  config: GenConfig) -> Iterator[list[tuple[Request, Output]]]:
-        """Answer requests batch by batch, longest prompts first, yielding each batch.
+        """Answer requests, longest prompts first, yielding finished answers in groups.
 
-        A batch holds at most ``config.batch_size`` rows and ``token_budget`` padded tokens.
-        On out-of-memory the batch is halved (and so is every later one) and retried; a
-        single prompt that still does not fit is returned as an error, never dropped.
+        At most ``config.batch_size`` rows decode at once, and rows x (longest prompt +
+        max_new_tokens) stays within ``token_budget``; a finished row's slot is refilled
+        with the next waiting prompt (``hf_engine``). On out-of-memory the rows are halved
+        (for every later answer too) and the unfinished requests retried; a single prompt
+        that still does not fit is returned as an error, never dropped.
         """
         import torch
 
@@ -161,33 +167,55 @@ class HFBackend(BaseBackend):
                 return
         limits = [min(config.max_new_tokens, self.answer_lengths.get(r.gen_id, 1 << 30))
                   for r in requests]
-        # Longest first: the first batch is the largest, so a batch too large for memory
-        # fails (and is halved) at the start rather than at the end.
-        order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
+        # Longest first: a run's cache is sized by its first prompt, and a run too large
+        # for memory fails (and is halved) at the start rather than at the end.
+        todo = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
         budget = self.token_budget or default_token_budget(self.model)
-        cap, start = config.batch_size, 0
-        while start < len(order):
-            rows = budget // (len(prompts[order[start]]) + config.max_new_tokens)
-            batch = order[start:start + max(1, min(cap, rows))]
-            began = time.perf_counter()
+        cap = config.batch_size
+        while todo:
+            size, rows = run_size([hf_engine.columns(len(prompts[i]) + max(limits))
+                                   for i in todo], budget, cap)
+            run, done = todo[:size], set()
             try:
-                answers = self._decode([prompts[i] for i in batch], [limits[i] for i in batch],
-                                       [requests[i].seed for i in batch], config)
+                for group in self._run([prompts[i] for i in run], [limits[i] for i in run],
+                                       [requests[i].seed for i in run], config, rows):
+                    done.update(run[k] for k, _, _ in group)
+                    yield [(requests[run[k]], self._output(prompts[run[k]], answer, seconds,
+                                                           limits[run[k]], rows))
+                           for k, answer, seconds in group]
+                failed = None
             except torch.cuda.OutOfMemoryError as err:
-                answers, oom = None, f"{type(err).__name__}: {err}"
-            if answers is None:  # here, not in the except block: the batch's tensors are freed
-                _free_gpu_memory()
-                if len(batch) > 1:
-                    cap = len(batch) // 2
-                    warnings.warn(f"out of memory with {len(batch)} prompts; retrying {cap} "
-                                  f"at a time", RuntimeWarning, stacklevel=2)
-                    continue
-                answers = [oom]
-            seconds = (time.perf_counter() - began) / len(batch)
-            yield [(requests[i], self._output(prompts[i], answer, seconds, limits[i],
-                                              len(batch)))
-                   for i, answer in zip(batch, answers)]
-            start += len(batch)
+                failed = f"{type(err).__name__}: {err}"
+            todo = [i for i in todo if i not in done]
+            if failed is None:
+                continue
+            _free_gpu_memory()  # here, not in the except block: the run's tensors are freed
+            if rows > 1:
+                cap = rows // 2
+                warnings.warn(f"out of memory with {rows} prompts at a time; retrying {cap} "
+                              f"at a time", RuntimeWarning, stacklevel=2)
+                continue
+            first, todo = todo[0], todo[1:]  # alone and still too large: an error
+            yield [(requests[first], self._output(prompts[first], failed, 0.0, 0, 1))]
+
+    def _run(self, prompts: list[list[int]], limits: list[int], seeds: list[int],
+             config: GenConfig, rows: int) -> Iterator[list[tuple[int, list[int], float]]]:
+        """The engine over ``prompts`` with ``rows`` slots: groups of (index, new tokens,
+        seconds each), a group once ``rows`` answers have ended (and the rest at the end),
+        so the caller saves about as often as with one batch at a time."""
+        began, ready = time.perf_counter(), []
+        log = self.step_log
+        for ended in hf_engine.decode(self.model, prompts, limits, seeds, config, rows,
+                                      self.stop_ids, self.tokenizer.pad_token_id, log=log,
+                                      oom_above=self.inject_oom_above):
+            ready += ended
+            if len(ready) >= rows:
+                now = time.perf_counter()
+                yield [(k, answer, (now - began) / len(ready)) for k, answer in ready]
+                began, ready = time.perf_counter(), []
+        if ready:
+            seconds = (time.perf_counter() - began) / len(ready)
+            yield [(k, answer, seconds) for k, answer in ready]
 
     def _output(self, prompt: list[int], answer: list[int] | str, seconds: float,
                 limit: int, rows: int) -> Output:
@@ -196,68 +224,13 @@ class HFBackend(BaseBackend):
         if isinstance(answer, str):
             return Output(None, len(prompt), 0, seconds, error=answer, finish_reason="error",
                           batch_size=rows)
+        began = time.perf_counter()
         text = self.tokenizer.decode(answer, skip_special_tokens=True).strip()
+        if self.step_log is not None:
+            self.step_log.text_seconds += time.perf_counter() - began
         return Output(text, len(prompt), len(answer), seconds,
                       finish_reason="length" if len(answer) >= limit else "stop",
                       batch_size=rows)
-
-    def _decode(self, prompts: list[list[int]], limits: list[int], seeds: list[int],
-                config: GenConfig) -> list[list[int]]:
-        """Decode one left-padded batch; return each row's new tokens, stop token excluded.
-
-        A row ends at a stop token or after its limit of new tokens. Finished rows stay in the
-        batch (their tokens ignored) until they are 1/``COMPACT_EVERY`` of it, then leave it
-        together: the cache is copied once per drop, not once per finished row.
-        """
-        import torch
-
-        if self.inject_oom_above is not None and len(prompts) > self.inject_oom_above:
-            raise torch.cuda.OutOfMemoryError(
-                f"injected: {len(prompts)} rows > {self.inject_oom_above}")
-        model, stop, pad = self.model, self.stop_ids, self.tokenizer.pad_token_id
-        device, width = model.device, max(map(len, prompts))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
-                            device=device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        generators = ([torch.Generator(device=device).manual_seed(s) for s in seeds]
-                      if config.temperature > 0 else [])
-        cache = _new_cache(model)
-        new: list[list[int]] = [[] for _ in prompts]
-        live: list[int | None] = list(range(len(prompts)))  # batch row -> prompt, None: done
-        with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                           use_cache=True, logits_to_keep=1, **cache).logits[:, -1]
-            while True:
-                tokens = _pick(logits, config, generators)
-                for row, token in enumerate(tokens.tolist()):
-                    i = live[row]
-                    if i is None:
-                        continue
-                    if token in stop:
-                        live[row] = None
-                        continue
-                    new[i].append(token)
-                    if len(new[i]) >= limits[i]:
-                        live[row] = None
-                n_done = live.count(None)
-                if n_done == len(live):
-                    return new
-                if n_done * COMPACT_EVERY >= len(live):
-                    keep = [row for row, i in enumerate(live) if i is not None]
-                    index = torch.tensor(keep, device=device)
-                    next(iter(cache.values())).batch_select_indices(index)
-                    mask, positions, tokens = mask[index], positions[index], tokens[index]
-                    live = [live[row] for row in keep]
-                    generators = [generators[row] for row in keep] if generators else []
-                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-                positions = positions[:, -1:] + 1
-                logits = model(input_ids=tokens[:, None], attention_mask=mask,
-                               position_ids=positions, use_cache=True, **cache).logits[:, -1]
-
-
-PREFIX_MIN = 16
-"""Shared leading tokens worth computing once (a guard's policy prompt, a judge's rubric)."""
 
 
 def last_logits(model, sequences: Sequence[list[int]], reduce, pad_id: int,
@@ -290,10 +263,10 @@ def last_logits(model, sequences: Sequence[list[int]], reduce, pad_id: int,
     out: list = [None] * len(sequences)
     if not sequences:
         return out
-    shared = _shared_prefix(sequences)
+    shared = hf_slots.shared_prefix(sequences)
     device = model.device
     prefix_cache = None
-    if shared >= PREFIX_MIN:
+    if shared >= hf_slots.PREFIX_MIN:
         prefix_cache = _new_cache(model)
         with torch.inference_mode():
             model(input_ids=torch.tensor([list(sequences[0][:shared])], device=device),
@@ -336,43 +309,32 @@ def last_logits(model, sequences: Sequence[list[int]], reduce, pad_id: int,
     return out
 
 
-def _shared_prefix(sequences: Sequence[list[int]]) -> int:
-    """Leading tokens all sequences share, leaving each at least one token of its own."""
-    first, shortest = sequences[0], min(map(len, sequences))
-    n = 0
-    while n < shortest - 1 and all(s[n] == first[n] for s in sequences):
-        n += 1
-    return n
-
-
-def _pick(logits, config: GenConfig, generators: list):
-    """Next token per row: argmax, or a nucleus sample drawn from that row's own generator."""
-    import torch
-
-    if config.temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / config.temperature, dim=-1)
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    if config.top_p < 1.0:  # keep the smallest head of the distribution with mass >= top_p
-        sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p >= config.top_p, 0.0)
-    cumulative = sorted_p.cumsum(-1)
-    draws = torch.stack([torch.rand((), generator=g, device=logits.device) for g in generators])
-    choice = torch.searchsorted(cumulative, (draws * cumulative[:, -1])[:, None], right=True)
-    return order.gather(-1, choice.clamp_(max=probs.shape[-1] - 1)).squeeze(-1)
-
-
 def _new_cache(model) -> dict:
     """A fresh KV cache as the keyword the model's forward takes (``cache`` in transformers
     5.x, ``past_key_values`` before), so the same loop runs on both."""
     from transformers import DynamicCache
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-    return {name: DynamicCache(config=base.config)}
+    return {hf_slots.cache_keyword(model): DynamicCache(config=base.config)}
+
+
+def run_size(widths: Sequence[int], budget: int, cap: int) -> tuple[int, int]:
+    """How many of the prompts (cache columns each needs, longest first) one engine run
+    takes, and its rows: as many as the budget holds at the first one's width (at most
+    ``cap``), with every later prompt that would not allow twice as many rows on its own.
+    Prompts much shorter than the first get a run of their own with more rows."""
+    def rows_at(width: int) -> int:
+        return max(1, min(cap, budget // width))
+
+    rows, size = rows_at(widths[0]), 1
+    while size < len(widths) and rows_at(widths[size]) < 2 * rows:
+        size += 1
+    return size, min(rows, size)
 
 
 def default_token_budget(model) -> int:
-    """Padded tokens per batch: what ``GPU_MEMORY_SHARE`` of free memory holds as KV cache."""
+    """Cache tokens per engine run (padded tokens per batch in ``last_logits``): what
+    ``GPU_MEMORY_SHARE`` of free memory holds as keys and values."""
     import torch
 
     if model.device.type != "cuda":

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medharm_nb.generate.backends.hf_engine import columns
 from medharm_nb.generate.backends.hf_models import EMBEDDED, resolve_source
 from medharm_nb.generate.convert import converted_dir
 from medharm_nb.records import GenConfig, ModelSpec
@@ -79,7 +80,9 @@ def plan(spec: ModelSpec, config: GenConfig, n: int) -> dict[str, Any]:
                   else "hub: needs downloading"),
         "convert": convert, "new_tokens": n * config.max_new_tokens}
     cfg = model_config(spec)
+    # The engine's cache holds rows x columns, prompt and answer plus the slack it shifts in.
     row.update(estimate_memory(cfg, spec, config.batch_size,
-                               config.max_new_tokens + PROMPT_ROOM, gguf=convert) if cfg else
+                               columns(config.max_new_tokens + PROMPT_ROOM), gguf=convert)
+               if cfg else
                dict.fromkeys(("params_b", "weights_gb", "kv_cache_gb", "gpu_gb")))
     return row
