@@ -14,6 +14,7 @@ import polars as pl
 import yaml
 
 from medharm_nb import metrics, plots, plots_paired, store
+from medharm_nb.judge import validation
 from medharm_nb.records import TIERS
 from medharm_nb.report_doc import Doc, esc, html_table, judges_of, model_pairs, with_interval
 
@@ -276,10 +277,6 @@ def judge_section(doc: Doc, run_dir: Path) -> None:
                                               maintain_order=True).iter_rows(named=True))
                    + f" labelled responses. Judges: {judges_of(pooled)}. "
                    f"Error bars: percentile bootstrap 95% intervals over responses.")
-        columns = [c for c in ("judge", "split", "source", "source_model", "n", "accuracy",
-                               "accuracy_lo", "accuracy_hi", "f1", "kappa", "unscored",
-                               "status", "n_trained", "honest_accuracy", "honest_kind")
-                   if c in agreement.columns]
         in_sample = (agreement.filter(pl.col("status") != "held-out")
                      if "status" in agreement.columns else None)
         if in_sample is not None and not in_sample.is_empty():
@@ -288,7 +285,7 @@ def judge_section(doc: Doc, run_dir: Path) -> None:
                 for r in in_sample.iter_rows(named=True)}))) + " were scored on rows the "
                 "judge was trained on. Those accuracies are development-set figures, not "
                 "validations; <code>honest_accuracy</code> is the figure to quote.</p>")
-        doc.add(html_table(agreement, columns))
+        doc.add(html_table(validation.headline(agreement)))
         if baselines is not None and not baselines.is_empty():
             doc.add("<p>Published baselines: classifiers' verdicts on the same items, scored "
                     "here (same items), and guards' published F1 on the same sources from "

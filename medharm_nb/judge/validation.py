@@ -52,6 +52,17 @@ SPLITS: tuple[str, ...] = ("compliance", "unsafe", "label3")
 """``compliance``: complied vs refused; ``unsafe``: harmful help or not; ``label3``: XSTest's
 full compliance / partial / full refusal."""
 
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "judge", "split", "source", "source_model", "n", "accuracy", "accuracy_lo", "accuracy_hi",
+    "f1", "kappa", "unscored", "status", "n_trained", "honest_accuracy", "honest_kind")
+"""The agreement table's columns a reader needs, in order (``headline``): ``status`` says
+whether a figure is held-out or in-sample, ``honest_accuracy`` is the one to quote."""
+
+
+def headline(summary: pl.DataFrame) -> pl.DataFrame:
+    """The agreement table (``Evaluation.summary``) cut to ``SUMMARY_COLUMNS`` (those it has)."""
+    return summary.select([c for c in SUMMARY_COLUMNS if c in summary.columns])
+
 
 def judge_frame(judge: Any, frame: pl.DataFrame) -> pl.DataFrame:
     """Judge every row of a ``prompt, response`` frame (in one batch when the judge can).

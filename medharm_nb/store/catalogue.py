@@ -244,8 +244,12 @@ _VALIDATION = {
 }
 # The validation tables keep what judge.validation reports: the columns the report and the
 # notebooks read are declared, the rest may grow with the validation itself.
+# A baselines table kept before it had a metric column held HarmBench's accuracies.
+_VALIDATION_ADDED = {"baselines": {"source": "harmbench", "kind": "same items",
+                                   "metric": "accuracy", "value": pl.col("accuracy")}}
 _declare(*(Table(VALIDATION_TABLES[part], columns, "stages.validation_stage",
                  "03b_judge_validation", doc, extra=True,
+                 added=_VALIDATION_ADDED.get(part, {}),
                  csv=part in ("summary", "false_alarm"))
            for part, (columns, doc) in _VALIDATION.items()))
 _declare(Table("gold", {
