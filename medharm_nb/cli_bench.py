@@ -127,8 +127,9 @@ def bench_judge(
 ) -> None:
     """Responses judged per CPU-second (one core) and per wall-second; the last line is
     'per_cpu_s=... per_wall_s=... n=...'."""
-    from medharm_nb.judge import load_judge, validation
-    from medharm_nb.judge.gold import load_responses
+    from medharm_nb import validation
+    from medharm_nb.gold import load_responses
+    from medharm_nb.judge import load_judge
 
     try:
         frame = load_responses(responses)

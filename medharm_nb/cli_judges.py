@@ -30,8 +30,7 @@ def judge_eval_command(
     published baselines beside them), specificity's rank correlation with human ordinal
     labels, and false alarms on safe responses. Rows a judge was trained on (by content
     hash) are marked in-sample, with the honest figure beside them."""
-    from medharm_nb import store
-    from medharm_nb.judge import validation
+    from medharm_nb import store, validation
 
     try:
         report = validation.validate(judge, gold, safe, limit=limit, n_boot=bootstrap)

@@ -174,7 +174,7 @@ def judge_agreement(summary: pl.DataFrame, anchors: pl.DataFrame | None = None) 
     rows only), and the in-sample figure is a hollow grey point beside it.
 
     Args:
-        summary: ``judge.validation.evaluate(...).summary`` (``split`` column).
+        summary: ``validation.evaluate(...).summary`` (``split`` column).
         anchors: Optional ``validation.published_baselines`` rows (their ``same items``
             accuracies are drawn), or ``split, source_model, anchor, accuracy`` rows.
     """

@@ -13,8 +13,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from medharm_nb import metrics, plots, plots_paired, store
-from medharm_nb.judge import validation
+from medharm_nb import metrics, plots, plots_paired, store, validation
 from medharm_nb.records import TIERS
 from medharm_nb.report_doc import Doc, esc, html_table, judges_of, model_pairs, with_interval
 

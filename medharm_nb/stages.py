@@ -13,7 +13,7 @@ of tables lives here, tested like any other package code.
                            (stored verdicts are reused, failed ones retried), write
                            ``judgements``, ``results`` and ``judge_disagreements``
 ``validation_stage``       03b_judge_validation: the judges against human labels on both
-                           splits (``judge.validation``), kept with the key of everything
+                           splits (``validation``), kept with the key of everything
                            it depends on, so a re-run with the same judges, labels and
                            settings reads its tables instead of judging again
 ``guard_stage``            04_guardrails: guards on the run's own queries (every
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from medharm_nb import amplify, data, generate, judge, metrics, store
+from medharm_nb import amplify, data, generate, judge, metrics, store, validation
 from medharm_nb.conversation import stages as conversation
 from medharm_nb.judge import provenance
 from medharm_nb.records import stable_hash
@@ -155,7 +155,7 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
 def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str | None,
                      safe: str | None = None, gold_sample: int | None = None,
                      n_boot: int = 1000, seed: int = 0):
-    """Validate judges against human labels (``judge.validation.validate``) and keep the
+    """Validate judges against human labels (``validation.validate``) and keep the
     tables; with the same judges (ids), gold and safe files (contents), sample size,
     resamples and seed as the last time, read those tables back and judge nothing.
 
@@ -165,8 +165,6 @@ def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str 
     Returns:
         A ``validation.ValidationReport`` (its ``evaluation.items`` is empty when read back).
     """
-    from medharm_nb.judge import validation
-
     sources = [gold] if isinstance(gold, str) else list(gold or [])
     key = stable_hash([judge.load_judge(n).id for n in judges],
                       [_files_key(src) for src in sources], _files_key(safe),
@@ -214,8 +212,6 @@ def _files_key(source: str | None) -> str | None:
 
 def _read_validation(run: Run, meta: dict):
     """A validation report read back from its tables (see ``validation_stage``)."""
-    from medharm_nb.judge import validation
-
     parts = {name: store.validation_df(run, name) for name in meta["parts"]}
     report = validation.ValidationReport(
         meta["judges"], in_sample=[tuple(x) for x in meta["in_sample"]],

@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from medharm_nb.gold import load_harmbench, load_xstest_harm
 from medharm_nb.judge import TrainedJudge
-from medharm_nb.judge.gold import load_harmbench, load_xstest_harm
 from medharm_nb.judge.harm import (
     THRESHOLDS,
     HarmClassifier,

@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 from medharm_nb.cli import app
 from medharm_nb.embedding import embedding_weights_sha256
+from medharm_nb.gold import data_sha256, load_xstest_completions, safe_responses
 from medharm_nb.judge import TrainedJudge, judge_batch, load_judge
 from medharm_nb.judge import trained as trained_module
-from medharm_nb.judge.gold import data_sha256, load_xstest_completions, safe_responses
-from medharm_nb.judge.validation import false_alarms, judge_frame, sample_per_group
 from medharm_nb.records import stable_hash
+from medharm_nb.validation import false_alarms, judge_frame, sample_per_group
 
 pytestmark = pytest.mark.slow  # loads MiniLM (a few seconds)
 

@@ -7,7 +7,8 @@ import json
 import polars as pl
 import pytest
 
-from medharm_nb.judge import GuardJudge, RuleJudge, TrainedJudge, gold, provenance, validation
+from medharm_nb import gold, validation
+from medharm_nb.judge import GuardJudge, RuleJudge, TrainedJudge, provenance
 from medharm_nb.judge.harm import HarmClassifier
 
 REFUSAL = "I'm sorry, but I can't help with that request."

@@ -36,8 +36,9 @@ def built(tmp_path_factory):
 def _guard_and_judge_tables(run_dir) -> None:
     """The tables 04_guardrails and 03b_judge_validation write, made by the functions they
     call (guard scores made up: a guard's model is not needed to test the report)."""
+    from medharm_nb import validation
     from medharm_nb.guard import evaluate as guards
-    from medharm_nb.judge import RuleJudge, validation
+    from medharm_nb.judge import RuleJudge
 
     rows = []
     for i in range(8):

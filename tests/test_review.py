@@ -12,9 +12,9 @@ from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
 from typer.testing import CliRunner
 
+from medharm_nb import gold as gold_sets
 from medharm_nb import store
 from medharm_nb.cli import app
-from medharm_nb.judge import gold as gold_sets
 from medharm_nb.records import CANT_TELL, Annotation
 from medharm_nb.review import agreement, annotations, layout, sampling
 from medharm_nb.review.cards import response_html

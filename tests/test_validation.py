@@ -13,9 +13,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from medharm_nb import store
+from medharm_nb import gold, store, validation
 from medharm_nb.cli import app
-from medharm_nb.judge import RuleJudge, gold, validation
+from medharm_nb.judge import RuleJudge
 from medharm_nb.records import Annotation, Generation
 from medharm_nb.runner import NOTEBOOK_DIR
 

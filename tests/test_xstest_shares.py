@@ -33,8 +33,9 @@ import pytest
 import yaml
 
 from medharm_nb import config, stages, store
-from medharm_nb.judge import shares, trained
-from medharm_nb.judge.gold import load_xstest_completions
+from medharm_nb.gold import load_xstest_completions
+from medharm_nb.judge import trained
+from medharm_nb.validation import shares
 
 pytestmark = pytest.mark.slow  # replays 750 answers and embeds them for the trained judge
 

@@ -25,7 +25,7 @@ Every judge has an ``id`` (name and version, written into each ``Judgement``) an
 =====================================  ===================================================
 
 Judging reads stored generations, so it can be re-run with another judge without
-regenerating. Agreement with human labels lives in ``medharm_nb.judge.validation``.
+regenerating. Agreement with human labels lives in ``medharm_nb.validation``.
 """
 
 from __future__ import annotations

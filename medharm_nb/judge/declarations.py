@@ -22,9 +22,9 @@ from typing import Any
 
 import polars as pl
 
+from medharm_nb.gold import load_harmbench, load_xstest_completions, load_xstest_harm
 from medharm_nb.judge import provenance
 from medharm_nb.judge.base import check_response
-from medharm_nb.judge.gold import load_harmbench, load_xstest_completions, load_xstest_harm
 from medharm_nb.judge.harm import (
     HarmClassifier,
     data_sha256,

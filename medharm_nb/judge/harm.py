@@ -9,8 +9,8 @@ logistic regression; its regularisation ``C`` and decision threshold are chosen 
 validation inside the training data, never on the rows they are scored on.
 
 Labels: HarmBench's classifier validation set (602 responses of 23 models to 301 behaviours,
-three annotators each; ``judge.gold.load_harmbench``) and XSTest read as harm labels
-(``judge.gold.load_xstest_harm``). MedSafetyBench is kept out, so its false-alarm rate stays
+three annotators each; ``gold.load_harmbench``) and XSTest read as harm labels
+(``gold.load_xstest_harm``). MedSafetyBench is kept out, so its false-alarm rate stays
 a held-out figure.
 
 The saved classifier is one JSON file (``assets/harm_judge_v1.json``): scaler, coefficients,

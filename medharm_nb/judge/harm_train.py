@@ -3,7 +3,7 @@
 From the shared reference data (``../shared/external``, read in place):
 
 1. Labels: HarmBench's 602 human-labelled responses and XSTest read as harm labels
-   (``judge.gold.load_xstest_harm``); rows the judge cannot read (empty, non-English) are
+   (``gold.load_xstest_harm``); rows the judge cannot read (empty, non-English) are
    left out of training and count as wrong in every HarmBench figure.
 2. Nested cross-validation, grouped by request (HarmBench behaviour, XSTest prompt): five
    outer folds; inside each, four folds choose ``C`` and the threshold by HarmBench accuracy.
@@ -32,13 +32,13 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import roc_auc_score
 
-from medharm_nb.judge.base import check_response
-from medharm_nb.judge.gold import (
+from medharm_nb.gold import (
     HARMBENCH_PUBLISHED,
     load_harmbench,
     load_xstest_harm,
     safe_responses,
 )
+from medharm_nb.judge.base import check_response
 from medharm_nb.judge.harm import (
     CrossValidation,
     HarmClassifier,

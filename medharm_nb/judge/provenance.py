@@ -19,7 +19,7 @@ object per classifier (``TrainingRows.to_dict``)::
          "accuracy": 0.754, "lo": 0.721, "hi": 0.786, "n": 602,
          "scheme": "nested grouped 5-fold"}]}
 
-``source`` is the gold set's name as ``judge.gold`` loads it (``xstest``, ``harmbench``,
+``source`` is the gold set's name as ``gold`` loads it (``xstest``, ``harmbench``,
 ``beavertails``, ``pku-saferlhf``), ``group`` its ``source_model`` or ``all``.
 
 A judge object offers its declarations through ``training_data()`` (a list of

@@ -38,10 +38,10 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from medharm_nb import records
 from medharm_nb.embedding import EMBEDDING_PACKAGE, WINDOW_TOKENS, embed, embedding_weights_sha256
+from medharm_nb.gold import TO_XSTEST, data_sha256, load_gold
 from medharm_nb.judge import provenance
 from medharm_nb.judge.base import check_response, make_judgement, unscored
 from medharm_nb.judge.checklist import score_checklist
-from medharm_nb.judge.gold import TO_XSTEST, data_sha256, load_gold
 from medharm_nb.judge.harm import HarmClassifier
 from medharm_nb.judge.harm_features import harm_features
 from medharm_nb.judge.rules import (
@@ -260,7 +260,7 @@ def fit(frame: pl.DataFrame, C: float = 0.1, gate: float = 0.95,  # noqa: N803 -
 
     Args:
         frame: ``prompt``, ``response`` and ``gold`` (XSTest's 3-way labels, see
-            ``judge.gold.GOLD_LABELS``); empty or non-English rows are left out.
+            ``gold.GOLD_LABELS``); empty or non-English rows are left out.
         C: Inverse L2 regularisation strength of the logistic regression.
         gate: Confidence above which the classifier overrides the rules.
         feats: Precomputed ``features`` for exactly these rows (saves re-embedding).
@@ -389,7 +389,7 @@ def train(gold: str | Path, C: float = 0.1, gate: float = 0.95,  # noqa: N803
     it. With ``run:RUN_DIR`` the labels are our annotators' (the groups are annotators).
 
     Args:
-        gold: A ``judge.gold.load_gold`` source.
+        gold: A ``gold.load_gold`` source.
         C: See ``fit``.
         gate: See ``fit``.
         out: Where to save the judge (default: don't save).
@@ -418,7 +418,7 @@ def train(gold: str | Path, C: float = 0.1, gate: float = 0.95,  # noqa: N803
 
 
 def _source_name(gold: str | Path) -> str:
-    """The ``source`` name gold rows from ``gold`` carry (``judge.gold``)."""
+    """The ``source`` name gold rows from ``gold`` carry (``gold``)."""
     frame_source = load_gold(gold)["source"]
     return str(frame_source[0]) if frame_source.len() else str(gold)
 

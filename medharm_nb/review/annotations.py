@@ -35,7 +35,7 @@ SPECIFICITY_CHOICES: list[tuple[str, int | str]] = [
 """The specificity buttons: 0-4 (the judges' scale) or can't tell (stored as None)."""
 GOLD_COLUMNS: tuple[str, ...] = tuple(store.TABLES["gold"].columns)
 """Columns of the gold export (the catalogue's ``gold`` table). ``annotator`` is the group
-column of ``judge.gold.load_gold`` (and there is deliberately no ``model`` column, which it
+column of ``gold.load_gold`` (and there is deliberately no ``model`` column, which it
 would group by instead)."""
 
 

@@ -222,7 +222,7 @@ VALIDATION_TABLES: dict[str, str] = {
     "specificity": "judge_specificity", "false_alarm": "judge_false_alarms",
     "cross_validation": "judge_cross_validation",
     "disagreements": "judge_gold_disagreements", "baselines": "judge_baselines"}
-"""Each part of a ``judge.validation.ValidationReport`` and the table it is kept in."""
+"""Each part of a ``validation.ValidationReport`` and the table it is kept in."""
 _VALIDATION = {
     "summary": ({**_keys("judge", "split", "source_model"), "n": I64, "unscored": I64,
                  "accuracy": F64, "kappa": F64, "accuracy_lo": F64, "accuracy_hi": F64},
@@ -242,7 +242,7 @@ _VALIDATION = {
                   "Published judges' accuracy and F1: scored here on the same items (kind "
                   "'same items'), or as their authors published them (kind 'published')."),
 }
-# The validation tables keep what judge.validation reports: the columns the report and the
+# The validation tables keep what validation reports: the columns the report and the
 # notebooks read are declared, the rest may grow with the validation itself.
 # A baselines table kept before it had a metric column held HarmBench's accuracies.
 _VALIDATION_ADDED = {"baselines": {"source": "harmbench", "kind": "same items",

@@ -1,7 +1,7 @@
 """How far each judge can be trusted: agreement with human labels, on both splits.
 
 Every rate this project reports rests on one of two judge outputs, so each is checked on
-labels of its own kind (``judge.gold``):
+labels of its own kind (``gold``):
 
 - the **compliance split**: ``Judgement.complied`` against people's compliance labels
   (XSTest; partial compliance counts as complied, as everywhere in ``records.complied``),
@@ -14,13 +14,17 @@ labels of its own kind (``judge.gold``):
 
 Per judge, split, source and group (and pooled per source): n, accuracy, F1 (binary splits)
 and Cohen's kappa, each with a percentile-bootstrap 95% CI (``scipy.stats.bootstrap``;
-``judge.agreement``), the confusion matrix and the unscored count (an unscored verdict
+``validation.stats``), the confusion matrix and the unscored count (an unscored verdict
 counts as wrong, never dropped), with published baselines beside them
 (``published_baselines``). Every row is checked against the training rows the judge's
 classifiers declare (``judge.provenance``, by content hash): a figure on rows a judge learned
 from is marked ``in-sample`` or ``partly in-sample``, and the honest figure is put beside it
 (its stored cross-validation, or the rows it did not learn from). ``false_alarms`` counts
 compliance and harm verdicts on MedSafetyBench's safe responses.
+
+This package is the 03b_judge_validation stage's home, beside judging (``judge``), not in
+it: ``stats`` holds the statistics on label lists, ``shares`` XSTest's label shares, and the
+human-labelled sets themselves are read by ``gold``.
 """
 
 from __future__ import annotations
@@ -35,18 +39,18 @@ from typing import Any
 import polars as pl
 from scipy.stats import spearmanr
 
-from medharm_nb.judge import provenance
-from medharm_nb.judge.agreement import POSITIVE, agreement, confusion, honest, split_labels
-from medharm_nb.judge.base import judge_batch
-from medharm_nb.judge.gold import (
+from medharm_nb.gold import (
     HARMBENCH_PUBLISHED,
     PUBLISHED_F1,
     TO_XSTEST,
     load_gold,
     safe_responses,
 )
+from medharm_nb.judge import load_judge, provenance
+from medharm_nb.judge.base import judge_batch
 from medharm_nb.judge.panel import disagreements
 from medharm_nb.metrics import wilson_interval
+from medharm_nb.validation.stats import POSITIVE, agreement, confusion, honest, split_labels
 
 SPLITS: tuple[str, ...] = ("compliance", "unsafe", "label3")
 """``compliance``: complied vs refused; ``unsafe``: harmful help or not; ``label3``: XSTest's
@@ -273,8 +277,6 @@ def validate(judge_names: Sequence[str], gold: Sequence[str | Path] | str | Path
         n_boot: Bootstrap resamples.
         seed: Sampling and bootstrap seed.
     """
-    from medharm_nb.judge import load_judge
-
     judges = [load_judge(name) for name in judge_names]
     report = ValidationReport([j.id for j in judges])
     sources = [gold] if isinstance(gold, (str, Path)) else list(gold or [])

@@ -29,6 +29,7 @@ from pathlib import Path
 import polars as pl
 
 from medharm_nb import data
+from medharm_nb.store import RunStore
 
 XSTEST_LABELS: dict[str, str] = {
     "1_full_compliance": "full_compliance",
@@ -312,8 +313,6 @@ def load_annotations(run_dir: str | Path) -> pl.DataFrame:
     Raises:
         FileNotFoundError: the run has no store, or nobody has labelled anything yet.
     """
-    from medharm_nb.store import RunStore
-
     run_dir = Path(run_dir)
     if not (run_dir / "store.sqlite").exists():
         raise FileNotFoundError(f"{run_dir} has no store.sqlite")

@@ -1,7 +1,7 @@
 """Agreement of a judge's labels with people's: accuracy, F1, kappa, confusion, with
 percentile-bootstrap intervals, and whether the rows were the judge's own training rows.
 
-Pure statistics on label lists; ``judge.validation`` runs the judges and assembles tables.
+Pure statistics on label lists; ``validation`` runs the judges and assembles tables.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from medharm_nb.judge.gold import TO_XSTEST
+from medharm_nb.gold import TO_XSTEST
 from medharm_nb.metrics import wilson_interval
 
 SHARES: tuple[str, ...] = ("full_compliance", "full_refusal", "partial")
@@ -25,7 +25,7 @@ def against_humans(results: pl.DataFrame, gold: pl.DataFrame) -> pl.DataFrame:
     Args:
         results: A run's ``results`` (``model``, ``judge``, ``text``, ``label``; one row per
             answer and judge), e.g. XSTest's answers replayed and judged.
-        gold: People's labels of the same answers (``judge.gold``: ``source_model`` = the
+        gold: People's labels of the same answers (``gold``: ``source_model`` = the
             run's model name, ``prompt`` = the query text, ``gold`` in ``SHARES``).
 
     Returns:
