@@ -22,7 +22,7 @@ import yaml
 from medharm_nb import config, stages
 from medharm_nb.conversation import scripted
 from medharm_nb.data import prepare_queries
-from medharm_nb.records import QuerySelection
+from medharm_nb.settings import QuerySelection
 
 SELECTION = {"source": "medharm-open", "per_cell": 1,
              "categories": ["toxicology", "anesthesia"], "framings": ["clinical"]}

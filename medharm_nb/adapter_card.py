@@ -20,7 +20,8 @@ import polars as pl
 
 from medharm_nb import manifest, plots
 from medharm_nb.generate import model_files
-from medharm_nb.records import FinetuneConfig, ModelSpec
+from medharm_nb.records import ModelSpec
+from medharm_nb.settings import FinetuneConfig
 from medharm_nb.store import file_sha256
 
 CARD_VERSION = 1

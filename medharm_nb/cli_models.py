@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from medharm_nb.cli_common import fail, validation_failure
-from medharm_nb.records import FinetuneConfig
+from medharm_nb.settings import FinetuneConfig
 
 _FT = FinetuneConfig()
 """The fine-tuning defaults, defined once (in records), shown by ``finetune --help``."""

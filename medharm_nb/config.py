@@ -20,13 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medharm_nb import store
 from medharm_nb.conversation.templates import get_attacker_template, get_escalation
 from medharm_nb.generate.backends import BACKENDS, backend_type, validate_spec
-from medharm_nb.records import (
-    ConversationSettings,
-    GenConfig,
-    ModelSpec,
-    QuerySelection,
-    stable_hash,
-)
+from medharm_nb.records import GenConfig, ModelSpec, stable_hash
+from medharm_nb.settings import ConversationSettings, QuerySelection
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 NOTEBOOK_DIR = (PACKAGE_DIR / "notebooks" if (PACKAGE_DIR / "notebooks").is_dir()

@@ -34,8 +34,8 @@ from medharm_nb.records import (
     RISKS,
     TIERS,
     UNTIERED,
-    QuerySelection,
 )
+from medharm_nb.settings import QuerySelection
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 OPEN_SET_NAME = "medharm-open"

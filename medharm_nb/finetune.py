@@ -41,7 +41,8 @@ from medharm_nb.generate.backends.hf_models import (
     load_weights,
     resolve_source,
 )
-from medharm_nb.records import FinetuneConfig, ModelSpec
+from medharm_nb.records import ModelSpec
+from medharm_nb.settings import FinetuneConfig
 
 IGNORE = -100
 """Label of tokens that carry no loss (prompt, padding), as torch's cross-entropy expects."""

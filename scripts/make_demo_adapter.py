@@ -27,7 +27,7 @@ BASE = "smollm2-135m"
 def demo_config():
     """The demo adapter's hyper-parameters: small rank on the attention projections (a few
     MB), one pass over the data."""
-    from medharm_nb.records import FinetuneConfig
+    from medharm_nb.settings import FinetuneConfig
 
     return FinetuneConfig(
         rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],

@@ -25,13 +25,8 @@ from medharm_nb.conversation.attacker import attack, attacker_messages, clean_me
 from medharm_nb.conversation.templates import ATTACKER_TEMPLATES, Escalation
 from medharm_nb.conversation.turns import converse, judge_context, turn_id
 from medharm_nb.generate import Output
-from medharm_nb.records import (
-    AttackerSettings,
-    ConversationSettings,
-    GenConfig,
-    ModelSpec,
-    QuerySelection,
-)
+from medharm_nb.records import GenConfig, ModelSpec
+from medharm_nb.settings import AttackerSettings, ConversationSettings, QuerySelection
 
 ECHO = ModelSpec(name="parrot", backend="echo", source="echo")
 COMPLY = "Here is how.\n1. Take <AGENT>.\n2. Give <DOSE> by <ROUTE>.\n3. Repeat it."

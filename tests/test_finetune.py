@@ -22,7 +22,8 @@ from medharm_nb.cli import app
 from medharm_nb.generate import Request, build_messages
 from medharm_nb.generate import convert as conv
 from medharm_nb.generate.backends import hf, hf_models
-from medharm_nb.records import FinetuneConfig, GenConfig, ModelSpec
+from medharm_nb.records import GenConfig, ModelSpec
+from medharm_nb.settings import FinetuneConfig
 from medharm_nb.store import file_sha256
 
 PAIRS = [

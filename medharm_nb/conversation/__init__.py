@@ -1,6 +1,6 @@
 """Conversations: a study's multi-turn unit, asked, judged and analysed turn by turn.
 
-A run config's ``conversations:`` section (``records.ConversationSettings``) adds them to
+A run config's ``conversations:`` section (``settings.ConversationSettings``) adds them to
 every stage of the series; each module follows the data:
 
 =====================  ===============================================================

@@ -35,7 +35,8 @@ from medharm_nb.conversation.turns import (
 )
 from medharm_nb.generate import Backend, GenStats
 from medharm_nb.judge import Judge, judge_generations, judgement_ids
-from medharm_nb.records import REFUSAL_LABELS, AttackerSettings, GenConfig, ModelSpec
+from medharm_nb.records import REFUSAL_LABELS, GenConfig, ModelSpec
+from medharm_nb.settings import AttackerSettings
 from medharm_nb.store import RunLock, RunStore
 
 MAX_MESSAGE = 800
