@@ -68,6 +68,15 @@ def headline(summary: pl.DataFrame) -> pl.DataFrame:
     return summary.select([c for c in SUMMARY_COLUMNS if c in summary.columns])
 
 
+def confusion_wide(confusion: pl.DataFrame) -> pl.DataFrame:
+    """The pooled confusion counts (``Evaluation.confusion``, ``source_model == "all"``) one
+    row per judge, split, source and human label, one column per judged label."""
+    index = [c for c in ("judge", "split", "source", "gold") if c in confusion.columns]
+    return (confusion.filter(pl.col("source_model") == "all")
+            .pivot(on="pred", index=index, values="n", aggregate_function="sum")
+            .sort(index))
+
+
 def judge_frame(judge: Any, frame: pl.DataFrame) -> pl.DataFrame:
     """Judge every row of a ``prompt, response`` frame (in one batch when the judge can).
 
@@ -331,10 +340,7 @@ def report_lines(report: ValidationReport) -> list[str]:
                    tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         if ev is not None:
             lines += ["agreement with human labels (percentile bootstrap 95% CIs):",
-                      str(ev.summary.select(
-                          "judge", "split", "source", "source_model", "n", "accuracy",
-                          "accuracy_lo", "accuracy_hi", "f1", "kappa", "unscored", "status",
-                          "honest_accuracy", "honest_kind"))]
+                      str(headline(ev.summary))]
             for (judge_id, split, source), conf in ev.confusion.filter(
                     pl.col("source_model") == "all").group_by(["judge", "split", "source"],
                                                               maintain_order=True):
