@@ -56,8 +56,8 @@ class EncoderConfig:
     window_tokens: int = 192
     overlap: int = 32
     frozen_layers: int = 4
-    lora_r: int = 8
-    lora_alpha: int = 16
+    lora_r: int = 16
+    lora_alpha: int = 32
     lora_dropout: float = 0.1
     targets: tuple[str, ...] = ("query", "key", "value", "dense")
 

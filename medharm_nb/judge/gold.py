@@ -197,7 +197,7 @@ def load_response_harm(path: str | Path, source: str | None = None) -> pl.DataFr
 
     Args:
         path: One ``.jsonl`` file (``id, source, prompt, response, harmful``) or the folder
-            holding ``RESPONSE_HARM_FILES``.
+            holding ``RESPONSE_HARM_FILES`` (those present are read).
         source: With a folder, read only this source (``beavertails`` or ``saferlhf``).
 
     Returns:
@@ -210,11 +210,13 @@ def load_response_harm(path: str | Path, source: str | None = None) -> pl.DataFr
     """
     path = Path(path)
     if path.is_dir():
-        names = [source] if source else list(RESPONSE_HARM_FILES)
-        unknown = [n for n in names if n not in RESPONSE_HARM_FILES]
-        if unknown:
-            raise ValueError(f"unknown response-harm source {unknown[0]!r}; known: "
+        if source and source not in RESPONSE_HARM_FILES:
+            raise ValueError(f"unknown response-harm source {source!r}; known: "
                              f"{', '.join(RESPONSE_HARM_FILES)}")
+        names = [source] if source else [n for n, f in RESPONSE_HARM_FILES.items()
+                                         if (path / f).is_file()]
+        if not names:
+            raise FileNotFoundError(f"{path}: none of {', '.join(RESPONSE_HARM_FILES.values())}")
         return pl.concat([load_response_harm(path / RESPONSE_HARM_FILES[n], n) for n in names])
     if not path.is_file():
         raise FileNotFoundError(f"response-harm file {path} does not exist")
@@ -328,7 +330,9 @@ def load_gold(source: str | Path) -> pl.DataFrame:
 
     Args:
         source: ``xstest:PATH`` or an XSTest folder / completion file; ``harmbench:PATH`` or
-            a folder / file holding ``text_behaviors_val_set.json``; ``run:RUN_DIR`` (or a
+            a folder / file holding ``text_behaviors_val_set.json``; ``response-harm:PATH``
+            or the ``response-harm`` folder / one of its files (BeaverTails, PKU-SafeRLHF:
+            harm labels, grouped by source); ``run:RUN_DIR`` (or a
             run folder) for our annotators' labels; or a label file (``load_label_file``).
 
     Raises:
@@ -338,7 +342,7 @@ def load_gold(source: str | Path) -> pl.DataFrame:
     text = str(source)
     kind, _, rest = text.partition(":")
     loaders = {"xstest": load_xstest_completions, "harmbench": load_harmbench,
-               "run": load_annotations}
+               "run": load_annotations, "response-harm": load_response_harm}
     if kind in loaders and rest:
         return loaders[kind](rest)
     path = Path(text)
@@ -351,11 +355,15 @@ def load_gold(source: str | Path) -> pl.DataFrame:
             return load_harmbench(path)
         if (path / "store.sqlite").exists():
             return load_annotations(path)
+        if any((path / f).is_file() for f in RESPONSE_HARM_FILES.values()):
+            return load_response_harm(path)
         raise FileNotFoundError(f"{path}: no {_XSTEST_GLOB}, {_HARMBENCH_FILE} or run store")
     if path.match(_XSTEST_GLOB):
         return load_xstest_completions(path)
     if path.name == _HARMBENCH_FILE:
         return load_harmbench(path)
+    if path.name in RESPONSE_HARM_FILES.values():
+        return load_response_harm(path)
     return load_label_file(path)
 
 

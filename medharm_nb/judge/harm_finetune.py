@@ -45,8 +45,8 @@ from medharm_nb.judge.cross_encoder import (
     window_pairs,
 )
 from medharm_nb.judge.gold import load_harmbench, load_response_harm, load_xstest_harm
-from medharm_nb.judge.harm import data_sha256
-from medharm_nb.judge.harm_model import FineTunedHarm, base_weights_sha256, platt
+from medharm_nb.judge.harm import HarmScores, data_sha256
+from medharm_nb.judge.harm_model import FineTunedHarm, base_weights_sha256, platt, row_digest
 
 SOURCES: tuple[str, ...] = ("harmbench", "beavertails", "saferlhf", "xstest")
 """The training sources, in the order figures list them."""
@@ -97,8 +97,8 @@ class TrainConfig:
         seed: Seeds the initial head, dropout, batch order and the calibration split.
     """
 
-    epochs: int = 2
-    lr: float = 1e-3
+    epochs: int = 1
+    lr: float = 2e-3
     batch_pairs: int = 16
     weight_decay: float = 0.01
     warmup: float = 0.06
@@ -116,6 +116,28 @@ class BottomCache:
 
     def __init__(self):
         self.hidden: dict[str, torch.Tensor] = {}
+
+    def save(self, path: str | Path, encoder: EncoderConfig) -> None:
+        """Write the cache (with the base weights' SHA-256 and the encoder settings it holds
+        for) so a later run can reuse it."""
+        torch.save({"base_sha256": base_weights_sha256(), "encoder": encoder.to_dict(),
+                    "hidden": self.hidden}, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: EncoderConfig) -> BottomCache:
+        """A cache written by ``save``.
+
+        Raises:
+            ValueError: it was made over other base weights or another frozen depth.
+        """
+        raw = torch.load(str(path), weights_only=True)
+        if raw.get("base_sha256") != base_weights_sha256() or raw.get("encoder", {}).get(
+                "frozen_layers") != encoder.frozen_layers:
+            raise ValueError(f"{path}: a frozen-layer cache for other base weights or another "
+                             "frozen depth; delete it")
+        cache = cls()
+        cache.hidden = raw["hidden"]
+        return cache
 
     @torch.no_grad()
     def fill(self, model: CrossEncoder, ids: Sequence[Sequence[int]],
@@ -138,7 +160,22 @@ class BottomCache:
             bar.update(len(rows))
             start += len(rows)
         bar.close()
+        release_memory()
         return keys
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere). Training allocates tensors of a different shape every step, and without
+    this a long CPU run's memory grows by gigabytes."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def _batches(lengths: np.ndarray, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -157,7 +194,8 @@ def _batches(lengths: np.ndarray, batch: int, rng: np.random.Generator) -> list[
 def train_encoder(prompts: Sequence[str], responses: Sequence[str], labels: Sequence[bool],
                   encoder: EncoderConfig, config: TrainConfig, cache: BottomCache | None = None,
                   progress: bool = True, desc: str = "training",
-                  log: Callable[[str], None] | None = None) -> CrossEncoder:
+                  log: Callable[[str], None] | None = None,
+                  on_epoch: Callable[[int, CrossEncoder], None] | None = None) -> CrossEncoder:
     """Train LoRA adapters and the head on labelled pairs (max-over-windows loss).
 
     Args:
@@ -170,6 +208,8 @@ def train_encoder(prompts: Sequence[str], responses: Sequence[str], labels: Sequ
         progress: Show a tqdm bar.
         desc: The bar's label.
         log: Called with a line per epoch (mean loss).
+        on_epoch: Called with the epoch number and the model (in eval mode) after each
+            epoch, e.g. to watch held-out figures while choosing the number of epochs.
     """
     torch.manual_seed(config.seed)
     model = CrossEncoder(encoder, seed=config.seed)
@@ -215,9 +255,14 @@ def train_encoder(prompts: Sequence[str], responses: Sequence[str], labels: Sequ
             sched.step()
             total += loss.item() * len(batch)
             bar.update(1)
+            if bar.n % 25 == 0:
+                release_memory()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if log is not None:
             log(f"{desc}: epoch {epoch + 1} mean loss {total / len(lengths):.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model.eval())
+            model.train()
     bar.close()
     return model.eval()
 
@@ -246,6 +291,22 @@ def cached_logits(model: CrossEncoder, prompts: Sequence[str], responses: Sequen
     out = np.full(len(win.n_windows), -np.inf)
     np.maximum.at(out, np.asarray(win.owner, dtype=int), logits)
     return out
+
+
+def cached_score(harm: FineTunedHarm, prompts: Sequence[str], responses: Sequence[str],
+                 scorable: Sequence[bool], cache: BottomCache) -> HarmScores:
+    """``FineTunedHarm.score`` through the frozen-layer cache (for the validation folds,
+    whose test rows other folds already cached): NaN / 0 windows where not ``scorable``."""
+    todo = [i for i, ok in enumerate(scorable) if ok]
+    p = np.full(len(responses), np.nan)
+    n = [0] * len(responses)
+    if todo:
+        asked, said = [prompts[i] for i in todo], [responses[i] for i in todo]
+        z = cached_logits(harm.model(), asked, said, cache)
+        p[todo] = platt(z, harm.a, harm.b)
+        for i, c in zip(todo, window_pairs(asked, said, harm.config).n_windows):
+            n[i] = c
+    return HarmScores(p, n)
 
 
 # -- calibration and threshold ----------------------------------------------------------
@@ -366,6 +427,8 @@ def fit_harm_model(frame: pl.DataFrame, encoder: EncoderConfig | None = None,
             "torch": torch.__version__, "peft": peft.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     }
-    harm = FineTunedHarm(params, model.trainable_state(), device="cpu")
+    harm = FineTunedHarm(params, model.trainable_state(), device="cpu",
+                         training_rows=frozenset(row_digest(q, r) for q, r in zip(
+                             frame["prompt"], frame["response"])))
     harm._model = model
     return harm

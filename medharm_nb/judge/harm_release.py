@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,9 @@ import numpy as np
 import polars as pl
 import torch
 
+from medharm_nb.judge.cross_encoder import CrossEncoder, EncoderConfig, window_pairs
 from medharm_nb.judge.gold import load_xstest_completions, safe_responses
+from medharm_nb.judge.harm import data_sha256
 from medharm_nb.judge.harm_finetune import (
     HELD_OUT_SOURCES,
     BottomCache,
@@ -45,7 +47,12 @@ from medharm_nb.judge.harm_finetune import (
     fit_harm_model,
     harm_corpus,
 )
-from medharm_nb.judge.harm_model import CARD_FILE, FineTunedHarm
+from medharm_nb.judge.harm_model import (
+    CARD_FILE,
+    PARAMS_FILE,
+    FineTunedHarm,
+    base_weights_sha256,
+)
 from medharm_nb.judge.harm_validate import (
     FALSE_ALARM_TARGETS,
     PUBLISHED_F1,
@@ -93,21 +100,70 @@ def reproduction_check(corpus: pl.DataFrame, cache: BottomCache | None = None,
     return pl.DataFrame({"id": held["id"], "p": p})
 
 
+CV_FOLDS = 3
+"""Grouped CV folds: three (each trains on two thirds), so that all validation trainings fit
+in about two hours on two CPU cores."""
+
+
+def all_folds(corpus: pl.DataFrame, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """Every validation fold, by name: ``cv-0`` ... ``cv-2``, then ``loso-<source>``."""
+    return [*cv_folds(corpus, folds=CV_FOLDS, seed=seed), *loso_folds(corpus)]
+
+
 def validate(corpus: pl.DataFrame, out: Path, cache: BottomCache, seed: int = 0,
-             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every fold, save fold models and predictions, and return the figures."""
+             only: Sequence[str] | None = None, progress: bool = True,
+             log: Callable[[str], None] = print,
+             xstest_labels: pl.DataFrame | None = None) -> dict[str, Any] | None:
+    """Run the folds, saving each fold's model and predictions as it finishes; a fold whose
+    saved model was trained on exactly its training rows is kept, not re-run.
+
+    Args:
+        corpus: ``harm_corpus``.
+        out: The artifact folder (folds go under ``validation/folds/``).
+        cache: Frozen-layer outputs shared with the other trainings.
+        seed: Seeds the CV split and every fold's training.
+        only: Run only these folds (e.g. two processes each taking half); figures are made
+            once every fold is present.
+        progress: Show tqdm bars.
+        log: Called with progress lines.
+        xstest_labels: XSTest's completions (``gold.load_xstest_completions``), for the
+            false alarms on its helpful answers.
+
+    Returns:
+        The figures, or None while some fold is still missing.
+    """
     folder = out / "validation"
+    folds = all_folds(corpus, seed)
+    unknown = set(only or ()) - {name for name, _ in folds}
+    if unknown:
+        raise ValueError(f"unknown folds {sorted(unknown)}; known: "
+                         f"{', '.join(name for name, _ in folds)}")
     preds = []
-    for name, test in [*cv_folds(corpus, seed=seed), *loso_folds(corpus)]:
+    if only:  # run the chosen folds in the order given
+        folds = sorted(folds, key=lambda f: list(only).index(f[0]) if f[0] in only else -1)
+    for name, test in folds:
+        where = folder / "folds" / name
+        expected = data_sha256(fold_train(corpus, test).filter(pl.col("scorable")))
+        if (where / "predictions.parquet").is_file() and json.loads(
+                (where / PARAMS_FILE).read_text())["training"]["data_sha256"] == expected:
+            preds.append(pl.read_parquet(where / "predictions.parquet"))
+            continue
+        if only is not None and name not in only:
+            continue
         model, pred = run_fold(corpus, name, test, cache, progress, log,
                                config=TrainConfig(seed=seed))
-        model.save(folder / "folds" / name)
+        model.save(where)
+        pred.write_parquet(where / "predictions.parquet")
         preds.append(pred)
         log(f"{name}: {pred.height} held-out rows scored, threshold {model.threshold:g}")
+    if len(preds) < len(folds):
+        log(f"{len(preds)} of {len(folds)} folds done; figures once all are")
+        return None
     predictions = pl.concat(preds)
     predictions.write_parquet(folder / "predictions.parquet")
-    reproduction_check(corpus, cache, progress).write_parquet(folder / "check.parquet")
-    return figures_from_predictions(predictions, corpus, seed=seed)
+    if not (folder / "check.parquet").is_file():
+        reproduction_check(corpus, cache, progress).write_parquet(folder / "check.parquet")
+    return figures_from_predictions(predictions, corpus, xstest_labels, seed=seed)
 
 
 def figures_from_predictions(predictions: pl.DataFrame, corpus: pl.DataFrame,
@@ -133,8 +189,10 @@ def figures_from_predictions(predictions: pl.DataFrame, corpus: pl.DataFrame,
 
 
 def make_harm_model(external: str | Path, out: str | Path, validate_folds: bool = False,
-                    figures: str | Path | None = None, seed: int = 0, progress: bool = True,
-                    log: Callable[[str], None] = print) -> tuple[FineTunedHarm, dict[str, Any]]:
+                    figures: str | Path | None = None, seed: int = 0,
+                    only: Sequence[str] | None = None, cache_file: str | Path | None = None,
+                    progress: bool = True, log: Callable[[str], None] = print
+                    ) -> tuple[FineTunedHarm | None, dict[str, Any]]:
     """Train the shipped harm model from the shared data and write its folder.
 
     Args:
@@ -145,28 +203,49 @@ def make_harm_model(external: str | Path, out: str | Path, validate_folds: bool 
         validate_folds: Also run the grouped CV and leave-one-source-out folds.
         figures: Where to save the reliability diagram (with ``validate_folds``).
         seed: Seeds every split, the initial head and the batch order.
+        only: Run only these validation folds and no final model (to share the folds
+            between processes; a later run without ``only`` reuses them).
+        cache_file: Reuse the frozen layers' output from this file (written after the
+            first training when it does not exist yet); it never changes a result.
         progress: Show tqdm bars.
         log: Called with progress lines.
 
     Returns:
-        The model and its figures (also in ``out/validation/figures.json``).
+        The model (None with ``only``) and its figures (also in
+        ``out/validation/figures.json``).
     """
     external, out = Path(external), Path(out)
     corpus = harm_corpus(external)
     log(f"{corpus.height} labelled responses ({int(corpus['scorable'].sum())} scorable) from "
         f"{', '.join(sorted(set(corpus['source'])))}")
-    cache = BottomCache()
-    model = fit_harm_model(corpus, config=TrainConfig(seed=seed), cache=cache,
-                           progress=progress, desc="final model", log=log)
+    encoder = EncoderConfig()
+    cache = (BottomCache.load(cache_file, encoder) if cache_file and Path(cache_file).is_file()
+             else BottomCache())
+    ok = corpus.filter(pl.col("scorable"))
+    windows = window_pairs(ok["prompt"].to_list(), ok["response"].to_list(), encoder)
+    cache.fill(CrossEncoder(encoder), windows.ids, windows.types, progress=progress)
+    log(f"{len(windows.ids)} windows; {sum(n > 1 for n in windows.n_windows)} responses read "
+        "in more than one window")
+    if cache_file and not Path(cache_file).is_file():
+        cache.save(cache_file, encoder)
+    if only is not None:
+        validate(corpus, out, cache, seed, only, progress, log)
+        return None, {}  # the final model and the figures come from a run without ``only``
+    model = reusable(out, ok, encoder, TrainConfig(seed=seed))
+    if model is None:
+        model = fit_harm_model(corpus, config=TrainConfig(seed=seed), cache=cache,
+                               progress=progress, desc="final model", log=log)
+    else:
+        log(f"{out} already holds a model trained on exactly these rows and settings: kept")
     report: dict[str, Any] = {"medsafetybench": medsafetybench_false_alarms(
         model, safe_responses(external / "med-safety-bench"))}
     log(f"MedSafetyBench safe answers called unsafe: {report['medsafetybench']['k']} of "
         f"{report['medsafetybench']['n']}")
-    if validate_folds:
-        figs = validate(corpus, out, cache, seed, progress, log)
-        figs["xstest_false_alarms"] = figures_from_predictions(
-            pl.read_parquet(out / "validation" / "predictions.parquet"), corpus,
-            load_xstest_completions(external / "xstest"), n_boot=0)["xstest_false_alarms"]
+    figs = None
+    if validate_folds or (out / "validation" / "folds").is_dir():  # reuse finished folds
+        figs = validate(corpus, out, cache, seed, None if validate_folds else [], progress,
+                        log, load_xstest_completions(external / "xstest"))
+    if figs is not None:
         report.update(figs)
         if figures is not None:
             from medharm_nb.plots import reliability_diagram, save_chart
@@ -183,6 +262,20 @@ def make_harm_model(external: str | Path, out: str | Path, validate_folds: bool 
     model.save(out, card=model_card(model, report))
     log(f"saved {model.id} to {out}")
     return model, report
+
+
+def reusable(out: Path, rows: pl.DataFrame, encoder: EncoderConfig,
+             config: TrainConfig) -> FineTunedHarm | None:
+    """The model already in ``out`` if it was trained on exactly these rows with these
+    settings over these base weights (re-running skips what exists), else None."""
+    if not (out / PARAMS_FILE).is_file():
+        return None
+    params = json.loads((out / PARAMS_FILE).read_text(encoding="utf-8"))
+    same = (params.get("training", {}).get("data_sha256") == data_sha256(rows)
+            and params.get("encoder") == encoder.to_dict()
+            and params.get("train") == config.to_dict()
+            and params.get("base", {}).get("weights_sha256") == base_weights_sha256())
+    return FineTunedHarm.load(out, device="cpu") if same else None
 
 
 def _json_default(value):

@@ -30,6 +30,7 @@ from medharm_nb.judge.harm_finetune import (
     HELD_OUT_SOURCES,
     SOURCES,
     BottomCache,
+    cached_score,
     fit_harm_model,
 )
 from medharm_nb.judge.harm_model import FineTunedHarm
@@ -85,7 +86,8 @@ def fold_train(frame: pl.DataFrame, test: np.ndarray) -> pl.DataFrame:
 def run_fold(frame: pl.DataFrame, name: str, test: np.ndarray, cache: BottomCache,
              progress: bool = True, log: Callable[[str], None] | None = None,
              **fit: Any) -> tuple[FineTunedHarm, pl.DataFrame]:
-    """Train on ``fold_train``, score the test rows from their text.
+    """Train on ``fold_train``, score the test rows (through the frozen-layer cache: within
+    1e-4 of scoring from the text with the saved fold model, which the tests check).
 
     Returns:
         The fold's model and its predictions: ``fold, id, source, group, unsafe, p,
@@ -94,7 +96,8 @@ def run_fold(frame: pl.DataFrame, name: str, test: np.ndarray, cache: BottomCach
     model = fit_harm_model(fold_train(frame, test), cache=cache, progress=progress, desc=name,
                            log=log, **fit)
     rows = frame.filter(pl.Series(test))
-    scores = model.score(rows["prompt"].to_list(), rows["response"].to_list())
+    scores = cached_score(model, rows["prompt"].to_list(), rows["response"].to_list(),
+                          rows["scorable"].to_list(), cache)
     predicted = [None if np.isnan(p) else bool(p >= model.threshold) for p in scores.p]
     return model, rows.select("id", "source", "group", "unsafe").with_columns(
         pl.lit(name).alias("fold"), pl.Series("p", scores.p, dtype=pl.Float64),

@@ -313,7 +313,8 @@ def validate(judge_names: Sequence[str], gold: Sequence[str | Path] | str | Path
             continue
         digest = data_sha256(frame) if frame["gold"].is_not_null().any() else None
         report.in_sample += [(j.id, str(source)) for j in judges
-                             if digest and _trained_on(j) == digest]
+                             if (digest and _trained_on(j) == digest)
+                             or _harm_seen(j, frame)]
         frames.append(sample_per_group(frame, limit, seed=seed))
     if frames:
         everything = pl.concat(frames, how="diagonal_relaxed")
@@ -336,6 +337,13 @@ def validate(judge_names: Sequence[str], gold: Sequence[str | Path] | str | Path
         except FileNotFoundError as err:
             report.skipped.append(f"false-alarm set: {err}")
     return report
+
+
+def _harm_seen(judge: Any, frame: pl.DataFrame) -> int:
+    """How many of ``frame``'s (prompt, response) pairs the judge's harm model learned from
+    (by content digest; 0 for judges without one)."""
+    seen = getattr(getattr(judge, "harm", None), "seen", None)
+    return seen(frame["prompt"].to_list(), frame["response"].to_list()) if seen else 0
 
 
 def _trained_on(judge: Any) -> str | None:
