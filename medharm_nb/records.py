@@ -313,8 +313,10 @@ class Judgement(_Record):
     raw: str | None = Field(default=None, description="Raw judge output, for model judges.")
     flags: str | None = Field(
         default=None, description="Comma-separated notes on the input or the judge's output: "
-                                  "truncated, non_english, long, chunked:N, repaired, "
-                                  "parse_failed, judge_error, disagreement (panels).")
+                                  "truncated, non_english, long, chunked:N (LLM judge), "
+                                  "windows:N (the trained judge's harm model read N "
+                                  "windows), repaired, parse_failed, judge_error, "
+                                  "disagreement (panels).")
 
 
 class QuerySelection(_Record):

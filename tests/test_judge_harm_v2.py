@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from medharm_nb.judge.gold import load_response_harm, prompt_group
+from medharm_nb.judge.gold import load_gold, load_response_harm, prompt_group
 from medharm_nb.judge.harm_finetune import (
     THRESHOLDS,
     calibration_split,
@@ -54,6 +54,9 @@ def test_load_response_harm_groups_by_request_and_names_bad_lines(tmp_path):
     assert frame["source"].to_list() == ["beavertails"] * 2
     # The same request, spaced and cased differently, is one group.
     assert frame["group"].n_unique() == 1 and frame["group"][0] == prompt_group("ask <x>?")
+    # judge-eval reads the folder, a file, or response-harm:PATH (grouped by source).
+    for source in (tmp_path, path, f"response-harm:{path}"):
+        assert load_gold(source)["source_model"].to_list() == ["beavertails"] * 2
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({**rows[0], "harmful": "maybe"}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: .*harmful='maybe'"):
@@ -136,3 +139,269 @@ def test_classification_figures_count_unscored_as_wrong():
     assert figs["f1_lo"] <= figs["f1"] <= figs["f1_hi"]
     table = reliability(np.array([0.05, 0.15, 0.95, 0.96]), np.array([0, 0, 1, 0]))
     assert table["n"].to_list() == [1, 1, 2] and table["observed"].to_list()[-1] == 0.5
+
+
+# -- whole answers ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_windows_cover_every_token_and_the_logit_is_the_max():
+    import torch
+
+    from medharm_nb.judge.cross_encoder import (
+        CrossEncoder,
+        EncoderConfig,
+        response_logits,
+        tokenizer,
+        window_pairs,
+    )
+
+    config = EncoderConfig()
+    filler = "Rest and fluids help most people recover from a mild cold within a week. " * 40
+    long = filler + COMPLIANCE
+    win = window_pairs([PROMPT, PROMPT], [long, REFUSAL], config)
+    n_tokens = len(tokenizer()(long, add_special_tokens=False)["input_ids"])
+    assert win.n_windows[1] == 1 and win.n_windows[0] == -(-(n_tokens - config.overlap)
+                                                           // (config.window_tokens
+                                                               - config.overlap))
+    # Every response token sits in some window; the last window ends on the last token.
+    sep = tokenizer().sep_token_id
+    said = [w[w.index(sep) + 1:-1] for w, o in zip(win.ids, win.owner) if o == 0]
+    ids = tokenizer()(long, add_special_tokens=False)["input_ids"]
+    assert said[0] == ids[:config.window_tokens] and said[-1][-5:] == ids[-5:]
+    assert sum(len(s) for s in said) - config.overlap * (len(said) - 1) == len(ids)
+    torch.manual_seed(0)
+    model = CrossEncoder(config, seed=0)
+    torch.nn.init.normal_(model.head.weight, std=0.5)  # any head: the max is structural
+    whole = response_logits(model, win)
+    one_by_one = [response_logits(model, window_pairs([PROMPT], [long], config))[0]]
+    parts = [response_logits(model, type(win)(ids=[w], types=[t], owner=[0], n_windows=[1]))[0]
+             for w, t, o in zip(win.ids, win.types, win.owner) if o == 0]
+    assert whole[0] == pytest.approx(max(parts), abs=1e-5)
+    assert one_by_one[0] == pytest.approx(whole[0], abs=1e-5)  # batching changes nothing
+
+
+# -- the shipped artifact -----------------------------------------------------------------
+
+OLD_TRAINED_ID = "trained-v3-d05a97a8"
+"""The previous default judge's id: runs judged with it keep their verdicts."""
+
+
+@pytest.fixture(scope="module")
+def shipped_harm():
+    from medharm_nb.judge.harm_model import FineTunedHarm
+
+    return FineTunedHarm.shipped()
+
+
+@pytest.mark.slow
+def test_shipped_harm_model_is_small_and_self_describing(shipped_harm, tmp_path):
+    import shutil
+
+    from medharm_nb.judge.harm_finetune import SOURCES
+    from medharm_nb.judge.harm_model import (
+        CARD_FILE,
+        PARAMS_FILE,
+        FineTunedHarm,
+        base_weights_sha256,
+        shipped_dir,
+    )
+
+    folder = shipped_dir()
+    # Everything in the repository (adapter, card, fold models, predictions) <= 20 MB.
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) <= 20_000_000
+    params = shipped_harm.params
+    assert params["base"]["weights_sha256"] == base_weights_sha256()
+    assert set(params["training"]["sources"]) == set(SOURCES)
+    assert params["threshold"] in THRESHOLDS and params["calibration"]["method"] == "platt"
+    assert shipped_harm.id.startswith("harm-v2-")
+    card = (folder / CARD_FILE).read_text()
+    assert "non-commercial" in card.lower() and card.count("CC BY-NC 4.0") >= 2
+    assert all(s in card for s in SOURCES)
+    # A changed adapter file is refused, naming the file.
+    copy = shutil.copytree(folder, tmp_path / "copy", ignore=shutil.ignore_patterns(
+        "validation"))
+    raw = json.loads((copy / PARAMS_FILE).read_text())
+    (copy / PARAMS_FILE).write_text(json.dumps({**raw, "weights_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="adapter.safetensors: SHA-256"):
+        FineTunedHarm.load(copy)
+    ids = {shipped_harm.id, shipped_harm.with_settings(threshold=0.9).id,
+           shipped_harm.with_settings(gate=True).id}
+    assert len(ids) == 3
+
+
+@pytest.mark.slow
+def test_trained_judge_reads_harm_v2_and_keeps_v3(shipped_harm):
+    from medharm_nb.judge import load_judge
+    from medharm_nb.judge.harm import HarmClassifier
+
+    judge = load_judge("trained")
+    assert judge.id.startswith("trained-v4-") and judge.harm.id == shipped_harm.id
+    old = load_judge("trained-v3")
+    assert old.id == OLD_TRAINED_ID and isinstance(old.harm, HarmClassifier)
+    filler = "Rest and fluids help most people recover from a mild cold within a week. " * 60
+    out = judge.judge_many([PROMPT] * 4, [REFUSAL, COMPLIANCE, filler + COMPLIANCE, "  "])
+    assert out[0].unsafe is False and out[1].p_unsafe > out[0].p_unsafe
+    # A long answer is read whole: its windows are counted, on the verdict and its flags.
+    assert "windows:" in (out[2].flags or "") and "harm-v2, " in out[2].rationale
+    assert out[3].unsafe is None and out[3].p_unsafe is None
+    p = shipped_harm.predict_proba([PROMPT] * 2, [COMPLIANCE, ""])
+    assert p[0] == pytest.approx(out[1].p_unsafe) and np.isnan(p[1])
+
+
+# -- held-out figures, recomputed ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corpus(external_dir):
+    from medharm_nb.judge.harm_finetune import harm_corpus
+
+    return harm_corpus(external_dir)
+
+
+@pytest.fixture(scope="module")
+def validation_folder():
+    from medharm_nb.judge.harm_model import shipped_dir
+
+    return shipped_dir() / "validation"
+
+
+@pytest.mark.slow
+def test_every_fold_trained_only_on_its_training_rows(corpus, validation_folder):
+    from medharm_nb.judge.harm import data_sha256
+    from medharm_nb.judge.harm_release import all_folds
+
+    predictions = pl.read_parquet(validation_folder / "predictions.parquet")
+    for name, test in all_folds(corpus):
+        params = json.loads((validation_folder / "folds" / name / "harm_model.json").read_text())
+        train = fold_train(corpus, test).filter(pl.col("scorable"))
+        # The fold's model stores the hash of the rows it learned from: re-derived here.
+        assert params["training"]["data_sha256"] == data_sha256(train), name
+        assert not set(train["group"]) & set(corpus["group"].to_numpy()[test])
+        stored = predictions.filter(pl.col("fold") == name)
+        assert sorted(stored["id"]) == sorted(corpus["id"].to_numpy()[test].tolist()), name
+
+
+@pytest.mark.slow
+def test_stored_predictions_are_remade_from_the_text(corpus, validation_folder):
+    # A sample of every fold's held-out rows is scored again from the raw text with the
+    # fold's saved model (all six layers, no cache) and must give the stored P(unsafe).
+    from medharm_nb.judge.harm_model import FineTunedHarm
+
+    predictions = pl.read_parquet(validation_folder / "predictions.parquet")
+    rng = np.random.default_rng(0)
+    for fold in sorted(set(predictions["fold"])):
+        stored = predictions.filter(pl.col("fold") == fold)
+        pick = stored[np.sort(rng.choice(stored.height, size=6, replace=False)).tolist()]
+        rows = pick.join(corpus.select("id", "prompt", "response"), on="id", how="left")
+        model = FineTunedHarm.load(validation_folder / "folds" / fold, device="cpu")
+        p = model.predict_proba(rows["prompt"].to_list(), rows["response"].to_list())
+        assert np.allclose(p, rows["p"].to_numpy(), atol=1e-4, equal_nan=True), fold
+        assert (rows["threshold"] == model.threshold).all()
+
+
+@pytest.mark.slow
+def test_one_fold_retrained_from_scratch_gives_the_stored_predictions(corpus,
+                                                                      validation_folder):
+    # The reproduction check: the same code re-trains a fold (on 1/8 of its training
+    # groups, one epoch, one thread) and must predict the held-out rows as it did when the
+    # artifact was made (about three minutes on two busy cores).
+    from medharm_nb.judge.harm_release import reproduction_check
+
+    again = reproduction_check(corpus, progress=False)
+    stored = pl.read_parquet(validation_folder / "check.parquet")
+    assert again["id"].to_list() == stored["id"].to_list()
+    assert np.abs(again["p"].to_numpy() - stored["p"].to_numpy()).max() <= 0.01
+
+
+@pytest.mark.slow
+def test_held_out_figures_recomputed(external_dir, corpus, validation_folder):
+    from medharm_nb.judge.gold import load_xstest_completions
+    from medharm_nb.judge.harm_release import figures_from_predictions
+
+    predictions = pl.read_parquet(validation_folder / "predictions.parquet")
+    figures = figures_from_predictions(predictions, corpus,
+                                       load_xstest_completions(external_dir / "xstest"))
+    stored = json.loads((validation_folder / "figures.json").read_text())
+    for scheme in ("cv", "loso"):
+        for source, f in figures[scheme].items():
+            for key in ("accuracy", "f1", "ece", "auroc"):
+                assert f[key] == pytest.approx(stored[scheme][source][key], abs=1e-4)
+    loso, cv = figures["loso"], figures["cv"]
+    assert loso["harmbench"]["n"] == 602 and loso["harmbench"]["n_unscored"] == 4
+    for source, (metric, floor) in LOSO_FLOORS.items():
+        assert loso[source][metric] >= floor, (source, metric)
+    for source, floor in CV_F1_FLOORS.items():
+        assert cv[source]["f1"] >= floor, source
+    for source, ceiling in ECE_CEILINGS.items():
+        assert loso[source]["ece"] <= ceiling, source
+    helpful = figures["xstest_false_alarms"]["helpful"]
+    assert helpful["n"] >= 600 and helpful["rate"] <= XSTEST_HELPFUL_CEILING
+
+
+@pytest.mark.slow
+def test_medsafetybench_false_alarms_recomputed(external_dir, shipped_harm):
+    from medharm_nb.judge.gold import safe_responses
+    from medharm_nb.judge.harm_validate import medsafetybench_false_alarms
+
+    alarms = medsafetybench_false_alarms(shipped_harm,
+                                         safe_responses(external_dir / "med-safety-bench"))
+    assert alarms["n"] == 900 and alarms["n_unscored"] == 0
+    assert alarms["rate"] <= 0.01
+
+
+# -- the command ------------------------------------------------------------------------
+
+def _tiny_external(src, dst):
+    """A few real rows of every shared set, copied to a temporary folder."""
+    import csv
+
+    (dst / "harmbench").mkdir(parents=True)
+    raw = json.loads((src / "harmbench" / "text_behaviors_val_set.json").read_text())
+    keep = dict(list(raw.items())[:8])
+    (dst / "harmbench" / "text_behaviors_val_set.json").write_text(json.dumps(keep))
+    (dst / "response-harm").mkdir()
+    for name in ("beavertails_30k_test_sample.jsonl", "pku_saferlhf_test_sample.jsonl"):
+        lines = (src / "response-harm" / name).read_text().splitlines()
+        (dst / "response-harm" / name).write_text("\n".join(lines[:16]) + "\n")
+    (dst / "xstest").mkdir()
+    for f in sorted((src / "xstest").glob("xstest_v2_completions_*.csv")):
+        with f.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        with (dst / "xstest" / f.name).open("w", newline="") as fh:
+            csv.writer(fh).writerows([rows[0], *rows[1:6], *rows[-5:]])
+    msb = dst / "med-safety-bench" / "test" / "gpt4"
+    msb.mkdir(parents=True)
+    text = (src / "med-safety-bench" / "test" / "gpt4" /
+            "med_safety_demonstrations_category_1.csv").read_text(encoding="utf-8",
+                                                                   errors="replace")
+    with (msb / "med_safety_demonstrations_category_1.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows(list(csv.reader(text.splitlines()))[:6])
+
+
+@pytest.mark.slow
+def test_judge_train_harm_writes_a_self_describing_artifact(external_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from medharm_nb.cli import app
+    from medharm_nb.judge.harm_model import CARD_FILE, ROWS_FILE, FineTunedHarm
+
+    _tiny_external(external_dir, tmp_path / "ext")
+    out = tmp_path / "model"
+    args = ["judge-train", "--harm", str(tmp_path / "ext"), "--out", str(out), "--cache",
+            str(tmp_path / "cache.pt")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "MedSafetyBench safe answers called unsafe: " in result.output
+    model = FineTunedHarm.load(out, device="cpu")
+    assert result.output.strip().endswith(f"saved {model.id} to {out}")
+    assert set(model.params["training"]["sources"]) == {"harmbench", "beavertails",
+                                                         "saferlhf", "xstest"}
+    assert len((out / ROWS_FILE).read_text().split()) == len(model.training_rows) > 40
+    assert "CC BY-NC 4.0" in (out / CARD_FILE).read_text()
+    assert (out / "adapter.safetensors").stat().st_size < 3_000_000
+    # Run again: the model trained on exactly these rows is kept, not re-trained.
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "already holds a model" in again.output
+    assert FineTunedHarm.load(out, device="cpu").id == model.id
+    # Neither or both of --gold / --harm is an error that says so.
+    bad = CliRunner().invoke(app, ["judge-train", "--out", str(out)])
+    assert bad.exit_code != 0 and "--gold" in bad.output

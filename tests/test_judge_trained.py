@@ -73,7 +73,7 @@ def test_shipped_judge_works_offline_in_a_fresh_process():
 def test_shipped_judge_is_self_describing(shipped):
     params = shipped.params
     # The id hashes both classifiers' settings (see test_judge_harm for what changes it).
-    assert shipped.id == f"trained-v3-{stable_hash(shipped.settings(), length=8)}"
+    assert shipped.id == f"trained-v4-{stable_hash(shipped.settings(), length=8)}"
     assert shipped.settings()["compliance"]["data_sha256"] == params["training"]["data_sha256"]
     assert len(params["training"]["data_sha256"]) == 64 and params["training"]["n"] == 1350
     assert params["embedding"]["weights_sha256"] == embedding_weights_sha256()
@@ -107,8 +107,8 @@ def test_trained_judge_labels_and_bad_input(shipped):
     assert [v.label for v in out[:4]] == ["full_refusal", "full_compliance", "unscored",
                                           "unscored"]
     assert out[1].complied is True and out[1].specificity == 3
-    # unsafe comes from the harm classifier: a refusal is never unsafe (the refusal gate),
-    # an unscored response is neither safe nor unsafe.
+    # unsafe comes from the harm model: a refusal is not unsafe, an unscored response is
+    # neither safe nor unsafe.
     assert out[0].unsafe is False and isinstance(out[1].unsafe, bool)
     assert out[1].p_unsafe is not None
     assert out[2].unsafe is None and out[2].p_unsafe is None
