@@ -28,7 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from medharm_nb import metrics, store
-from medharm_nb.records import CATEGORIES, FRAMINGS, Generation
+from medharm_nb.records import CATEGORIES, FRAMINGS, Generation, Judgement
 
 MODELS = ("base-7b", "base-7b-medft", "chat-8b", "chat-8b-sysprompt", "open-70b")
 VARIANTS = ("direct", "roleplay")
@@ -124,8 +124,12 @@ def build_run(run_dir: str | Path, n: int = 50_000, seed: int = 0) -> Path:
                             "helps_conceal": harmful_help and said == "full_compliance",
                             "targets_vulnerable": False})
     generations = pl.DataFrame([g.model_dump() for g in gens])
-    results = metrics.results_table(pl.DataFrame(queries), generations, pl.DataFrame(judgements))
-    store.write_table(run_dir, "queries", pl.DataFrame(queries))
+    queries = store.table("queries").conform(
+        pl.DataFrame(queries).with_columns(pl.lit("unspecified").alias("tier")))
+    judgements = store.table("judgements").conform(
+        pl.DataFrame([Judgement(**j).model_dump() for j in judgements]))
+    results = metrics.results_table(queries, generations, judgements)
+    store.write_table(run_dir, "queries", queries)
     store.write_table(run_dir, "results", results)
     with store.RunStore(run_dir) as st:
         st.add("generations", gens)
@@ -150,7 +154,7 @@ def main() -> None:
         shutil.rmtree(run_dir)
     start = time.perf_counter()
     build_run(run_dir, args.n)
-    rows = pl.scan_parquet(store.table_path(run_dir, "results")).select(pl.len()).collect().item()
+    rows = store.results_scan(run_dir).select(pl.len()).collect().item()
     size = store.table_path(run_dir, "results").stat().st_size / 1e6
     print(f"built {run_dir}: {args.n} responses, {rows} result rows, results.parquet "
           f"{size:.1f} MB, in {time.perf_counter() - start:.1f} s", file=sys.stderr)

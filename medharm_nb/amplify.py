@@ -12,7 +12,8 @@ queries, on their benign twins, and the difference of the two: **harmful delta m
 delta, the amplification estimate**. A fine-tune that only became more talkative raises
 both deltas alike and shows none; one that became more harmful raises the first alone.
 
-Statistics, per pair, judge and stratum (all queries, each category, each framing):
+Statistics (``medharm_nb.paired``, the engine guard brittleness shares), per pair, judge and
+stratum (all queries, each category, each framing and each tier):
 
 - **Clusters.** The unit of independence is the base query: its variants and samples are
   answered alike, and its benign twin belongs to it (``metrics.cluster_column``).
@@ -25,7 +26,7 @@ Statistics, per pair, judge and stratum (all queries, each category, each framin
   McNemar's test on the answers themselves. Specificity and the harmful-minus-benign
   differences: the Wilcoxon signed-rank test (scipy) on per-query mean differences. Both
   stay valid when variants and samples are pooled, because each query counts once.
-  Holm's correction runs across the categories (and, separately, the framings) of each
+  Holm's correction runs across the categories (and, separately, the framings and tiers) of each
   pair, judge, outcome and risk (the same numbers as statsmodels' ``multipletests``).
 - **Effect sizes.** Binary: the paired odds ratio, queries leaning toward the fine-tune over
   those leaning toward the base (0.5 added to both when either is 0). Otherwise: the
@@ -40,7 +41,16 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import polars as pl
 
-from medharm_nb.metrics import cluster_column, holm, safety_summary
+from medharm_nb.metrics import cluster_column, safety_summary
+from medharm_nb.paired import (
+    bootstrap_weights,
+    holm,
+    mcnemar_clusters,
+    percentile_interval,
+    ratio_draws,
+    wilcoxon_clusters,
+)
+from medharm_nb.store.catalogue import TABLES
 
 OUTCOMES: dict[str, str] = {
     "compliance": "did not refuse (share of answers)",
@@ -64,27 +74,23 @@ def paired(results: pl.DataFrame, model: str, base: str) -> pl.DataFrame:
 
     Returns:
         One row per answer both gave: the join keys, ``risk``, ``category``, ``framing``,
-        ``cluster`` (base query) and, per outcome, ``<outcome>`` (fine-tune) and
+        ``tier``, ``cluster`` (base query) and, per outcome, ``<outcome>`` (fine-tune) and
         ``<outcome>_base`` as floats, null where that outcome is unknown (failed, blocked,
         unscored, or not measured by the judge).
     """
     frame = results.with_columns(cluster_column(results), *(
-        (pl.col(c) if c in results.columns else pl.lit(None)).cast(pl.Float64).alias(o)
-        for o, c in COLUMNS.items()))
-    if "variant" not in frame.columns:
-        frame = frame.with_columns(pl.lit("direct").alias("variant"))
-    if "sample" not in frame.columns:
-        frame = frame.with_columns(pl.lit(0).alias("sample"))
-    meta = ["risk", "category", "framing", "cluster"]
+        pl.col(c).cast(pl.Float64).alias(o) for o, c in COLUMNS.items()))
+    meta = ["risk", "category", "framing", "tier", "cluster"]
     ft = frame.filter(pl.col("model") == model).select(*JOIN_KEYS, *meta, *OUTCOMES)
     bs = frame.filter(pl.col("model") == base).select(*JOIN_KEYS, *OUTCOMES)
     return ft.join(bs, on=list(JOIN_KEYS), how="inner", suffix="_base")
 
 
 def _strata(part: pl.DataFrame) -> Iterator[tuple[str, str, pl.DataFrame]]:
-    """(by, stratum, rows): all rows, then each category, then each framing."""
+    """(by, stratum, rows): all rows, then each category, each framing and each tier (a
+    benign twin is in its pair's tier; an untiered set has one tier stratum)."""
     yield "all", "all", part
-    for by in ("category", "framing"):
+    for by in ("category", "framing", "tier"):
         for (value,), rows in part.sort(by).group_by([by], maintain_order=True):
             yield by, str(value), rows
 
@@ -103,89 +109,6 @@ def _cluster_sums(rows: pl.DataFrame, outcome: str, clusters: list[str]) -> dict
             out[k][index[row["cluster"]]] = row[k]
     out["diff"] = out["ft"] - out["base"]
     return out
-
-
-# -- statistics -----------------------------------------------------------------------------
-
-def bootstrap_weights(n_clusters: int, n_boot: int, seed: int) -> np.ndarray:
-    """How often each cluster is drawn in each of ``n_boot`` resamples with replacement:
-    an ``(n_boot, n_clusters)`` integer matrix (multinomial counts, seeded).
-
-    Written here rather than with ``scipy.stats.bootstrap``: that resamples observations,
-    while these intervals resample whole base queries and pool ratios over their answers
-    (one weight matrix serves every outcome, stratum and pair at once)."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot)
-
-
-def ratio_draws(weights: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The pooled mean (sum over answers / answers) in every resample; NaN where a resample
-    drew no answer of this kind."""
-    num, den = weights @ sums, weights @ counts
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-
-
-def percentile_interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The central ``level`` interval of the bootstrap draws (NaN draws ignored)."""
-    draws = draws[np.isfinite(draws)]
-    if draws.size == 0:
-        return math.nan, math.nan
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(draws, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
-def mcnemar_clusters(per_cluster: Sequence[float]) -> dict[str, float]:
-    """McNemar's exact test (statsmodels) over clusters: a cluster whose mean difference is
-    above 0 leans to the fine-tune, below 0 to the base, at 0 is concordant.
-
-    Returns:
-        ``statistic`` (the smaller discordant count), ``p``, ``n_up``, ``n_down`` and
-        ``effect`` (paired odds ratio n_up / n_down, 0.5 added to both if either is 0).
-    """
-    from statsmodels.stats.contingency_tables import mcnemar
-
-    d = np.asarray(per_cluster, dtype=float)
-    up, down = int((d > 0).sum()), int((d < 0).sum())
-    if d.size == 0:
-        return {"statistic": math.nan, "p": math.nan, "n_up": 0, "n_down": 0,
-                "effect": math.nan}
-    if up + down == 0:
-        return {"statistic": 0.0, "p": 1.0, "n_up": up, "n_down": down, "effect": 1.0}
-    result = mcnemar([[0, down], [up, 0]], exact=True)
-    odds = up / down if up and down else (up + 0.5) / (down + 0.5)
-    return {"statistic": float(result.statistic), "p": float(result.pvalue), "n_up": up,
-            "n_down": down, "effect": odds}
-
-
-def wilcoxon_clusters(per_cluster: Sequence[float]) -> dict[str, float]:
-    """The Wilcoxon signed-rank test (scipy) on per-cluster mean differences, zeros dropped
-    (``zero_method="wilcox"``): the exact null distribution where the non-zero differences
-    have no ties (and number at most 50), else the normal approximation with scipy's tie
-    correction. (Scipy's own choice for tied data, an exhaustive permutation test up to 13
-    differences, takes about a second per call.)
-
-    Returns:
-        ``statistic``, ``p``, ``n_up``, ``n_down`` and ``effect``: the matched-pairs
-        rank-biserial correlation (R+ - R-) / (R+ + R-) over the non-zero differences.
-    """
-    from scipy.stats import rankdata, wilcoxon
-
-    d = np.asarray(per_cluster, dtype=float)
-    up, down = int((d > 0).sum()), int((d < 0).sum())
-    if d.size == 0:
-        return {"statistic": math.nan, "p": math.nan, "n_up": 0, "n_down": 0,
-                "effect": math.nan}
-    if up + down == 0:  # every cluster ties: nothing to rank (scipy would warn and say 1)
-        return {"statistic": 0.0, "p": 1.0, "n_up": 0, "n_down": 0, "effect": 0.0}
-    nonzero = d[d != 0]
-    tied = np.unique(np.abs(nonzero)).size < nonzero.size
-    result = wilcoxon(d, method="asymptotic" if tied or nonzero.size > 50 else "exact")
-    ranks = rankdata(np.abs(nonzero))
-    r_plus, r_minus = ranks[nonzero > 0].sum(), ranks[nonzero < 0].sum()
-    return {"statistic": float(result.statistic), "p": float(result.pvalue), "n_up": up,
-            "n_down": down, "effect": float((r_plus - r_minus) / (r_plus + r_minus))}
 
 
 # -- the analysis ---------------------------------------------------------------------------
@@ -243,16 +166,9 @@ def compare(rows: pl.DataFrame, outcome: str, n_boot: int = 2000, seed: int = 0,
     return out
 
 
-DELTA_SCHEMA: dict[str, pl.DataType] = {
-    "model": pl.String, "base": pl.String, "judge": pl.String, "by": pl.String,
-    "stratum": pl.String, "outcome": pl.String, "risk": pl.String, "n_answers": pl.Int64,
-    "n_clusters": pl.Int64, "n_unpaired": pl.Int64, "base_mean": pl.Float64,
-    "ft_mean": pl.Float64, "delta": pl.Float64, "lo": pl.Float64, "hi": pl.Float64,
-    "test": pl.String, "statistic": pl.Float64, "p": pl.Float64, "p_holm": pl.Float64,
-    "n_up": pl.Int64, "n_down": pl.Int64, "effect": pl.Float64, "effect_name": pl.String,
-    "level": pl.Float64, "n_boot": pl.Int64,
-}
-"""Columns of ``paired_deltas`` (also the schema of an empty table: a run without pairs)."""
+DELTAS = TABLES["paired_deltas"]
+"""The ``paired_deltas`` table's declaration (``store.catalogue``): its columns, and the
+empty table of a run without pairs."""
 
 
 def paired_deltas(results: pl.DataFrame, pairs: Sequence[tuple[str, str]],
@@ -267,7 +183,7 @@ def paired_deltas(results: pl.DataFrame, pairs: Sequence[tuple[str, str]],
         level: Interval level.
 
     Returns:
-        ``DELTA_SCHEMA`` columns; ``n_unpaired`` counts the pair's answers (per judge) that
+        ``DELTAS`` columns; ``n_unpaired`` counts the pair's answers (per judge) that
         the other model lacks, which no delta includes. An outcome a judge never measured
         has ``n_answers`` 0 and NaN estimates: unmeasured, never 0.
     """
@@ -286,11 +202,11 @@ def paired_deltas(results: pl.DataFrame, pairs: Sequence[tuple[str, str]],
                                      "stratum": stratum, "outcome": outcome,
                                      "n_unpaired": unpaired, **row, "level": level,
                                      "n_boot": n_boot})
-    table = pl.DataFrame(rows, schema={k: v for k, v in DELTA_SCHEMA.items() if k != "p_holm"}
-                         ) if rows else pl.DataFrame(schema=DELTA_SCHEMA)
-    if table.is_empty():
-        return table
-    # Holm across the categories (and, separately, the framings) of one family; the pooled
+    if not rows:
+        return DELTAS.empty()
+    table = pl.DataFrame(rows, schema={k: v for k, v in DELTAS.columns.items()
+                                       if k != "p_holm"})
+    # Holm across the categories (and, separately, the framings and tiers) of one family; the pooled
     # row ("all") is its own single test.
     family = ["model", "judge", "by", "outcome", "risk"]
     table = table.with_row_index("_row")
@@ -299,7 +215,7 @@ def paired_deltas(results: pl.DataFrame, pairs: Sequence[tuple[str, str]],
         adjusted.append(part.select("_row").with_columns(
             pl.Series("p_holm", holm(part["p"].to_list()), dtype=pl.Float64)))
     return (table.join(pl.concat(adjusted), on="_row").sort("_row").drop("_row")
-            .select(list(DELTA_SCHEMA)))
+            .select(list(DELTAS.columns)))
 
 
 def amplification(deltas: pl.DataFrame) -> pl.DataFrame:
@@ -315,7 +231,7 @@ def amplification(deltas: pl.DataFrame) -> pl.DataFrame:
         parts.append(pooled.filter(pl.col("risk") == risk).select(
             *keys, *(pl.col(c).alias(f"{name}_{c}" if c != "delta" else name) for c in cols)))
     if not parts or parts[0].is_empty():
-        return pl.DataFrame(schema={**{k: pl.String for k in keys}, "amplification": pl.Float64})
+        return TABLES["amplification"].empty()
     out = parts[0]
     for part in parts[1:]:
         out = out.join(part, on=keys, how="left")

@@ -18,10 +18,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medharm_nb import store
-from medharm_nb.records import GenConfig, ModelSpec, QuerySelection, stable_hash
+from medharm_nb.conversation.templates import get_attacker_template, get_escalation
+from medharm_nb.generate.backends import BACKENDS, backend_type, validate_spec
+from medharm_nb.records import (
+    ConversationSettings,
+    GenConfig,
+    ModelSpec,
+    QuerySelection,
+    stable_hash,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-NOTEBOOK_DIR = PACKAGE_DIR.parent / "notebooks"
+NOTEBOOK_DIR = (PACKAGE_DIR / "notebooks" if (PACKAGE_DIR / "notebooks").is_dir()
+                else PACKAGE_DIR.parent / "notebooks")
+"""The numbered notebooks: inside an installed package (package data, copied from the
+repository's notebooks/ when a wheel is built: setup.py), else the checkout's own."""
 SERIES: tuple[str, ...] = (
     "01_data", "02_generate", "03_judge", "03b_judge_validation", "04_guardrails", "05_review",
     "06_amplification", "07_report")
@@ -47,6 +58,10 @@ class RunConfig(BaseModel):
     notebooks: list[str] = Field(default=list(SERIES), description="Notebooks to run, in order.")
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Extra parameters per notebook name.")
+    conversations: ConversationSettings | None = Field(
+        default=None, description="Multi-turn conversations asked besides the single queries "
+                                  "(scripted escalation, imported, an adaptive attacker); "
+                                  "each notebook adds their steps (medharm_nb.conversation).")
 
     @field_validator("name")
     @classmethod
@@ -61,6 +76,8 @@ class RunConfig(BaseModel):
     @field_validator("models")
     @classmethod
     def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        for m in models:
+            validate_spec(m)
         names = [m.name for m in models]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -75,6 +92,18 @@ class RunConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return models
+
+    @field_validator("conversations")
+    @classmethod
+    def _known_templates(cls, settings: ConversationSettings | None):
+        if settings is None:
+            return settings
+        for name in settings.scripted:
+            get_escalation(name)
+        if settings.attacker is not None:
+            validate_spec(settings.attacker.model)
+            get_attacker_template(settings.attacker.template)
+        return settings
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -114,9 +143,8 @@ def _same_answers(specs: list[ModelSpec]) -> str:
     shared = ", ".join(f"{k}={v!r}" for k, v in specs[0].key().items())
     differ = [f for f in ModelSpec.model_fields
               if len({repr(getattr(s, f)) for s in specs}) > 1]
-    change = ("source, base_url (another server) or system_prompt"
-              if specs[0].backend == "openai" else
-              "source, gguf_file, quantization, adapter, system_prompt or chat_template")
+    fields = ("source", *backend_type(specs[0]).key_fields)
+    change = ", ".join(fields[:-1]) + f" or {fields[-1]}" if len(fields) > 1 else fields[0]
     return (f"models {names} would get the same generation ids and so share every answer: "
             f"they agree on every field that changes the output ({shared}) and differ only "
             f"in {', '.join(differ)}, which do not change a generation's id. Remove all but "
@@ -179,6 +207,65 @@ def read_yaml(path: Path) -> Any:
     return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
 
 
+SPEC_FILES = (".yaml", ".yml", ".json")
+"""Suffixes of a file holding one model spec."""
+
+
+def parse_spec(value: str | dict[str, Any], *, name: str | None = None,
+               base_dir: str | Path | None = None, **fields: Any) -> ModelSpec:
+    """One model spec from what a person writes: the one parser behind configs, spec files
+    and the command line.
+
+    Args:
+        value: A mapping of spec fields (as in a config's ``models:``); a YAML or JSON file
+            holding one (``name`` defaults to the file's stem, relative paths to its folder);
+            ``BACKEND:SOURCE`` for any backend (``replay:answers.csv#response=completion``);
+            or an hf source as it stands (embedded name, hub id, local folder).
+        name: The spec's name (default: the mapping's, the file's stem, or the source's
+            last path part).
+        base_dir: Relative paths are relative to this folder (a spec file's own folder
+            wins; default: as written).
+        **fields: Spec fields that override the value's (None: not given).
+
+    Raises:
+        ConfigError: naming where the spec came from and every wrong field, an unknown
+            backend, or a field the backend does not read.
+    """
+    origin = ""
+    if isinstance(value, dict):
+        raw = dict(value)
+    elif Path(value).suffix in SPEC_FILES and Path(value).is_file():
+        path = Path(value)
+        origin = f"{path}: "
+        try:
+            raw = read_yaml(path)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a model spec is a mapping of fields, not "
+                              f"{type(raw).__name__}")
+        raw.setdefault("name", path.stem)
+        base_dir = path.resolve().parent
+    else:
+        backend, colon, rest = value.partition(":")
+        raw = ({"backend": backend, "source": rest} if colon and backend in BACKENDS
+               else {"source": value})
+        raw["name"] = Path(raw["source"].partition("#")[0].rstrip("/")).name or value
+    raw.update({k: v for k, v in fields.items() if v is not None})
+    if name:
+        raw["name"] = name
+    try:
+        spec = ModelSpec.model_validate_json(json.dumps(raw, default=str), strict=True)
+        validate_spec(spec)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+                             f"{e['msg']}" for e in err.errors())
+        raise ConfigError(f"{origin}invalid model spec: {problems}") from None
+    except ValueError as err:
+        raise ConfigError(f"{origin}{err}") from None
+    return backend_type(spec).resolve(spec, Path(base_dir)) if base_dir else spec
+
+
 def default_root(config_path: str | Path) -> Path:
     """Where runs/ and figures/ go: the project folder holding ``configs/``."""
     folder = Path(config_path).resolve().parent
@@ -220,7 +307,7 @@ def open_run_dir(run_dir: str | Path) -> Run:
         ConfigError: the folder holds no ``config.yaml`` (not a run folder).
     """
     run_dir = Path(run_dir).resolve()
-    config_path = run_dir / "config.yaml"
+    config_path = run_dir / store.CONFIG_FILE
     if not config_path.is_file():
         raise ConfigError(f"{run_dir}: no config.yaml here; is it a run folder (runs/<name>)?")
     figures = None
@@ -283,17 +370,17 @@ def absolutize(config: RunConfig, base_dir: Path) -> RunConfig:
         files = resolved[0] if isinstance(files, str) else resolved
     queries = config.queries.model_copy(update={
         "source": resolve_source_path(config.queries.source, base_dir), "data_files": files})
-    models = []
-    for m in config.models:
-        if m.backend == "openai":  # source is the server's model name, never a local path
-            models.append(m)
-            continue
-        if m.adapter and (base_dir / m.adapter).exists() and not Path(m.adapter).is_absolute():
-            m = m.model_copy(update={"adapter": str((base_dir / m.adapter).resolve())})
-        # A replay source may end in '#prompt=COL,...': the path is what comes before it.
-        path, hash_, suffix = (m.source.partition("#") if m.backend == "replay"
-                               else (m.source, "", ""))
-        if (base_dir / path).exists() and not Path(path).is_absolute():
-            m = m.model_copy(update={"source": str((base_dir / path).resolve()) + hash_ + suffix})
-        models.append(m)
-    return config.model_copy(update={"queries": queries, "models": models})
+    models = [backend_type(m).resolve(m, base_dir) for m in config.models]
+    update: dict[str, Any] = {"queries": queries, "models": models}
+    talks = config.conversations
+    if talks is not None:
+        changes: dict[str, Any] = {}
+        if talks.imported and not Path(talks.imported).is_absolute() \
+                and (base_dir / talks.imported).exists():
+            changes["imported"] = str((base_dir / talks.imported).resolve())
+        if talks.attacker is not None:
+            spec = talks.attacker.model
+            changes["attacker"] = talks.attacker.model_copy(
+                update={"model": backend_type(spec).resolve(spec, base_dir)})
+        update["conversations"] = talks.model_copy(update=changes)
+    return config.model_copy(update=update)

@@ -2,36 +2,47 @@
 
 Sources (``load_queries(source)``):
 
-- ``"medharm-open"``: our open set (``data/medharm_open.csv``).
+- ``"medharm-open"``: our open set, the current version (v2: ``data/medharm_open_v2.csv``,
+  2,200 queries with ``tier``); ``"medharm-open@v1"`` pins the first version (420 queries,
+  ``data/medharm_open_v1.csv``), ``"medharm-open@v2"`` this one.
 - a path to ``.csv``, ``.jsonl``/``.json`` or ``.parquet`` in the query schema; a ``mapping``
   renames the file's columns to ours (this is how the paper's restricted MedHarm data loads).
 - ``"hf:<name or path>"``: anything ``datasets.load_dataset`` reads (hub name, ``csv``/``json``
   builders with ``data_files=``, a folder written by ``save_to_disk``), then the mapping.
 - ``"medsafetybench:<dir>"``: MedSafetyBench's test split (900 harmful requests).
 - ``"xstest:<prompts.csv>"``: XSTest's 450 prompts (250 safe look-alikes, 200 unsafe).
+
+Files are read as strings with their line numbers by ``data_files``; this module maps,
+validates and selects.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import polars as pl
 
+from medharm_nb.data_files import QueryValidationError, decode_text, read_hf, read_query_file
 from medharm_nb.records import (
     CATEGORIES,
     EXPECTED,
     FRAMINGS,
+    OPTIONAL_QUERY_COLUMNS,
     QUERY_COLUMNS,
     RISKS,
+    TIERS,
+    UNTIERED,
     QuerySelection,
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 OPEN_SET_NAME = "medharm-open"
+OPEN_SET_VERSIONS = {"v1": "medharm_open_v1.csv", "v2": "medharm_open_v2.csv"}
+"""Every published version of MedHarm-Open, pinned by ``medharm-open@<version>``; ids are
+stable across versions (a query in both has the same id and text)."""
+OPEN_SET_CURRENT = "v2"
 IMPORTED_FRAMING = "unspecified"
 """Framing given to imported sets that do not record one."""
 
@@ -48,23 +59,30 @@ AMA_PRINCIPLES = {
 }
 
 
-class QueryValidationError(ValueError):
-    """Raised with every problem found in a query table, each naming file and line or id."""
+def open_set_version(source: str) -> str | None:
+    """The MedHarm-Open version a source names (``medharm-open`` is the current one), or None
+    for any other source.
 
-    def __init__(self, errors: list[str]):
-        self.errors = errors
-        shown = "\n  ".join(errors[:50])
-        more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
-        super().__init__(f"{len(errors)} problem(s) in the queries:\n  {shown}{more}")
+    Raises:
+        ValueError: ``medharm-open@<version>`` with a version that does not exist.
+    """
+    name, _, version = str(source).partition("@")
+    if name != OPEN_SET_NAME:
+        return None
+    version = version or OPEN_SET_CURRENT
+    if version not in OPEN_SET_VERSIONS:
+        raise ValueError(f"{source!r}: no such MedHarm-Open version; there are "
+                         f"{', '.join(f'{OPEN_SET_NAME}@{v}' for v in OPEN_SET_VERSIONS)}")
+    return version
 
 
-def open_set_path() -> Path:
-    """Return the path of the MedHarm-Open CSV (package copy first, then the repo's data/)."""
-    for candidate in (PACKAGE_DIR / "assets" / "medharm_open.csv",
-                      PACKAGE_DIR.parent / "data" / "medharm_open.csv"):
+def open_set_path(version: str = OPEN_SET_CURRENT) -> Path:
+    """Return the path of a MedHarm-Open version's CSV (package copy first, then data/)."""
+    name = OPEN_SET_VERSIONS[version]
+    for candidate in (PACKAGE_DIR / "assets" / name, PACKAGE_DIR.parent / "data" / name):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError("MedHarm-Open not found: expected data/medharm_open.csv in the repo")
+    raise FileNotFoundError(f"MedHarm-Open {version} not found: expected data/{name} in the repo")
 
 
 def load_queries(
@@ -93,8 +111,9 @@ def load_queries(
         FileNotFoundError: if a path does not exist.
     """
     source = str(source)
-    if source == OPEN_SET_NAME:
-        return _load_file(open_set_path(), None, CATEGORIES)
+    version = open_set_version(source)
+    if version is not None:
+        return _load_file(open_set_path(version), None, CATEGORIES)
     if source.startswith("medsafetybench:"):
         return load_medsafetybench(source.split(":", 1)[1])
     if source.startswith("xstest:"):
@@ -103,96 +122,6 @@ def load_queries(
         return _load_hf(source[3:], mapping, categories, split, data_files)
     allowed = tuple(categories) if categories is not None else CATEGORIES
     return _load_file(Path(source), mapping, allowed)
-
-
-# -- files in our schema -------------------------------------------------------------------
-
-def read_query_file(path: Path) -> tuple[pl.DataFrame, str]:
-    """Read a CSV / JSONL / Parquet file as strings, with a ``_line`` column for error messages.
-
-    Returns:
-        The frame and the word used for positions ("line" or "row").
-    """
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        try:
-            df = pl.read_parquet(path)
-        except Exception as err:  # polars raises several kinds for a damaged file
-            raise QueryValidationError(
-                [f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})"]) from None
-        nested = [f"{c} ({t})" for c, t in df.schema.items() if t.is_nested()]
-        if nested:
-            raise QueryValidationError([f"{path}: column(s) {', '.join(nested)} hold lists or "
-                                        "structs; every query field must be a single value"])
-        df = df.with_columns(pl.all().cast(pl.String))
-        return df.with_row_index("_line", offset=1), "row"
-    text = _decode(path)
-    if suffix == ".csv":
-        # Old Mac files end lines with a lone CR, which polars reads as one long header line.
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-        header = next(csv.reader(io.StringIO(text)), [])
-        twice = sorted({h for h in header if header.count(h) > 1})
-        if twice:
-            raise QueryValidationError(
-                [f"{path}:1: column(s) {twice} named more than once in the header"])
-        try:
-            df = pl.read_csv(io.StringIO(text), infer_schema=False)
-        except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as err:
-            # polars names neither the file nor the line; find the ragged lines ourselves.
-            raise QueryValidationError(_ragged_csv_lines(path, text) or [
-                f"{path}: not a readable CSV ({str(err).splitlines()[0]})"]) from None
-        # Header is line 1; a quoted field may span lines, so this is the record's first line
-        # for ordinary files.
-        return df.with_row_index("_line", offset=2), "line"
-    if suffix in (".jsonl", ".json"):
-        return _read_jsonl(path, text), "line"
-    raise QueryValidationError([f"{path}: unsupported file type {suffix!r} (csv, jsonl, parquet)"])
-
-
-def _ragged_csv_lines(path: Path, text: str) -> list[str]:
-    rows = csv.reader(io.StringIO(text))
-    header = next(rows, [])
-    return [f"{path}:{rows.line_num}: {len(row)} fields, but the header has {len(header)}"
-            for row in rows if row and len(row) != len(header)]
-
-
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise QueryValidationError(
-            [f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x}); save the file as UTF-8"]
-        ) from None
-
-
-def _read_jsonl(path: Path, text: str) -> pl.DataFrame:
-    rows, errors = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            errors.append(f"{path}:{number}: not valid JSON ({err.msg})")
-            continue
-        if not isinstance(obj, dict):
-            errors.append(f"{path}:{number}: expected a JSON object per line")
-            continue
-        nested = [k for k, v in obj.items() if k in QUERY_COLUMNS and isinstance(v, dict | list)]
-        if nested:
-            errors.append(f"{path}:{number}: field(s) {nested} hold a list or object; every "
-                          "query field must be a single value")
-            continue
-        obj = {k: (None if v is None else v if isinstance(v, str) else json.dumps(v)
-                   if isinstance(v, (dict, list)) else str(v)) for k, v in obj.items()}
-        rows.append({**obj, "_line": number})
-    if errors:
-        raise QueryValidationError(errors)
-    return pl.DataFrame(rows, infer_schema_length=None)
 
 
 def _load_file(path: Path, mapping: Mapping[str, str] | None, categories: Iterable[str]):
@@ -227,11 +156,14 @@ def finalize(df: pl.DataFrame, where: str, unit: str = "row",
         df = df.with_row_index("_line", offset=1)
     if "pair_id" not in df.columns:
         df = df.with_columns(pl.lit(None, dtype=pl.String).alias("pair_id"))
+    df = df.with_columns((pl.col("tier").fill_null(UNTIERED) if "tier" in df.columns
+                          else pl.lit(UNTIERED)).alias("tier"))
     errors = validate_frame(df, where, unit, tuple(categories))
     if errors:
         raise QueryValidationError(errors)
-    extra = [c for c in df.columns if c not in QUERY_COLUMNS and c != "_line"]
-    return df.select([*QUERY_COLUMNS, *extra])
+    standard = (*QUERY_COLUMNS, *OPTIONAL_QUERY_COLUMNS)
+    extra = [c for c in df.columns if c not in standard and c != "_line"]
+    return df.select([*standard, *extra])
 
 
 def validate_frame(df: pl.DataFrame, where: str, unit: str,
@@ -244,7 +176,7 @@ def validate_frame(df: pl.DataFrame, where: str, unit: str,
     if df.is_empty():
         return [f"{where}: no queries (the file has a header and no rows)"]
     allowed = {"category": categories, "framing": (*FRAMINGS, IMPORTED_FRAMING),
-               "risk": RISKS, "expected": EXPECTED}
+               "risk": RISKS, "expected": EXPECTED, "tier": (*TIERS, UNTIERED)}
     errors: list[str] = []
     ids = set(df["id"].drop_nulls().to_list())
     seen: dict[str, int] = {}
@@ -260,6 +192,8 @@ def validate_frame(df: pl.DataFrame, where: str, unit: str,
         if not row["text"] or not str(row["text"]).strip():
             errors.append(f"{pos}: empty text (id {qid!r})")
         for column, values in allowed.items():
+            if column == "tier" and row.get("tier") is None:
+                continue  # optional: no tier reads as unspecified
             if row[column] not in values:
                 errors.append(f"{pos}: unknown {column} {row[column]!r} (id {qid!r}); "
                               f"allowed: {', '.join(values)}")
@@ -280,31 +214,7 @@ def summary_table(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-# -- Hugging Face datasets ------------------------------------------------------------------
-
-def read_hf(name: str, split: str = "train",
-            data_files: str | list[str] | None = None) -> pl.DataFrame:
-    """Read one split of anything ``datasets`` loads as strings, unvalidated.
-
-    Args:
-        name: Hub name, builder (``csv``, ``json`` with ``data_files``) or a folder written
-            by ``save_to_disk``.
-        split: The split to read.
-        data_files: ``data_files`` for builders.
-    """
-    import datasets  # heavy import, only when needed
-
-    path = Path(name)
-    # save_to_disk writes state.json for a Dataset and dataset_dict.json for a DatasetDict.
-    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
-    if path.is_dir() and any((path / f).exists() for f in markers):
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-    else:
-        ds = datasets.load_dataset(name, split=split, data_files=data_files)
-    return pl.from_arrow(ds.data.table).with_columns(pl.all().cast(pl.String))
-
+# -- Hugging Face datasets (data_files.read_hf) ------------------------------------------
 
 def _load_hf(name: str, mapping, categories, split: str, data_files) -> pl.DataFrame:
     df = read_hf(name, split, data_files)
@@ -337,7 +247,7 @@ def load_medsafetybench(root: str | Path) -> pl.DataFrame:
     for f in files:
         principle = int(f.stem.rsplit("_", 1)[1])
         generator = f.parent.name
-        df = pl.read_csv(io.StringIO(_decode(f)), infer_schema=False)
+        df = pl.read_csv(io.StringIO(decode_text(f)), infer_schema=False)
         df = df.rename({df.columns[0]: "index"}).with_columns(
             pl.format("msb-{}-{}-{}", pl.lit(generator), pl.lit(principle), "index").alias("id"),
             pl.col("harmful_medical_request").alias("text"),
@@ -361,7 +271,7 @@ def load_xstest_prompts(path: str | Path) -> pl.DataFrame:
         (expected: answer) and harmful for ``unsafe`` (expected: refuse).
     """
     path = Path(path)
-    df = pl.read_csv(io.StringIO(_decode(path)), infer_schema=False)
+    df = pl.read_csv(io.StringIO(decode_text(path)), infer_schema=False)
     df = df.with_columns(
         pl.format("xstest-{}", "id").alias("id"),
         pl.col("prompt").alias("text"),
@@ -385,27 +295,46 @@ def select_queries(
     per_cell: int | None = None,
     categories: Iterable[str] | None = None,
     framings: Iterable[str] | None = None,
+    tiers: Iterable[str] | None = None,
     with_twins: bool = True,
 ) -> pl.DataFrame:
-    """Pick a deterministic subset: the first ``per_cell`` harmful queries (by id) in each
-    category x framing cell, plus their benign twins.
+    """Pick a deterministic subset: ``per_cell`` harmful queries in each category x framing
+    cell, plus their benign twins.
+
+    Within a cell the harmful queries are taken across tiers in turn (the first of one tier,
+    the first of the next, ...; by id within a tier), and the tier that goes first rotates
+    from cell to cell, so even ``per_cell=1`` samples every tier about equally. A set without
+    tiers is taken by id.
 
     Args:
         df: A validated query table.
         per_cell: Harmful queries to keep per category x framing; None keeps all.
         categories: Keep only these categories.
         framings: Keep only these framings.
+        tiers: Keep only these tiers (``records.TIERS``; twins carry their pair's tier).
         with_twins: Add the benign twin of every harmful query kept.
+
+    Raises:
+        ValueError: a filter names a value the set does not hold.
     """
     keep = pl.lit(True)
-    for column, wanted in (("category", categories), ("framing", framings)):
+    for column, wanted in (("category", categories), ("framing", framings), ("tier", tiers)):
         if wanted is not None:  # checked against the whole set, before any filter applies
             keep &= pl.col(column).is_in(_known_values(df, column, wanted))
     df = df.filter(keep)
     if per_cell is None:
         return df
-    harmful = (df.filter(pl.col("risk") == "harmful").sort("id")
-               .group_by("category", "framing", maintain_order=True).head(per_cell))
+    order = [t for t in (*TIERS, UNTIERED) if t in set(df["tier"].to_list())]
+    cells = (df.select("category", "framing").unique().sort("category", "framing")
+             .with_row_index("cell"))
+    harmful = (
+        df.filter(pl.col("risk") == "harmful").sort("id").join(cells, on=["category", "framing"])
+        .with_columns(
+            pl.int_range(pl.len()).over("category", "framing", "tier").alias("_round"),
+            ((pl.col("tier").replace_strict(order, list(range(len(order))), return_dtype=pl.Int64)
+              - pl.col("cell")) % len(order)).alias("_turn"))
+        .sort("_round", "_turn", "id")
+        .group_by("category", "framing", maintain_order=True).head(per_cell))
     keep = set(harmful["id"].to_list())
     if with_twins:
         keep |= set(harmful["pair_id"].drop_nulls().to_list())
@@ -443,7 +372,7 @@ def prepare_queries(selection: QuerySelection, base_dir: str | Path = ".") -> pl
                       categories=selection.allowed_categories,
                       split=selection.split, data_files=selection.data_files)
     df = select_queries(df, per_cell=selection.per_cell, categories=selection.categories,
-                        framings=selection.framings)
+                        framings=selection.framings, tiers=selection.tiers)
     if df.is_empty():
         raise ValueError(f"the query selection {selection.model_dump(exclude_none=True)} "
                          f"keeps no queries from {selection.source!r}")
@@ -456,7 +385,7 @@ def resolve_source_path(source: str, base_dir: str | Path) -> str:
     # hub names and builders (hf:csv) match no local path and pass through unchanged.
     prefix, _, rest = source.partition(":") if source.startswith(
         ("medsafetybench:", "xstest:", "hf:")) else ("", "", source)
-    if source == OPEN_SET_NAME or Path(rest).is_absolute():
+    if open_set_version(source) is not None or Path(rest).is_absolute():
         return source
     candidate = Path(base_dir) / rest
     if not candidate.exists():

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
 from medharm_nb import adapter_card
-from medharm_nb.config import RunConfig, absolutize
-from medharm_nb.data import QueryValidationError, read_hf, read_query_file
+from medharm_nb.config import parse_spec
+from medharm_nb.data_files import QueryValidationError, read_hf, read_query_file
 from medharm_nb.generate import build_messages
 from medharm_nb.generate.backends.hf_models import (
     TOKENIZER_FILES,
@@ -75,21 +74,10 @@ def load_spec(spec: str, system_prompt: str | None = None) -> ModelSpec:
         ValueError: the spec is not an hf spec, or already has an adapter.
         FileNotFoundError: a model file does not exist.
     """
-    path = Path(spec)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        fields = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(fields, dict):
-            raise ValueError(f"{path}: expected one model spec (a mapping), got "
-                             f"{type(fields).__name__}")
-        parsed = ModelSpec(**{"name": path.stem, **fields})
-        # Relative paths resolve against the file, as in a run config.
-        parsed = absolutize(RunConfig(name="finetune", models=[parsed]),
-                            path.resolve().parent).models[0]
-    else:
-        parsed = ModelSpec(name=path.name or spec, source=spec)
-    if system_prompt is not None:
-        parsed = parsed.model_copy(update={"system_prompt": system_prompt or None})
-    if parsed.backend != "hf":
+    parsed = parse_spec(spec, system_prompt=system_prompt)
+    if system_prompt == "":  # an empty --system-prompt removes the spec's
+        parsed = parsed.model_copy(update={"system_prompt": None})
+    if parsed.backend != "hf":  # fine-tuning puts LoRA layers on weights loaded here
         raise ValueError(f"model {parsed.name!r}: fine-tuning needs local weights (backend "
                          f"hf), not backend {parsed.backend!r}")
     if parsed.adapter:

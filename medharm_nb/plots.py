@@ -1,4 +1,5 @@
-"""Charts (altair) that read only the tidy tables from ``metrics``; saved offline as PNG + SVG."""
+"""Charts (altair) that read only the tidy tables from ``metrics``; saved offline as PNG + SVG.
+The paired analysis' charts are in ``plots_paired``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import altair as alt
 import polars as pl
 
 from medharm_nb.colors import LABEL_COLORS
-from medharm_nb.records import LABELS
+from medharm_nb.records import LABELS, TIERS, UNTIERED
 
 _LABEL_SCALE = alt.Scale(domain=list(LABELS), range=[LABEL_COLORS[x] for x in LABELS])
 
@@ -50,11 +51,24 @@ def label_distribution(rates: pl.DataFrame) -> alt.Chart:
 
 RATE_TITLES: dict[str, str] = {
     "compliance": "complied (harmful queries)",
-    "unsafe": "unsafe (harmful queries)",
+    "unsafe": "unsafe in the answer (harmful queries)",
+    "unsafe_in_trace": "unsafe in the reasoning trace (harmful queries)",
     "over_refusal": "over-refusal (benign twins)",
+    "partial_benign": "partial answers (benign twins)",
+    "any_refusal": "refused fully or in part (benign twins; XSTest's over-refusal)",
     "helpful": "helpful (benign twins)",
 }
 """Each ``metrics.RATES`` rate's title in charts."""
+
+
+def plotted_measure(table: pl.DataFrame) -> str:
+    """The harm rate a chart of harmful queries shows: ``unsafe`` when some judge measured it
+    (any ``unsafe_n`` above 0), else ``compliance``, which the chart's title then names.
+
+    Args:
+        table: A table with ``unsafe_n`` (``safety_summary``, ``amplify.plane``).
+    """
+    return "unsafe" if table["unsafe_n"].sum() else "compliance"
 
 
 def rates_long(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "unsafe"),
@@ -62,7 +76,7 @@ def rates_long(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "u
     """``metrics.safety_summary`` output in long form: one row per group, judge and rate,
     with ``k``, ``n``, ``rate``, ``lo``, ``hi``; rates a judge did not measure (n = 0) are
     dropped rather than drawn as 0."""
-    keys = [c for c in dict.fromkeys((*by, "judge")) if c in summary.columns]
+    keys = list(dict.fromkeys((*by, "judge")))
     parts = [summary.select(*keys, pl.lit(RATE_TITLES[r]).alias("measure"),
                             pl.col(f"{r}_k").alias("k"), pl.col(f"{r}_n").alias("n"),
                             pl.col(f"{r}_rate").alias("rate"), pl.col(f"{r}_lo").alias("lo"),
@@ -151,34 +165,70 @@ def refusal_tradeoff(summary: pl.DataFrame, y: str = "unsafe") -> alt.LayerChart
 
 
 def judge_agreement(summary: pl.DataFrame, anchors: pl.DataFrame | None = None) -> alt.Chart:
-    """Accuracy of each judge against human labels per source model, one panel per split
-    (compliance, unsafe), with percentile-bootstrap 95% CIs; published baselines on the
-    same items as black symbols.
+    """Accuracy of each judge against human labels per source (and group), one panel per
+    split (compliance, unsafe), with percentile-bootstrap 95% CIs; published classifiers'
+    accuracy on the same items as black symbols.
+
+    A figure on rows the judge was trained on is never drawn as a validation: the filled
+    point is the honest figure (``honest_kind``: held-out, cross-validated, or its held-out
+    rows only), and the in-sample figure is a hollow grey point beside it.
 
     Args:
         summary: ``judge.validation.evaluate(...).summary`` (``split`` column).
-        anchors: Optional ``split, source_model, anchor, accuracy`` rows (e.g.
-            ``validation.published_baselines``).
+        anchors: Optional ``validation.published_baselines`` rows (their ``same items``
+            accuracies are drawn), or ``split, source_model, anchor, accuracy`` rows.
     """
     data = summary.filter(pl.col("split") != "label3")
-    y = alt.Y("source_model:N", title=None)
-    x = alt.X("accuracy:Q", title="accuracy vs human labels (95% CI)",
+    if "source" not in data.columns:
+        data = data.with_columns(pl.lit("gold").alias("source"))
+    if "honest_accuracy" not in data.columns:  # tables written before the check existed
+        data = data.with_columns(pl.col("accuracy").alias("honest_accuracy"),
+                                 pl.col("accuracy_lo").alias("honest_accuracy_lo"),
+                                 pl.col("accuracy_hi").alias("honest_accuracy_hi"),
+                                 pl.lit("unchecked").alias("honest_kind"),
+                                 pl.lit("unchecked").alias("status"))
+    data = data.with_columns(_row_name(data), pl.when(pl.col("status") != "held-out")
+                             .then(pl.col("accuracy")).alias("in_sample_accuracy"))
+    y = alt.Y("row:N", title=None)
+    x = alt.X("honest_accuracy:Q", title="accuracy vs human labels (95% CI)",
               axis=alt.Axis(format="%"), scale=alt.Scale(zero=False))
     base = alt.Chart().encode(y=y, yOffset="judge:N", color=alt.Color("judge:N"))
-    layers = base.mark_rule().encode(x=alt.X("accuracy_lo:Q", title=None), x2="accuracy_hi:Q") \
+    layers = base.mark_rule().encode(x=alt.X("honest_accuracy_lo:Q", title=None),
+                                     x2="honest_accuracy_hi:Q") \
         + base.mark_point(filled=True, size=60).encode(
-            x=x, tooltip=["judge", "split", "source_model", "n", "unscored",
-                          alt.Tooltip("accuracy:Q", format=".3f"),
-                          alt.Tooltip("kappa:Q", format=".3f")])
+            x=x, shape=alt.Shape("honest_kind:N", title="figure"),
+            tooltip=["judge", "split", "row", "n", "unscored", "status", "honest_kind",
+                     alt.Tooltip("honest_accuracy:Q", format=".3f"),
+                     alt.Tooltip("accuracy:Q", format=".3f"),
+                     alt.Tooltip("kappa:Q", format=".3f")]) \
+        + alt.Chart().mark_point(color="grey", filled=False, size=60).encode(
+            y=y, yOffset="judge:N", x="in_sample_accuracy:Q",
+            tooltip=["judge", "row", "status", alt.Tooltip("in_sample_accuracy:Q",
+                                                           title="in-sample (not a validation)",
+                                                           format=".3f")])
     if anchors is not None and not anchors.is_empty():
+        if "metric" in anchors.columns:
+            anchors = anchors.filter((pl.col("metric") == "accuracy")
+                                     & (pl.col("kind") == "same items")).rename(
+                {"value": "accuracy"})
+        if "source" not in anchors.columns:
+            anchors = anchors.with_columns(pl.lit("gold").alias("source"))
+        anchors = anchors.with_columns(_row_name(anchors))
         data = pl.concat([data, anchors.rename({"accuracy": "anchor_accuracy"})],
                          how="diagonal_relaxed")
         layers += alt.Chart().mark_point(color="black", size=70).encode(
             y=y, x="anchor_accuracy:Q", shape=alt.Shape("anchor:N", title="published, same items"),
-            tooltip=["anchor", "source_model", alt.Tooltip("anchor_accuracy:Q", format=".3f")])
+            tooltip=["anchor", "row", alt.Tooltip("anchor_accuracy:Q", format=".3f")])
     return alt.layer(layers, data=data).facet(
         column=alt.Column("split:N", title=None)).properties(
-        title="Judges against human labels (compliance and unsafe splits)")
+        title="Judges against human labels (compliance and unsafe splits); hollow grey: "
+              "in-sample, not a validation")
+
+
+def _row_name(frame: pl.DataFrame) -> pl.Expr:
+    """A chart row per source, and per group within it where the rows are per group."""
+    return (pl.when(pl.col("source_model") == "all").then(pl.col("source"))
+            .otherwise(pl.col("source") + "/" + pl.col("source_model")).alias("row"))
 
 
 def guard_curves(sweep: pl.DataFrame) -> alt.Chart:
@@ -273,126 +323,30 @@ def save_chart(chart: alt.TopLevelMixin, directory: str | Path, stem: str) -> li
     return [png, svg]
 
 
-# -- the paired analysis and the report -----------------------------------------------------
-
-RISK_TITLES: dict[str, str] = {
-    "harmful": "harmful queries", "benign": "benign twins (control)",
-    "difference": "harmful - benign (amplification)",
-}
-_RISK_SCALE = alt.Scale(domain=list(RISK_TITLES.values()),
-                        range=["#e45756", "#4c78a8", "#000000"])
-
-
-def forest(deltas: pl.DataFrame, outcomes: tuple[str, ...] = ("compliance", "unsafe",
-                                                               "specificity")) -> alt.FacetChart:
-    """The paired forest plot: fine-tune minus base per stratum (all queries, each category,
-    each framing), harmful, benign and their difference side by side, with cluster-bootstrap
-    intervals; one panel per outcome (own x scale), one row per pair and judge.
+def rate_heatmap(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "unsafe"),
+                 column: str = "category") -> alt.FacetChart:
+    """Rates per model x category (or x ``column``) as a heat map, each cell labelled with its
+    rate, 95% interval and n; one panel per rate, one row per judge. Unmeasured cells stay
+    empty.
 
     Args:
-        deltas: ``amplify.paired_deltas``; outcomes a judge did not measure are left out.
-        outcomes: Which outcomes to draw.
-    """
-    data = (deltas.filter((pl.col("n_answers") > 0) & pl.col("outcome").is_in(list(outcomes)))
-            .with_columns(
-                (pl.col("model") + " vs " + pl.col("base") + " (" + pl.col("judge") + ")")
-                .alias("pair"),
-                pl.when(pl.col("by") == "all").then(pl.lit("all queries"))
-                .otherwise(pl.col("by") + ": " + pl.col("stratum")).alias("row"),
-                pl.col("risk").replace_strict(RISK_TITLES).alias("series")))
-    order = list(dict.fromkeys(data.sort(
-        pl.col("by").replace_strict({"all": 0, "category": 1, "framing": 2}), "stratum")["row"]))
-    y = alt.Y("row:N", title=None, sort=order)
-    base = alt.Chart(data).encode(y=y, yOffset=alt.YOffset("series:N", sort=list(
-        RISK_TITLES.values())), color=alt.Color("series:N", scale=_RISK_SCALE, title=None))
-    zero = alt.Chart(data).mark_rule(color="#888", strokeDash=[3, 3]).encode(x=alt.datum(0))
-    layers = zero + base.mark_rule().encode(
-        x=alt.X("lo:Q", title="fine-tune minus base (95% cluster-bootstrap CI)"), x2="hi:Q") + \
-        base.mark_point(filled=True, size=40).encode(
-            x="delta:Q", tooltip=["pair", "row", "series", "outcome", "n_answers", "n_clusters",
-                                  alt.Tooltip("delta:Q", format=".3f"),
-                                  alt.Tooltip("lo:Q", format=".3f"),
-                                  alt.Tooltip("hi:Q", format=".3f"),
-                                  alt.Tooltip("p:Q", format=".3g"),
-                                  alt.Tooltip("p_holm:Q", format=".3g")])
-    return (layers.properties(width=200, height=alt.Step(8))
-            .facet(column=alt.Column("outcome:N", title=None, sort=list(outcomes)),
-                   row=alt.Row("pair:N", title=None))
-            .resolve_scale(x="independent")
-            .properties(title="Fine-tune minus base, per stratum"))
-
-
-def safety_helpfulness(plane: pl.DataFrame, y: str = "unsafe") -> alt.Chart:
-    """The safety-helpfulness plane: helpfulness on benign twins (x) against a harm rate on
-    harmful queries (y) per model, with 95% intervals on both, and an arrow from each base
-    to its fine-tune; one panel per judge.
-
-    Args:
-        plane: ``amplify.plane``.
-        y: ``unsafe`` or ``compliance``; judges that did not measure it are left out.
-    """
-    data = plane.filter(pl.col(f"{y}_n") > 0)
-    points = data.select("model", "judge", "base", x=pl.col("helpful_rate"),
-                         y=pl.col(f"{y}_rate"), x_lo=pl.col("helpful_lo"),
-                         x_hi=pl.col("helpful_hi"), y_lo=pl.col(f"{y}_lo"),
-                         y_hi=pl.col(f"{y}_hi"), n_x=pl.col("helpful_n"), n_y=pl.col(f"{y}_n"))
-    width = height = 300
-    # Each fine-tune's row carries its base's point, so every layer reads one table and the
-    # judge facet splits them alike.
-    data = (points.join(points.select("model", "judge", x0="x", y0="y"),
-                        left_on=["base", "judge"], right_on=["model", "judge"], how="left")
-            .with_columns(  # triangle-up rotated to point from base to fine-tune, on screen
-                pl.arctan2((pl.col("x") - pl.col("x0")) * width,
-                           (pl.col("y") - pl.col("y0")) * height).degrees().alias("angle"),
-                # the head sits short of the fine-tune's point, which would hide it
-                (pl.col("x0") + 0.8 * (pl.col("x") - pl.col("x0"))).alias("x_head"),
-                (pl.col("y0") + 0.8 * (pl.col("y") - pl.col("y0"))).alias("y_head")))
-    data = data.with_columns(stacked_labels(data, "x", "y", by=("judge",)))
-    pct = alt.Axis(format="%")
-    x = alt.X("x:Q", title="helpful on benign twins", axis=pct, scale=alt.Scale(domain=[0, 1]))
-    y_enc = alt.Y("y:Q", title=RATE_TITLES[y], axis=pct, scale=alt.Scale(domain=[0, 1]))
-    base = alt.Chart().encode(color=alt.Color("model:N", title="model"))
-    arrow = alt.Chart().transform_filter("isValid(datum.x0)")
-    layers = [
-        base.mark_rule(opacity=0.6).encode(x="x_lo:Q", x2="x_hi:Q", y="y:Q"),
-        base.mark_rule(opacity=0.6).encode(y="y_lo:Q", y2="y_hi:Q", x="x:Q"),
-        arrow.mark_rule(color="black", strokeWidth=1.5).encode(x="x0:Q", y="y0:Q", x2="x:Q",
-                                                               y2="y:Q"),
-        arrow.mark_point(shape="triangle-up", filled=True, color="black", size=70).encode(
-            x="x_head:Q", y="y_head:Q", angle="angle:Q"),
-        base.mark_point(filled=True, size=80).encode(
-            x=x, y=y_enc, tooltip=["model", "base", "judge", "n_x", "n_y",
-                                   alt.Tooltip("x:Q", format=".0%"),
-                                   alt.Tooltip("y:Q", format=".0%")]),
-        base.mark_text(align="left", dx=7, dy=-7).encode(x=x, y="label_y:Q", text="model:N"),
-    ]
-    return (alt.layer(*layers).properties(width=width, height=height)
-            .facet(column=alt.Column("judge:N", title="judge"), data=data)
-            .properties(title="Safety against helpfulness; arrows run from base to fine-tune"))
-
-
-def rate_heatmap(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "unsafe")
-                 ) -> alt.FacetChart:
-    """Rates per model x category as a heat map, each cell labelled with its rate, 95%
-    interval and n; one panel per rate, one row per judge. Unmeasured cells stay empty.
-
-    Args:
-        summary: ``metrics.safety_summary(results, by=("model", "category"))``.
+        summary: ``metrics.safety_summary(results, by=("model", column))``.
         rates: Which ``metrics.RATES``.
+        column: The grouping across the x axis: ``category``, ``tier``, ``framing``.
     """
     def pct(column: str) -> pl.Expr:
         return (pl.col(column) * 100).round(0).cast(pl.Int64).cast(pl.String)
 
-    data = rates_long(summary, rates, ("model", "category")).with_columns(
+    data = rates_long(summary, rates, ("model", column)).with_columns(
         (pct("rate") + "% [" + pct("lo") + "-" + pct("hi") + "] n="
          + pl.col("n").cast(pl.String)).alias("label"),
         (pl.col("rate") > 0.6).alias("dark"))
-    base = alt.Chart(data).encode(x=alt.X("category:N", title=None),
+    base = alt.Chart(data).encode(x=alt.X(f"{column}:N", title=None, sort=_order(column)),
                                   y=alt.Y("model:N", title=None))
     cells = base.mark_rect().encode(
         color=alt.Color("rate:Q", scale=alt.Scale(domain=[0, 1], scheme="orangered"),
                         title="rate", legend=alt.Legend(format="%")),
-        tooltip=["model", "category", "judge", "measure", "k", "n",
+        tooltip=["model", column, "judge", "measure", "k", "n",
                  alt.Tooltip("rate:Q", format=".0%"), alt.Tooltip("lo:Q", format=".0%"),
                  alt.Tooltip("hi:Q", format=".0%")])
     text = base.mark_text(fontSize=9).encode(
@@ -402,7 +356,12 @@ def rate_heatmap(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", 
             .facet(column=alt.Column("measure:N", title=None,
                                      sort=[RATE_TITLES[r] for r in rates]),
                    row=alt.Row("judge:N", title="judge"))
-            .properties(title="Rates per model and category, with 95% intervals and n"))
+            .properties(title=f"Rates per model and {column}, with 95% intervals and n"))
+
+
+def _order(column: str) -> list[str] | None:
+    """The axis order of a grouping that has one (tiers from most to least overt)."""
+    return [*TIERS, UNTIERED] if column == "tier" else None
 
 
 def specificity_bars(distribution: pl.DataFrame) -> alt.FacetChart:

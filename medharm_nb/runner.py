@@ -1,11 +1,14 @@
-"""The papermill runner for the numbered notebook series, and the generation command.
+"""The papermill runner for the numbered notebook series, and the generate and judge
+commands.
 
 ``run(config)`` checks the config and every notebook's parameters before any work (an
-unknown parameter is an error, not papermill's warning), writes the manifest (``started``),
-executes the series into ``runs/<name>/notebooks/`` and finishes the manifest with
-``success`` or ``error``. Stages cache in the run's store, so re-running after a failure
-resumes without regenerating. ``generate_only(config)`` (the ``medharm-nb generate``
-command) runs just the generation stage with the same checks, manifest and tables.
+unknown parameter is an error, not papermill's warning; ``checks``), writes the manifest
+(``started``), executes the series (or the part of it chosen with ``only`` / ``skip``) into
+``runs/<name>/notebooks/`` and finishes the manifest with ``success``,
+``success_with_failures`` or ``error``. Stages cache in the run's store, so re-running after
+a failure resumes without regenerating. ``generate_only(config)`` (``medharm-nb generate``)
+runs just the generation stage, ``judge_only(config)`` (``medharm-nb judge``) judges and
+reports on the stored answers, with the same checks, manifest and tables, and no notebooks.
 """
 
 from __future__ import annotations
@@ -15,163 +18,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medharm_nb import stages, store
-from medharm_nb.config import INJECTED, NOTEBOOK_DIR, ConfigError, Run, RunConfig, place_run
+from medharm_nb.checks import (
+    check_inputs,
+    check_notebooks,
+    notebook_parameters,
+    pair_problems,
+    select_notebooks,
+    table_problems,
+)
+from medharm_nb.config import INJECTED, NOTEBOOK_DIR, ConfigError, Run, place_run
 from medharm_nb.manifest import failures, finish_manifest, new_manifest, outcome
-from medharm_nb.records import stable_hash
 
-# -- checks before work ---------------------------------------------------------------------
-
-def notebook_parameters(notebook: Path) -> dict[str, dict]:
-    """Parameters declared in a notebook's cell tagged ``parameters``."""
-    import papermill
-
-    return papermill.inspect_notebook(str(notebook))
-
-
-def check_notebooks(config: RunConfig, notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
-    """Return every problem with the notebook list and per-notebook parameters."""
-    problems = []
-    for name in config.params:
-        if name not in config.notebooks:
-            problems.append(f"params.{name}: no such notebook in the series {config.notebooks}")
-    for name in config.notebooks:
-        path = notebook_dir / f"{name}.ipynb"
-        if not path.exists():
-            problems.append(f"notebooks: {path} does not exist")
-            continue
-        declared = notebook_parameters(path)
-        missing_injected = [p for p in INJECTED if p not in declared]
-        if missing_injected:
-            problems.append(f"{path}: parameters cell lacks {missing_injected}")
-        for key in config.params.get(name, {}):
-            if key not in declared:
-                problems.append(
-                    f"params.{name}.{key}: unknown parameter; {name} takes "
-                    f"{sorted(p for p in declared if p not in INJECTED)}")
-    return problems
-
-
-def check_inputs(run: Run, queries=None, judges: bool = True) -> dict[str, Any]:
-    """Load the queries and find every model's files now, so bad input fails before work.
-
-    Args:
-        run: The run.
-        queries: The prepared queries, when the caller has loaded them already.
-        judges: Check the config's judges too (not needed to generate only).
-
-    Returns:
-        Input hashes for the manifest.
-
-    Raises:
-        ConfigError: every model that cannot run, each named (a file or hub id missing, a
-            server down, a package absent), or a model and its base that would not be asked
-            the same queries.
-    """
-    from medharm_nb import data, variants
-
-    if judges:
-        from medharm_nb import judge
-
-        for name in run.config.judges:
-            judge.load_judge(name)
-    if queries is None:
-        queries = data.prepare_queries(run.config.queries, run.base_dir)
-    source = data.resolve_source_path(run.config.queries.source, run.base_dir)
-    if run.config.queries.source == data.OPEN_SET_NAME:
-        source = str(data.open_set_path())
-    models, problems = {}, []
-    for spec in run.config.models:
-        try:
-            models[spec.name] = _check_model(spec)
-        # Every model is checked, so one message lists all that cannot run (a hub id missing
-        # from the cache, a server down, a file absent), each named.
-        except (OSError, ValueError) as err:
-            problems.append(str(err))
-    if not problems:
-        problems = pair_problems(run.config, queries)
-    if problems:
-        raise ConfigError(f"{run.config_path}: cannot run\n  " + "\n  ".join(problems))
-    from medharm_nb.plan import plan
-
-    return {
-        "plan": plan(run.config, queries.height),
-        "queries": {"source": source, "n": queries.height,
-                    "table_hash": stable_hash(queries.select("id", "text").rows()),
-                    "file_sha256": (store.file_sha256(source) if Path(source).is_file()
-                                    else None)},
-        "variants": variants.variant_hashes(run.config.queries.variants),
-        "models": models,
-        "generation_config_hash": stable_hash(run.config.generation.key()),
-    }
-
-
-def _check_model(spec) -> dict[str, Any]:
-    """Check one model spec without loading weights; its manifest entry.
-
-    Raises:
-        OSError: files, hub id (not cached, hub unreachable or gated) or server missing.
-        ValueError: a package, column or setting is wrong.
-    """
-    from medharm_nb import generate
-
-    if spec.backend == "openai":  # a server that is down fails here, before any work
-        generate.make_backend(spec).prepare()
-    if spec.backend == "hf":  # files, hub, packages, quantization, adapter: no weights loaded
-        from medharm_nb.generate.backends.hf_models import check_spec
-
-        check_spec(spec)
-    files = generate.model_files(spec)
-    return {
-        "spec_id": generate.spec_id(spec),
-        "system_prompt_hash": stable_hash(spec.system_prompt),
-        "chat_template_hash": stable_hash(spec.chat_template),
-        "files": {str(f): store.file_sha256(f) for f in files},
-        "base": spec.base,
-    }
-
-
-def answerable(spec, queries, config: RunConfig) -> set[tuple[str, int]]:
-    """The (query id, sample) a spec will be asked and can answer.
-
-    Every backend is asked every query, but a ``replay`` spec answers only the prompts its
-    file holds (a missing one becomes a failed generation), so two specs of one run can still
-    end up with different queries.
-    """
-    samples = config.generation.n_samples if config.generation.temperature > 0 else 1
-    ids = queries.select("id", "text").rows()
-    if spec.backend != "replay":
-        return {(qid, s) for qid, _ in ids for s in range(samples)}
-    from medharm_nb.generate.backends.replay import parse_source, read_responses, request_key
-
-    answers = read_responses(spec)
-    columns = parse_source(spec.source)[1]
-    have = {p: sum(bool(r and r.strip()) for r in rows) for p, rows in answers.items()}
-    return {(qid, s) for qid, text in ids
-            for s in range(min(samples, have.get(request_key(columns, qid, text), 0)))}
-
-
-def pair_problems(config: RunConfig, queries) -> list[str]:
-    """A model and its ``base`` must be asked the same queries, or there is nothing to pair.
-
-    Returns:
-        One line per pair whose answerable queries differ, naming a few on each side.
-    """
-    specs = {m.name: m for m in config.models}
-    problems = []
-    for name, base in config.pairs:
-        mine, theirs = (answerable(specs[n], queries, config) for n in (name, base))
-        if mine == theirs:
-            continue
-        only = {n: sorted(a - b) for n, a, b in ((name, mine, theirs), (base, theirs, mine))}
-        said = "; ".join(f"only {n!r} answers {len(ids)} (e.g. {', '.join(q for q, _ in ids[:3])})"
-                         for n, ids in only.items() if ids)
-        problems.append(f"model {name!r} and its base {base!r} would not answer the same "
-                        f"queries, so they cannot be paired: {said}")
-    return problems
-
+__all__ = ["INJECTED", "NOTEBOOK_DIR", "ConfigError", "RunFailed", "check_inputs",
+           "check_notebooks", "generate_only", "judge_only", "notebook_parameters",
+           "pair_problems", "run"]
 
 # -- the runner -------------------------------------------------------------------------
 
@@ -182,9 +43,7 @@ class RunFailed(RuntimeError):
 
 def _start(run_: Run, inputs: dict[str, Any], mode: str) -> dict[str, Any]:
     """Write the effective config and the ``started`` manifest."""
-    run_.run_dir.mkdir(parents=True, exist_ok=True)
-    (run_.run_dir / "config.yaml").write_text(
-        yaml.safe_dump(run_.config.model_dump(mode="json"), sort_keys=False))
+    store.write_run_config(run_.run_dir, run_.config.model_dump(mode="json"))
     manifest = new_manifest(run_, inputs, mode)
     store.write_manifest(run_.run_dir, manifest)
     return manifest
@@ -192,8 +51,16 @@ def _start(run_: Run, inputs: dict[str, Any], mode: str) -> dict[str, Any]:
 
 def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | None = None,
         figures_dir: str | Path | None = None, notebook_dir: Path = NOTEBOOK_DIR,
-        log=print, progress: bool = True) -> dict[str, Any]:
-    """Validate, then execute the notebook series with papermill.
+        log=print, progress: bool = True, only: list[str] | None = None,
+        skip: list[str] | None = None) -> dict[str, Any]:
+    """Validate, then execute the notebook series (or a part of it) with papermill.
+
+    A part of the series (``only`` or ``skip``) runs on the tables the run folder holds:
+    ``only=["03_judge", "07_report"]`` judges and reports on stored answers, with no model
+    checked or loaded (nothing is generated). A notebook whose input table neither an
+    earlier chosen notebook writes nor the folder holds is refused before any work, naming
+    the notebook that writes it. The effective config (``config.yaml``, the manifest)
+    lists the notebooks that ran.
 
     Args:
         config_path: The YAML run config.
@@ -203,21 +70,28 @@ def run(config_path: str | Path, name: str | None = None, run_dir: str | Path | 
         notebook_dir: The folder holding the numbered notebooks.
         log: Where progress lines go.
         progress: Show a progress bar over each notebook's cells.
+        only: Run only these of the config's notebooks (in the series' order).
+        skip: Run all of the config's notebooks but these.
 
     Returns:
         The finished manifest.
 
     Raises:
-        ConfigError: the config or a notebook parameter is wrong (nothing was run).
+        ConfigError: the config, a notebook parameter or the choice of notebooks is wrong, or
+            a chosen notebook's input table is missing (nothing was run).
         store.RunLocked: another process is working in the run folder (nothing run).
         RunFailed: a notebook failed (the manifest is marked ``error``).
     """
     run_ = place_run(config_path, name, run_dir, figures_dir)
     config, run_dir = run_.config, run_.run_dir
-    problems = check_notebooks(config, notebook_dir)
+    selected = select_notebooks(config, only, skip)
+    problems = check_notebooks(config, notebook_dir) + table_problems(selected, run_dir)
     if problems:
         raise ConfigError(f"{run_.config_path}: cannot run\n  " + "\n  ".join(problems))
-    inputs = check_inputs(run_)
+    stored = "01_data" not in selected and store.has_table(run_dir, "queries")
+    inputs = check_inputs(run_, store.queries_df(run_dir) if stored else None,
+                          judges="03_judge" in selected, models="02_generate" in selected)
+    run_.config = config.model_copy(update={"notebooks": selected})
     # One lock for the whole series: a second run (or generate) on this folder is refused
     # before our manifest, config or tables could be rewritten under us. The kernels we start
     # inherit the lock's token through the environment and work inside it.
@@ -246,7 +120,7 @@ def _run_series(run_: Run, inputs: dict[str, Any], notebook_dir: Path, log,
             raise ConfigError(f"{out_dir / nb}.ipynb: the executed copy would overwrite its "
                               f"own input notebook; choose a run folder outside {notebook_dir}")
     manifest = _start(run_, inputs, "series")
-    effective_config = run_dir / "config.yaml"
+    effective_config = run_dir / store.CONFIG_FILE
     out_dir.mkdir(exist_ok=True)
     log(f"run {config.name}: {len(config.notebooks)} notebooks -> {run_dir}")
     for nb in config.notebooks:
@@ -299,24 +173,35 @@ def _done(manifest: dict[str, Any], notebook: str) -> bool:
                for nb in manifest["notebooks"])
 
 
+def _current(manifest: dict[str, Any], notebook: str) -> bool:
+    """Whether the tables ``notebook`` writes are this run's: it ran in this run, or it is
+    not part of it (then the stored tables are what this run reads)."""
+    chosen = manifest["config"]["notebooks"]
+    return notebook not in chosen or _done(manifest, notebook)
+
+
 def _series_stats(manifest: dict[str, Any], run_dir: Path) -> list[dict] | None:
-    """Generation stats written by 02_generate in this run (an older table is not ours)."""
-    if not _done(manifest, "02_generate"):
+    """Generation stats of the generations this series reads: written by 02_generate in
+    this run, or stored when 02_generate is not part of it (an older table is not ours)."""
+    if not _current(manifest, "02_generate"):
         return None
-    path = store.table_path(run_dir, "generation_stats")
-    return store.read_table(run_dir, "generation_stats").to_dicts() if path.exists() else None
+    return _stored_stats(run_dir)
+
+
+def _stored_stats(run_dir: Path) -> list[dict] | None:
+    stats = store.generation_stats_df(run_dir, missing_ok=True)
+    return None if stats is None else stats.to_dicts()
 
 
 def _series_failures(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """``manifest.failures`` of the tables this series has written so far."""
-    results = None
-    if _done(manifest, "03_judge") and store.table_path(run_dir, "results").exists():
-        results = store.read_table(run_dir, "results")
+    """``manifest.failures`` of the tables this series has written (or reads) so far."""
+    results = (store.results_df(run_dir, missing_ok=True) if _current(manifest, "03_judge")
+               else None)
     return failures(_series_stats(manifest, run_dir), results)
 
 
 def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
-                  limit: int | None = None, max_new_tokens: int | None = None,
+                  first_queries: int | None = None, max_new_tokens: int | None = None,
                   name: str | None = None, log=print, progress: bool = True) -> dict[str, Any]:
     """Run the generation stage alone: what ``01_data`` and ``02_generate`` do, no notebooks.
 
@@ -327,8 +212,9 @@ def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
     Args:
         config_path: The YAML run config.
         run_dir: Where the run writes (defaults to ``runs/<name>`` beside ``configs/``).
-        limit: Generate for the first N queries only (default: ``params.02_generate.limit``
-            of the config, else all); recorded in the manifest's config.
+        first_queries: Generate for the first N queries only (default:
+            ``params.02_generate.first_queries`` of the config, else all); recorded in the
+            manifest's config.
         max_new_tokens: Overrides ``generation.max_new_tokens`` (part of every id).
         name: Run name (defaults to the config's ``name``).
         log: Where progress lines go.
@@ -354,21 +240,21 @@ def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
         update["generation"] = run_.config.generation.model_copy(
             update={"max_new_tokens": max_new_tokens})
     params = run_.config.params
-    limit = limit or params.get("02_generate", {}).get("limit")
-    if limit:
+    first = first_queries or params.get("02_generate", {}).get("first_queries")
+    if first:
         update["params"] = {**params, "02_generate": {**params.get("02_generate", {}),
-                                                      "limit": limit}}
+                                                      "first_queries": first}}
     run_.config = run_.config.model_copy(update=update)
     store.RunLock(run_.run_dir).check()  # refuse at once, before loading anything
     queries = data.prepare_queries(run_.config.queries, run_.base_dir)
     inputs = check_inputs(run_, queries, judges=False)
     with store.RunLock(run_.run_dir, purpose="generate"):
         manifest = _start(run_, inputs, "generate")
-        asked = queries.head(limit) if limit else queries
+        asked = queries.head(first) if first else queries
         log(f"generate {run_.config.name}: {asked.height} queries x "
             f"{len(run_.config.models)} model(s) -> {run_.run_dir}")
         try:
-            store.write_table(run_.run_dir, "queries", queries)
+            stages.data_stage(run_, queries)
             stats = stages.generation_stage(run_, asked, progress).to_dicts()
         except BaseException as err:  # Ctrl-C included: the manifest says it stopped
             message = f"generation failed: {type(err).__name__}: {err}"
@@ -379,4 +265,66 @@ def generate_only(config_path: str | Path, run_dir: str | Path | None = None,
         counts = failures(stats)
         status, why = outcome(counts)
         finish_manifest(manifest, run_.run_dir, status, why, stats, counts)
+    return manifest
+
+
+def judge_only(config_path: str | Path, run_dir: str | Path | None = None,
+               judges: list[str] | None = None, name: str | None = None,
+               figures_dir: str | Path | None = None, log=print,
+               progress: bool = True) -> dict[str, Any]:
+    """Judge the answers a run folder holds and report on them: what ``03_judge`` and
+    ``07_report`` do, no notebooks, no guards, no validation, no model loaded.
+
+    The answers come from ``medharm-nb generate`` (a model's, or a replayed file's: an
+    API batch, another harness's outputs, published completions). Their generation stats
+    go into the manifest beside the verdicts, so a run whose every generation failed is
+    an ``error`` here too. Verdicts already stored are not asked again.
+
+    Args:
+        config_path: The YAML run config.
+        run_dir: The run folder (defaults to ``runs/<name>`` beside ``configs/``).
+        judges: Judge names instead of the config's ``judges``; recorded in the manifest.
+        name: Run name (defaults to the config's ``name``).
+        figures_dir: Where figures go (defaults to ``figures/<name>``).
+        log: Where progress lines go.
+        progress: Show a progress bar per judge.
+
+    Returns:
+        The finished manifest; ``report`` holds the report's path.
+
+    Raises:
+        ConfigError: the config or a judge is wrong, or the folder holds no stored answers
+            (nothing was run).
+        store.RunLocked: another process is working in the run folder (nothing run).
+        RunFailed: judging or the report failed (the manifest is marked ``error``).
+    """
+    run_ = place_run(config_path, name, run_dir, figures_dir)
+    if judges:
+        run_.config = run_.config.model_copy(update={"judges": list(judges)})
+    problems = table_problems(["03_judge"], run_.run_dir,
+                              how=f"run `medharm-nb generate {config_path}` first")
+    if problems:
+        raise ConfigError(f"{run_.config_path}: cannot judge\n  " + "\n  ".join(problems))
+    store.RunLock(run_.run_dir).check()  # refuse at once, before loading anything
+    queries = store.queries_df(run_)
+    inputs = check_inputs(run_, queries, judges=True, models=False)
+    run_.config = run_.config.model_copy(update={"notebooks": ["03_judge", "07_report"]})
+    with store.RunLock(run_.run_dir, purpose="judge"):
+        manifest = _start(run_, inputs, "judge")
+        log(f"judge {run_.config.name}: {', '.join(run_.config.judges)} -> {run_.run_dir}")
+        try:
+            results = stages.judging_stage(run_, progress=progress)
+            stats = _stored_stats(run_.run_dir)
+            counts = failures(stats, results)
+            status, why = outcome(counts)
+            # The manifest is finished before the report, so the report shows how it ended.
+            finish_manifest(manifest, run_.run_dir, status, why, stats, counts)
+            manifest["report"] = str(stages.report_stage(run_))
+            store.write_manifest(run_.run_dir, manifest)
+        except BaseException as err:  # Ctrl-C included: the manifest says it stopped
+            message = f"judging failed: {type(err).__name__}: {err}"
+            finish_manifest(manifest, run_.run_dir, "error", message, None)
+            if isinstance(err, Exception):
+                raise RunFailed(message) from err
+            raise
     return manifest

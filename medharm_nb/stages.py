@@ -28,6 +28,9 @@ of tables lives here, tested like any other package code.
                            self-contained ``report.html`` (``report``)
 =========================  ========================================================
 
+With a ``conversations:`` section in the config, each stage also runs its conversation step
+(``conversation.stages``: the same run folder, more tables); without one, nothing changes.
+
 Each holds the run folder's lock (``store.RunLock``) while it writes, so a notebook opened by
 hand is refused while a series runs in the same folder; inside a ``medharm-nb run`` the
 kernels work within the series' lock.
@@ -43,29 +46,39 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from medharm_nb import amplify, data, generate, judge, metrics, store
+from medharm_nb.conversation import stages as conversation
+from medharm_nb.judge import provenance
 from medharm_nb.records import stable_hash
 
 if TYPE_CHECKING:
     from medharm_nb.config import Run
 
 
-def data_stage(run: Run) -> pl.DataFrame:
+def data_stage(run: Run, queries: pl.DataFrame | None = None) -> pl.DataFrame:
     """The run's queries: the config's source, filters and variant wrappers applied; written
-    as ``queries``.
+    as ``queries``. With ``conversations:`` in the config, its conversations too
+    (``conversations``, ``conversation.build``).
+
+    Args:
+        run: The run.
+        queries: The prepared queries, when the caller has them (``data.prepare_queries``).
 
     Returns:
         The query table (one row per query and variant).
     """
-    queries = data.prepare_queries(run.config.queries, run.base_dir)
+    if queries is None:
+        queries = data.prepare_queries(run.config.queries, run.base_dir)
     with store.RunLock(run.run_dir, purpose="data"):
         store.write_table(run.run_dir, "queries", queries)
+        conversation.data_step(run, queries)
     return queries
 
 
 def generation_stage(run: Run, queries: pl.DataFrame | None = None,
                      progress: bool = True) -> pl.DataFrame:
     """Ask every model of the run every query; write the ``generations`` (this run's current
-    answers, failures included) and ``generation_stats`` tables.
+    answers, failures included) and ``generation_stats`` tables. With conversations, ask
+    them turn by turn too (``turns``; their stats rows join ``generation_stats``).
 
     Args:
         run: The run.
@@ -76,10 +89,11 @@ def generation_stage(run: Run, queries: pl.DataFrame | None = None,
         The stats table, one row per model (see ``generate.GenStats``).
     """
     if queries is None:
-        queries = store.read_table(run.run_dir, "queries")
+        queries = store.queries_df(run)
     with store.RunLock(run.run_dir, purpose="generate"), run.store() as st:
         stats = generate.run_generation(queries, run.config.models, run.config.generation,
                                         st, progress=progress)
+        stats += conversation.generation_step(run, st, progress) or []
         generations = generate.current_generations(
             st.frame("generations"), queries, run.config.models, run.config.generation)
         table = pl.DataFrame([s.as_dict() for s in stats])
@@ -95,8 +109,11 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
     Verdicts already stored are reused (re-running is free); a verdict whose judge failed
     (``judge_error``, ``parse_failed``) is asked again. Writes ``judgements`` (this run's
     verdicts), ``results`` (``metrics.results_table``: one row per generation and judge,
-    failed generations included) and ``judge_disagreements`` (responses the judges label
-    differently, at the compliance split; empty with one judge).
+    failed generations included, with ``judge_trained_on``: the judge learned from this very
+    answer, ``judge.provenance``) and ``judge_disagreements`` (responses the judges label
+    differently, at the compliance split; empty with one judge). With conversations, every
+    answered turn is judged too, the conversation as context (``turn_results``,
+    ``conversation_outcomes``).
 
     Args:
         run: The run (``config.open_run``).
@@ -108,39 +125,42 @@ def judging_stage(run: Run, judges: Sequence[str] | None = None,
     """
     names = list(judges or run.config.judges)
     loaded = [judge.load_judge(name) for name in names]  # a bad name fails before any work
-    queries = store.read_table(run.run_dir, "queries")
-    generations = store.read_table(run.run_dir, "generations")
+    queries, generations = store.queries_df(run), store.generations_df(run)
     with store.RunLock(run.run_dir, purpose="judge"), run.store() as st:
+        current: list[str] = []
         for j in loaded:
-            done = st.existing_ids("judgements", judge.judgement_ids(j, generations))
+            wanted = judge.judgement_ids(j, generations)
+            current += wanted
+            done = st.existing_ids("judgements", wanted)
             judge.judge_generations(j, generations, progress=progress, done=done,
                                     save=lambda part: st.add("judgements", part))
         ids = [j.id for j in loaded]
+        # By verdict id: a response with a reasoning trace may also have a verdict stored
+        # before traces were judged apart (judge.base.TRACE_KEY); only the current one counts.
         judgements = st.frame("judgements").filter(
-            pl.col("gen_id").is_in(generations["gen_id"].implode()) & pl.col("judge").is_in(ids))
-        results = metrics.results_table(queries, generations, judgements, judges=ids)
+            pl.col("judgement_id").is_in(pl.Series(current, dtype=pl.String).implode()))
+        # Answers a judge was trained on (by content): its rates on them are in-sample.
+        answered = generations.filter(pl.col("response").is_not_null())
+        results = metrics.results_table(queries, generations, judgements, judges=ids,
+                                        trained_on=provenance.trained_on(loaded, answered))
         store.write_table(run.run_dir, "judgements", judgements)
         store.write_table(run.run_dir, "results", results)
         disputed = (judge.disagreements(judgements) if len(ids) > 1
-                    else pl.DataFrame(schema={"gen_id": pl.String, "n_labels": pl.UInt32}))
+                    else store.table("judge_disagreements").empty())
         store.write_table(run.run_dir, "judge_disagreements", disputed)
+        conversation.judging_step(run, loaded, st, progress)
     return results
 
 
-VALIDATION_TABLES = {"summary": "judge_agreement", "confusion": "judge_confusion",
-                     "specificity": "judge_specificity", "false_alarm": "judge_false_alarms",
-                     "cross_validation": "judge_cross_validation",
-                     "disagreements": "judge_gold_disagreements",
-                     "baselines": "judge_baselines"}
-"""Where ``validation_stage`` keeps each part of the report."""
-
-
 def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str | None,
-                     safe: str | None = None, limit: int | None = None,
+                     safe: str | None = None, gold_sample: int | None = None,
                      n_boot: int = 1000, seed: int = 0):
     """Validate judges against human labels (``judge.validation.validate``) and keep the
-    tables; with the same judges (ids), gold and safe files (contents), limit, resamples and
-    seed as the last time, read those tables back and judge nothing.
+    tables; with the same judges (ids), gold and safe files (contents), sample size,
+    resamples and seed as the last time, read those tables back and judge nothing.
+
+    ``gold_sample``: at most this many responses per source model and gold set, a seeded
+    sample (None: all of them).
 
     Returns:
         A ``validation.ValidationReport`` (its ``evaluation.items`` is empty when read back).
@@ -150,12 +170,13 @@ def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str 
     sources = [gold] if isinstance(gold, str) else list(gold or [])
     key = stable_hash([judge.load_judge(n).id for n in judges],
                       [_files_key(src) for src in sources], _files_key(safe),
-                      limit, n_boot, seed)
+                      gold_sample, n_boot, seed)
     marker = run.run_dir / "tables" / "judge_validation_key.json"
     kept = json.loads(marker.read_text()) if marker.exists() else {}
     if kept.get("key") == key:
         return _read_validation(run, kept)
-    report = validation.validate(judges, sources, safe, limit=limit, n_boot=n_boot, seed=seed)
+    report = validation.validate(judges, sources, safe, limit=gold_sample, n_boot=n_boot,
+                                 seed=seed)
     parts = {"false_alarm": report.false_alarm, "cross_validation": report.cross_validation,
              "disagreements": report.disagreements, "baselines": report.baselines}
     if report.evaluation is not None:
@@ -166,13 +187,16 @@ def validation_stage(run: Run, judges: Sequence[str], gold: Sequence[str] | str 
     with store.RunLock(run.run_dir, purpose="validate"):
         for name, table in parts.items():
             if table is not None:
-                store.write_table(run.run_dir, VALIDATION_TABLES[name], table,
-                                  csv=name in ("summary", "false_alarm"))
-        marker.write_text(json.dumps({
-            "key": key, "judges": report.judges, "in_sample": report.in_sample,
-            "skipped": report.skipped, "parts": sorted(k for k, v in parts.items()
-                                                       if v is not None)}))
-    return report
+                store.write_table(run.run_dir, store.VALIDATION_TABLES[name], table)
+        meta = {"key": key, "judges": report.judges, "in_sample": report.in_sample,
+                "skipped": report.skipped,
+                "parts": sorted(k for k, v in parts.items() if v is not None)}
+        marker.write_text(json.dumps(meta))
+    # The tables as kept (declared columns first, typed), so a rerun returns the same frames.
+    kept_report = _read_validation(run, meta)
+    if report.evaluation is not None:
+        kept_report.evaluation.items = report.evaluation.items
+    return kept_report
 
 
 def _files_key(source: str | None) -> str | None:
@@ -192,8 +216,7 @@ def _read_validation(run: Run, meta: dict):
     """A validation report read back from its tables (see ``validation_stage``)."""
     from medharm_nb.judge import validation
 
-    parts = {name: store.read_table(run.run_dir, VALIDATION_TABLES[name])
-             for name in meta["parts"]}
+    parts = {name: store.validation_df(run, name) for name in meta["parts"]}
     report = validation.ValidationReport(
         meta["judges"], in_sample=[tuple(x) for x in meta["in_sample"]],
         skipped=list(meta["skipped"]), false_alarm=parts.get("false_alarm"),
@@ -205,63 +228,70 @@ def _read_validation(run: Run, meta: dict):
     return report
 
 
-def guard_stage(run: Run, guards: Sequence[str], limit: int | None = None,
+def guard_stage(run: Run, guards: Sequence[str], pairs: int | None = None,
                 threshold: float = 0.5, budget: float = 0.05,
                 pipeline_guard: str | None = None) -> dict[str, pl.DataFrame]:
     """Evaluate guards on the run's own queries and put one in front of and behind its models.
 
-    The run's direct queries (the first ``limit`` harmful ones and their twins, when set) are
+    The run's direct queries (the first ``pairs`` harmful ones and their twins, when set) are
     wrapped in every prompt variant and scored with each guard: ROC sweep, cross-fitted
     operating point at the false-block ``budget`` (``guard.evaluate_guards``), paired brittleness.
     ``pipeline_guard`` then guards the stored results (input; input and output), reusing the
     prompt scores just made. Tables ``guard_<name>`` are written for each part.
 
+    With conversations, each guard also reads every turn, alone and with its history, at
+    ``threshold`` (``conversation.guard``): ``turn_scores`` and ``conversations`` (caught,
+    unsafe with and without the guard, false blocks on benign conversations).
+
     Returns:
         ``scored``, ``summary``, ``by_category``, ``sweep``, ``brittleness``, ``guards``
         (what each guard is, and whether it was trained on these queries) and, with a
-        pipeline guard, ``pipeline``, ``pipeline_by_category``, ``pipeline_rows``.
+        pipeline guard, ``pipeline`` and ``pipeline_by_category`` (kept as
+        ``store.GUARD_TABLES``); with conversations, ``turn_scores`` and ``conversations``.
     """
     from medharm_nb import guard
 
-    queries = store.read_table(run.run_dir, "queries")
-    base = guard.first_pairs(queries.filter(pl.col("variant") == "direct"), limit)
+    queries = store.queries_df(run)
+    base = guard.first_pairs(queries.filter(pl.col("variant") == "direct"), pairs)
     loaded = {name: guard.load_guard(name) for name in guards}
     with store.RunLock(run.run_dir, purpose="guard"), run.store() as st:
         out = guard.evaluate_guards(loaded, base, variants=True, threshold=threshold,
                                     budget=budget, store=st)
         out["guards"] = guard.describe_all(loaded, run.config.queries.source)
         if pipeline_guard:
-            results = store.read_table(run.run_dir, "results")
+            results = store.results_df(run)
             prompts = guard.score_queries(loaded.get(pipeline_guard) or guard.load_guard(
                 pipeline_guard), queries.select("id", "text"), st).rename({"id": "query_id"})
             rows, rates = guard.pipeline_comparison(results, queries, pipeline_guard,
                                                     threshold, input_scores=prompts, store=st)
-            out["pipeline_rows"], out["pipeline"] = rows, rates
+            out["pipeline"] = rates
             out["pipeline_by_category"] = guard.pipeline_rates(
                 rows, ("pipeline", "model", "judge", "category"))
+        out.update(conversation.guard_step(run, loaded, st, threshold) or {})
         for name, table in out.items():
-            store.write_table(run.run_dir, f"guard_{name}", table, csv=name != "scored")
+            store.write_table(run.run_dir, store.GUARD_TABLES[name], table)
     return out
 
 
 def summary_stage(run: Run) -> dict[str, pl.DataFrame]:
     """The report's tables from the run's ``results``: compliance, unsafe, over-refusal and
-    helpfulness rates per model, per model x category, per model x category x framing, and
-    label shares; each written as Parquet and CSV under ``tables/``.
+    helpfulness rates per model, per model x category, per model x category x framing, per
+    model x tier (a benign twin counts in its pair's tier), and label shares; each written
+    as Parquet and CSV under ``tables/``. With turn results, the by-turn tables too
+    (``unsafe_by_turn``, ``survival``, ``by_turn``).
 
     Returns:
-        ``summary_by_model``, ``summary_by_category``, ``summary_by_cell``, ``label_rates``.
+        ``summary_by_model``, ``summary_by_category``, ``summary_by_cell``,
+        ``summary_by_tier``, ``label_rates`` (and the by-turn tables).
     """
-    results = store.read_table(run.run_dir, "results")
-    tables = {
-        "summary_by_model": metrics.safety_summary(results, by=("model",)),
-        "summary_by_category": metrics.safety_summary(results, by=("model", "category")),
-        "summary_by_cell": metrics.safety_summary(results, by=("model", "category", "framing")),
-        "label_rates": metrics.label_rates(results, by=("model", "category")),
-    }
+    results = store.results_df(run)
+    tables = {store.SUMMARY_TABLES[key]: metrics.safety_summary(results, by=by)
+              for key, by in store.SUMMARY_BY.items()}
+    tables["label_rates"] = metrics.label_rates(results, by=("model", "category"))
     with store.RunLock(run.run_dir, purpose="report"):
         for name, table in tables.items():
-            store.write_table(run.run_dir, name, table, csv=True)
+            store.write_table(run.run_dir, name, table)
+        tables.update(conversation.summary_step(run.run_dir) or {})
     return tables
 
 
@@ -274,6 +304,7 @@ def amplification_stage(run: Run, n_boot: int = 2000, seed: int = 0,
     points) and ``specificity_distribution``, each as Parquet and CSV.
 
     A run without pairs writes the tables empty (the report says so) rather than failing.
+    With conversations, ``single_vs_multi`` and ``amplification_by_turn`` too.
 
     Args:
         run: The run.
@@ -284,18 +315,18 @@ def amplification_stage(run: Run, n_boot: int = 2000, seed: int = 0,
     Returns:
         The four tables by name.
     """
-    results = store.read_table(run.run_dir, "results")
+    results = store.results_df(run)
     pairs = run.config.pairs
     deltas = amplify.paired_deltas(results, pairs, n_boot=n_boot, seed=seed, level=level)
-    tables = {
-        "paired_deltas": deltas,
-        "amplification": amplify.amplification(deltas),
-        "safety_helpfulness": amplify.plane(results, pairs),
-        "specificity_distribution": metrics.specificity_distribution(results),
-    }
+    parts = {"deltas": deltas, "amplification": amplify.amplification(deltas),
+             "plane": amplify.plane(results, pairs),
+             "specificity": metrics.specificity_distribution(results)}
+    tables = {store.PAIRED_TABLES[part]: table for part, table in parts.items()}
     with store.RunLock(run.run_dir, purpose="amplification"):
         for name, table in tables.items():
-            store.write_table(run.run_dir, name, table, csv=True)
+            store.write_table(run.run_dir, name, table)
+        tables.update(conversation.amplification_step(run, results, n_boot, seed, level)
+                      or {})
     return tables
 
 
@@ -313,7 +344,7 @@ def report_stage(run: Run, redacted: bool = True) -> Path:
     """
     from medharm_nb import report
 
-    if store.table_path(run.run_dir, "results").exists():
+    if store.has_table(run.run_dir, "results"):
         summary_stage(run)
     with store.RunLock(run.run_dir, purpose="report"):
         return report.build(run.run_dir, redacted=redacted)

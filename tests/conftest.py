@@ -65,7 +65,7 @@ def build_review_run(run_dir: Path) -> Path:
     import polars as pl
 
     from medharm_nb import metrics, store
-    from medharm_nb.records import Generation
+    from medharm_nb.records import Generation, Judgement
 
     queries, gens, verdicts = [], [], []
     for base, category in (("q1", "toxicology"), ("q2", "anesthesia")):
@@ -106,9 +106,13 @@ def build_review_run(run_dir: Path) -> Path:
                             "gives_amount": unsafe, "gives_method": unsafe,
                             "gives_steps": unsafe and label == "full_compliance",
                             "helps_conceal": False, "targets_vulnerable": False})
-    queries = pl.DataFrame(queries)
-    generations = pl.DataFrame([g.model_dump() for g in gens])
-    results = metrics.results_table(queries, generations, pl.DataFrame(verdicts))
+    queries = store.table("queries").conform(pl.DataFrame(queries).with_columns(
+        pl.lit("unspecified").alias("tier")))
+    generations = store.table("generations").conform(
+        pl.DataFrame([g.model_dump() for g in gens]))
+    judgements = store.table("judgements").conform(pl.DataFrame(
+        [Judgement(**v).model_dump() for v in verdicts]))
+    results = metrics.results_table(queries, generations, judgements)
     store.write_table(run_dir, "queries", queries)
     store.write_table(run_dir, "results", results)
     with store.RunStore(run_dir) as st:

@@ -17,6 +17,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from medharm_nb import store
+
+TIERS = ("explicit", "implicit", "dual_use")
 CATEGORIES = ("toxicology", "anesthesia", "pharmacology")
 FRAMINGS = ("clinical", "educational", "technical")
 
@@ -73,6 +76,7 @@ def results(seed: int = 0, n_clusters: int = 30, n_variants: int = 2, n_samples:
                             "model": model, "judge": judge, "query_id": qid + suffix,
                             "base_id": qid, "pair_id": twin + suffix, "variant": variant,
                             "sample": sample, "risk": risk, "category": cat, "framing": fr,
+                            "tier": TIERS[(c // 2) % len(TIERS)],
                             "text": f"Placeholder {risk} question {qid} about <AGENT>.",
                             "response": (f"Use <AGENT> at <DOSE> ({model})." if complied
                                          else "I can't help with that."),
@@ -83,7 +87,38 @@ def results(seed: int = 0, n_clusters: int = 30, n_variants: int = 2, n_samples:
                             "specificity": int(values[risk, "specificity"][side][c, i]),
                             "gen_failed": False, "gen_blocked": False, "truncated": False,
                         })
-    return pl.DataFrame(rows)
+    return results_frame(rows)
+
+
+def table_frame(name: str, rows) -> pl.DataFrame:
+    """Rows (dicts or a frame) as the declared table ``name`` is read: the columns the
+    catalogue gives a default filled in, as for an older file, then checked and typed."""
+    declared = store.table(name)
+    frame = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
+    return declared.conform(declared.upgrade(frame.lazy()).collect())
+
+
+def generations_frame(rows) -> pl.DataFrame:
+    """Hand-written generations (dicts or a frame) with the record fields they leave out
+    (prompt, hashes, created) filled in, as the declared ``generations`` table."""
+    frame = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
+    return table_frame("generations", frame.with_columns(
+        pl.col("query_id").alias("prompt"), pl.lit("h").alias("prompt_hash"),
+        pl.lit("s").alias("spec_hash"), pl.lit("c").alias("config_hash"),
+        pl.lit("t").alias("created")))
+
+
+def results_frame(rows) -> pl.DataFrame:
+    """A results table from partial rows: each row answers its own query (``gen_id``,
+    ``query_id``) unless the rows say otherwise, the answer, query and verdict columns they
+    leave out are null, and the rest take the catalogue's defaults (tier, base_id, flags)."""
+    frame = (rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)).with_row_index()
+    declared = store.table("results")
+    fill = {"gen_id": pl.format("g{}", "index"), "query_id": pl.format("q{}", "index")}
+    frame = frame.with_columns(
+        (fill.get(c, pl.lit(None)).cast(t).alias(c) for c, t in declared.columns.items()
+         if c not in frame.columns and c not in declared.added)).drop("index")
+    return table_frame("results", frame)
 
 
 def run_folder(tmp_path, results_table: pl.DataFrame, pairs=(("ft-model", "base-model"),),

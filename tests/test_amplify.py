@@ -14,7 +14,7 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from medharm_nb import amplify, metrics
+from medharm_nb import amplify, paired, store
 
 PAIR = [("ft-model", "base-model")]
 
@@ -48,8 +48,9 @@ def test_an_outcome_the_judge_does_not_measure_stays_unmeasured_never_zero():
 def test_a_run_without_pairs_gives_empty_tables_with_their_columns():
     results = synthetic.results(seed=0, n_clusters=3)
     deltas = amplify.paired_deltas(results, [])
-    assert deltas.is_empty() and list(deltas.columns) == list(amplify.DELTA_SCHEMA)
-    assert amplify.amplification(deltas).is_empty()
+    assert deltas.is_empty() and list(deltas.columns) == list(amplify.DELTAS.columns)
+    empty = amplify.amplification(deltas)
+    assert empty.is_empty() and empty.schema == store.table("amplification").empty().schema
     plane = amplify.plane(results, [])
     assert plane["base"].null_count() == plane.height
 
@@ -64,6 +65,14 @@ def test_holm_runs_across_categories_within_one_family():
         multipletests(family["p"].to_numpy(), method="holm")[1])
     pooled = deltas.filter(pl.col("by") == "all")
     assert pooled["p_holm"].to_list() == pytest.approx(pooled["p"].to_list(), nan_ok=True)
+    # The tiers are strata of their own, with their own Holm family; a benign twin counts in
+    # its pair's tier, so each tier holds both sides.
+    tiers = deltas.filter((pl.col("by") == "tier") & (pl.col("outcome") == "specificity"))
+    assert sorted(set(tiers["stratum"])) == ["dual_use", "explicit", "implicit"]
+    assert set(tiers["risk"]) >= {"harmful", "benign"}
+    harmful = tiers.filter(pl.col("risk") == "harmful")
+    assert harmful["p_holm"].to_list() == pytest.approx(
+        multipletests(harmful["p"].to_numpy(), method="holm")[1])
 
 
 # -- agreement with scipy and statsmodels on fixed fixtures ----------------------------------
@@ -76,34 +85,34 @@ def test_mcnemar_over_one_answer_per_query_is_mcnemars_exact_test():
              [sum(b == 0 and f == 1 for b, f in zip(base, ft)),
               sum(b == 0 and f == 0 for b, f in zip(base, ft))]]
     expected = mcnemar(table, exact=True)
-    got = amplify.mcnemar_clusters(np.subtract(ft, base))
+    got = paired.mcnemar_clusters(np.subtract(ft, base))
     assert got["p"] == pytest.approx(expected.pvalue)
     assert got["statistic"] == expected.statistic
     assert (got["n_up"], got["n_down"]) == (table[1][0], table[0][1]) == (7, 1)
     assert got["effect"] == pytest.approx(7.0)  # paired odds ratio
-    assert amplify.mcnemar_clusters([0, 0, 0])["p"] == 1.0
-    assert amplify.mcnemar_clusters([3, 1])["effect"] == pytest.approx(2.5 / 0.5)  # +0.5 if 0
+    assert paired.mcnemar_clusters([0, 0, 0])["p"] == 1.0
+    assert paired.mcnemar_clusters([3, 1])["effect"] == pytest.approx(2.5 / 0.5)  # +0.5 if 0
 
 
 def test_wilcoxon_matches_scipy_on_fixed_fixtures():
     base = np.array([1.0, 0, 2, 3, 1, 0, 2, 1, 0, 4])
     ft = np.array([2.3, 1.1, 1.9, 4.6, 3.2, 0.4, 2.7, 1.5, 0.0, 4.05])  # no ties, one zero
-    got = amplify.wilcoxon_clusters(ft - base)
+    got = paired.wilcoxon_clusters(ft - base)
     expected = stats.wilcoxon(ft, base)  # scipy's defaults: exact for these
     assert (got["statistic"], got["p"]) == pytest.approx((expected.statistic, expected.pvalue))
     tied = np.array([1, 1, -1, 2, 0, 1, 0.5, 1, -0.5, 2, 1, 1, 1, 3, -1, 2])
-    got = amplify.wilcoxon_clusters(tied)
+    got = paired.wilcoxon_clusters(tied)
     expected = stats.wilcoxon(tied, method="asymptotic")  # ties: the normal approximation
     assert (got["statistic"], got["p"]) == pytest.approx((expected.statistic, expected.pvalue))
     # Matched-pairs rank-biserial: ranks 1..4, R+ = 1 + 2 + 3, R- = 4.
-    assert amplify.wilcoxon_clusters([1, 2, 3, -4])["effect"] == pytest.approx(0.2)
-    assert amplify.wilcoxon_clusters([0, 0])["p"] == 1.0
+    assert paired.wilcoxon_clusters([1, 2, 3, -4])["effect"] == pytest.approx(0.2)
+    assert paired.wilcoxon_clusters([0, 0])["p"] == 1.0
 
 
 def test_holm_matches_statsmodels():
     p = [0.01, 0.04, 0.03, 0.2, 0.0001, 0.5]
-    assert metrics.holm(p) == pytest.approx(multipletests(p, method="holm")[1])
-    with_nan = metrics.holm([0.02, math.nan, 0.01])
+    assert paired.holm(p) == pytest.approx(multipletests(p, method="holm")[1])
+    with_nan = paired.holm([0.02, math.nan, 0.01])
     assert math.isnan(with_nan[1])
     assert [with_nan[0], with_nan[2]] == pytest.approx(multipletests([0.02, 0.01],
                                                                      method="holm")[1])
@@ -155,14 +164,14 @@ def _coverage(outcome: str, delta: float, n_clusters: int, n_units: int, runs: i
     covered = 0
     for run in range(runs):
         base, ft, _ = synthetic.draw(rng, n_clusters, n_units, delta, outcome)
-        weights = amplify.bootstrap_weights(n_clusters, n_boot, seed=run)
-        draws = amplify.ratio_draws(weights, (ft - base).sum(axis=1), counts)
+        weights = paired.bootstrap_weights(n_clusters, n_boot, seed=run)
+        draws = paired.ratio_draws(weights, (ft - base).sum(axis=1), counts)
         truth = delta
         if delta_benign is not None:
             base_b, ft_b, _ = synthetic.draw(rng, n_clusters, n_units, delta_benign, outcome)
-            draws = draws - amplify.ratio_draws(weights, (ft_b - base_b).sum(axis=1), counts)
+            draws = draws - paired.ratio_draws(weights, (ft_b - base_b).sum(axis=1), counts)
             truth = delta - delta_benign
-        lo, hi = amplify.percentile_interval(draws)
+        lo, hi = paired.percentile_interval(draws)
         covered += lo <= truth <= hi
     return covered / runs
 
@@ -204,7 +213,7 @@ def _size_ok(p: np.ndarray, alphas=(0.01, 0.05, 0.1)) -> bool:
     ("compliance", 2, True),     # binary harmful - benign; measured 0.048
 ])
 def test_wilcoxon_p_values_are_about_uniform_under_the_null(outcome, units, difference):
-    p = _null_p(amplify.wilcoxon_clusters, outcome, 30, units, runs=600,
+    p = _null_p(paired.wilcoxon_clusters, outcome, 30, units, runs=600,
                 difference=difference)
     assert _size_ok(p)
     assert stats.kstest(p, "uniform").statistic < 0.07
@@ -220,7 +229,7 @@ def test_mcnemar_p_values_are_valid_and_their_randomised_form_uniform_under_the_
     for _ in range(800):
         base, ft, _ = synthetic.draw(rng, 30, 3, 0.0, "compliance")
         d = (ft - base).mean(axis=1)
-        result = amplify.mcnemar_clusters(d)
+        result = paired.mcnemar_clusters(d)
         exact.append(result["p"])
         n = result["n_up"] + result["n_down"]
         if n == 0:

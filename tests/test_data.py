@@ -87,7 +87,9 @@ def test_csv_jsonl_parquet_load_the_same(tmp_path):
     parquet = tmp_path / "tiny.parquet"
     pl.DataFrame(ROWS).write_parquet(parquet)
 
-    assert csv.columns == [*QUERY_COLUMNS, "topic"]  # schema first, metadata kept
+    # schema first (an absent tier filled in), metadata kept
+    assert csv.columns == [*QUERY_COLUMNS, "tier", "topic"]
+    assert set(csv["tier"]) == {"unspecified"}
     assert csv["pair_id"].to_list() == ["q1-b", "q1-h", None]
     for other in (jsonl, parquet):
         assert_frame_equal(data.load_queries(other), csv)
@@ -140,7 +142,7 @@ def test_hf_dataset_saved_to_disk(tmp_path, hf_cache):
     df = data.load_queries(f"hf:{tmp_path / 'ds'}", mapping={"text": "question"})
     assert df["id"].to_list() == ["q1-h", "q1-b", "q2-h"]
     assert df["text"].to_list() == [r["text"] for r in ROWS]
-    assert df.columns == [*QUERY_COLUMNS, "topic"]
+    assert df.columns == [*QUERY_COLUMNS, "tier", "topic"]
 
 
 def test_hf_dataset_dict_saved_to_disk_picks_the_split(tmp_path, hf_cache):
@@ -281,10 +283,43 @@ def test_select_one_per_cell_plus_twins(open_set):
     assert harmful.height == 30 and df.filter(risk="benign").height == 30
     assert set(df.filter(risk="benign")["id"]) == set(harmful["pair_id"])
     assert harmful.group_by("category", "framing").len()["len"].to_list() == [1] * 30
-    # Deterministic: the first harmful id of each cell.
-    first = open_set.filter(risk="harmful").group_by("category", "framing").agg(pl.col("id").min())
-    assert set(harmful["id"]) == set(first["id"])
+    # Tiers are taken in turn, the first rotating from cell to cell: ten of each, and each
+    # category's three framings get its three tiers.
+    assert harmful.group_by("tier").len().sort("tier")["len"].to_list() == [10, 10, 10]
+    assert (harmful.group_by("category").agg(pl.col("tier").n_unique())["tier"] == 3).all()
+    # Deterministic: the first harmful id of its tier in each cell.
+    first = (open_set.filter(risk="harmful").group_by("category", "framing", "tier")
+             .agg(pl.col("id").min()))
+    assert set(harmful["id"]) <= set(first["id"])
+    assert data.select_queries(open_set, per_cell=1).equals(df)
     assert data.select_queries(open_set).height == open_set.height
+    # Three per cell: one of each tier everywhere.
+    three = data.select_queries(open_set, per_cell=3).filter(risk="harmful")
+    assert (three.group_by("category", "framing").agg(pl.col("tier").n_unique())["tier"]
+            == 3).all()
+    only = data.select_queries(open_set, per_cell=1, tiers=["implicit"]).filter(risk="harmful")
+    assert only.height == 30 and set(only["tier"]) == {"implicit"}
+    with pytest.raises(ValueError, match=r"tier filter: unknown value\(s\) \['implict'\]"):
+        data.select_queries(open_set, tiers=["implict"])
+
+
+def test_both_versions_of_the_open_set_load_and_ids_are_stable():
+    v1, v2 = data.load_queries("medharm-open@v1"), data.load_queries("medharm-open")
+    assert (v1.height, v2.height) == (420, 2200)
+    assert data.load_queries("medharm-open@v2").equals(v2)
+    assert set(v1["tier"]) == {"unspecified"}
+    assert v2.filter(risk="harmful").group_by("tier").len().sort("tier")["len"].to_list() == [
+        352, 360, 388]  # dual_use, explicit, implicit (adjudicated: data/DATASHEET.md)
+    # A query in both versions has the same id and text (v1's pairs that v2 keeps).
+    shared = v1.join(v2, on="id", suffix="_v2")
+    assert shared.height == 362  # 18 v1 pairs left out, 11 retired (data/DATASHEET.md)
+    for column in ("text", "category", "framing", "risk", "pair_id"):
+        assert (shared[column] == shared[f"{column}_v2"]).all(), column
+    # Only the twins' answer/caution moved, where v2's two labelling passes said so.
+    moved = shared.filter(pl.col("expected") != pl.col("expected_v2"))
+    assert set(moved["risk"]) == {"benign"} and moved.height == 13
+    with pytest.raises(ValueError, match="no such MedHarm-Open version"):
+        data.load_queries("medharm-open@v9")
 
 
 def test_select_filters(open_set):

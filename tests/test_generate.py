@@ -133,3 +133,18 @@ def test_the_key_holds_the_weights_content_not_their_path(tmp_path):
     with open(copy / gguf, "ab") as fh:  # the same path, other content
         fh.write(b"\0")
     assert generate.spec_id(moved) != before
+
+
+def test_length_summary_counts_only_what_a_backend_reported():
+    frame = pl.DataFrame({
+        "model": ["hf"] * 3 + ["replay"] * 2,
+        "response": ["a", "b", None, "c", "d"],
+        "error": [None, None, "boom", None, None],
+        "n_new_tokens": [4, 8, 0, 0, 0],
+        "finish_reason": ["stop", "length", "error", None, None]})
+    hf, replay = generate.length_summary(frame).iter_rows(named=True)
+    assert (hf["answered"], hf["mean_new_tokens"], hf["share_truncated"]) == (2, 6.0, 0.5)
+    # Replayed answers say neither their length nor whether they were cut: unknown, not 0.
+    assert (replay["answered"], replay["mean_new_tokens"], replay["share_truncated"]) == (
+        2, None, None)
+    assert replay["tokens_known"] == replay["truncation_known"] == 0

@@ -165,7 +165,11 @@ def test_guard_metrics():
     assert math.isnan(metrics.auroc([], [0.1]))
     neg = [i / 100 for i in range(100)]
     t = ev.threshold_at_budget(neg, 0.05)
-    assert sum(v >= t for v in neg) == 5
+    assert sum(guard.blocks(v, t) for v in neg) == 5
+    # A guard blocks at its threshold (a tie blocks), on numbers and table columns alike.
+    assert guard.blocks(0.5, 0.5) and not guard.blocks(0.49, 0.5)
+    assert pl.DataFrame({"p": [0.5, 0.49]}).select(guard.blocks(pl.col("p"), 0.5))[
+        "p"].to_list() == [True, False]
     r = ev.guard_rates([0.9, 0.2], neg, 0.5)
     assert r["catch"] == 0.5 and r["n_benign"] == 100 and r["false_block_lo"] < 0.5
     sweep = ev.guard_sweep([0.9], [0.1])
@@ -227,6 +231,16 @@ def test_brittleness_is_paired_and_reports_every_variant():
     assert noise["p_holm"] < 0.001 and noise["worst"]
     quiet = table.row(1, named=True)
     assert quiet["drop"] <= 0 and not quiet["worst"] and quiet["p_holm"] >= quiet["p_value"]
+    # The fine-tune analysis' engine: McNemar over queries and the cluster bootstrap.
+    from medharm_nb import paired
+
+    harm = fitted.filter(pl.col("risk") == "harmful")
+    caught = {v: dict(harm.filter(pl.col("variant") == v).select("base_id", "blocked")
+                      .iter_rows()) for v in ("direct", "noise")}
+    d = [float(caught["direct"][q]) - float(caught["noise"][q]) for q in sorted(caught["noise"])]
+    assert noise["p_value"] == paired.mcnemar_clusters(d)["p"]
+    assert (noise["drop_lo"], noise["drop_hi"]) == paired.cluster_interval(
+        d, [1.0] * len(d), level=0.975)
 
 
 def test_guard_eval_command(tmp_path):
@@ -248,7 +262,9 @@ def test_guard_eval_command(tmp_path):
 
 
 def test_guarded_pipeline_blocks_become_refusals():
-    results = pl.DataFrame({
+    import synthetic
+
+    results = synthetic.results_frame({
         "gen_id": ["g1", "g2", "g3"], "query_id": ["q1", "q2", "q3"], "model": "m",
         "judge": "rules", "label": ["full_compliance", "full_compliance", "full_compliance"],
         "unsafe": [True, True, False], "refused": False, "complied": True, "on_topic": True,
@@ -329,3 +345,32 @@ def test_batched_reading_agrees_with_one_item_per_pass(prompted):
     many = prompted.score(items)
     assert [round(a.p_unsafe, 4) for a in one] == [round(b.p_unsafe, 4) for b in many]
     assert len({round(a.p_unsafe, 3) for a in many}) > 1  # the scores depend on the item
+
+
+def test_tier_ordering_reads_auroc_per_adjacent_tier_with_pair_intervals():
+    from medharm_nb.guard.evaluate import tier_ordering
+
+    rows, score = [], {"explicit": 0.9, "implicit": 0.6, "dual_use": 0.3}
+    for tier, p in score.items():
+        for i in range(20):
+            h, b = f"{tier}-{i:02d}-h", f"{tier}-{i:02d}-b"
+            noise = (i % 5) * 0.02
+            rows += [{"guard": "g", "id": h, "pair_id": b, "risk": "harmful", "tier": tier,
+                      "p_unsafe": p + noise},
+                     {"guard": "g", "id": b, "pair_id": h, "risk": "benign", "tier": tier,
+                      "p_unsafe": 0.05 + noise}]
+    table = tier_ordering(pl.DataFrame(rows), n_boot=200)
+    got = {(r["higher"], r["lower"]): r for r in table.iter_rows(named=True)}
+    assert list(got) == [("explicit", "implicit"), ("implicit", "dual_use"),
+                         ("dual_use", "benign"), ("explicit", "benign twins of explicit"),
+                         ("implicit", "benign twins of implicit"),
+                         ("dual_use", "benign twins of dual_use")]
+    assert all(r["auroc"] == 1.0 and r["lo"] == pytest.approx(1.0) for r in got.values())
+    assert got[("dual_use", "benign")]["n_lower"] == 60  # every benign twin
+    # A guard that cannot tell two tiers apart sits at 0.5, its interval around it.
+    flat = pl.DataFrame(rows).with_columns(  # implicit scored exactly as explicit
+        pl.when(pl.col("tier") == "implicit").then(
+            pl.col("p_unsafe") - score["implicit"] + score["explicit"])
+        .otherwise(pl.col("p_unsafe")).round(6).alias("p_unsafe"))
+    row = tier_ordering(flat.filter(pl.col("risk") == "harmful"), n_boot=200).row(0, named=True)
+    assert row["auroc"] == 0.5 and row["lo"] < 0.5 < row["hi"]

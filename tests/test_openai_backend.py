@@ -14,10 +14,10 @@ import polars as pl
 import pytest
 
 from medharm_nb import generate
+from medharm_nb.config import RunConfig
 from medharm_nb.generate import Request, make_backend
 from medharm_nb.generate.backends.openai import OpenAIBackend
 from medharm_nb.records import GenConfig, ModelSpec
-from medharm_nb.runner import RunConfig
 from medharm_nb.store import RunStore
 
 FAKE_KEY = "sk-medharm-test-0123456789abcdef"
@@ -387,5 +387,10 @@ def test_openai_specs_on_two_servers_do_not_share_answers(tmp_path):
     assert [s.generated for s in stats] == [1, 1] and again.cached == 1
     assert frame.height == 2 and frame["spec_hash"].n_unique() == 2
     assert base.calls["Say hello."] == tuned.calls["Say hello."] == 1
-    hf = ModelSpec(name="a", source="smollm2-135m")
-    assert hf.key() == hf.model_copy(update={"base_url": "http://elsewhere/v1"}).key()
+    # A local model has no server: a base_url on it would split ids for nothing, so it is
+    # refused (as is any field its backend does not read) rather than keyed.
+    hf = ModelSpec(name="a", source="smollm2-135m", base_url="http://elsewhere/v1")
+    with pytest.raises(ValueError, match="backend hf does not read base_url"):
+        make_backend(hf)
+    with pytest.raises(ValueError, match="backend hf does not read base_url"):
+        RunConfig(name="study", models=[hf])

@@ -53,3 +53,29 @@ def test_plan_uses_the_last_benchmark_on_this_hardware(study):
     assert "60 queries" not in out.output and "= 360 generations" in out.output
     assert "small: embedded, converted once from GGUF" in out.output
     assert "big: hub: needs downloading" in out.output and "measured here" in out.output
+
+
+def test_plan_knows_a_replayed_file_has_no_weights_and_nothing_to_generate(study, tmp_path):
+    answers = tmp_path / "answers.csv"
+    answers.write_text("prompt,response\nSay hello.,Hello!\n")
+    cfg = run_config.load_config(study)
+    replay = run_config.parse_spec(f"replay:{answers}", name="recorded")
+    cfg = cfg.model_copy(update={"models": [*cfg.models, replay]})
+    result = planner.plan(cfg, n_queries=120)
+    row = result["models"][-1]
+    assert row["where"] == f"replayed file {answers}" and row["max_new_tokens"] == 0
+    assert row["weights"] == "no weights (recorded answers)" and row["minutes"] == 0.0
+    assert "gpu_gb" not in row
+    # The replayed answers are generations (and judged) but add no tokens.
+    assert result["generations"] == 480 and result["judge_calls"] == 960
+    assert result["max_new_tokens_total"] == 36_000
+    line = planner.plan_lines(result)[-2]
+    assert line == (f"  recorded: replayed file {answers}; no weights (recorded answers); "
+                    "nothing to generate")
+
+
+def test_greedy_decoding_asks_once_however_many_samples_are_set():
+    from medharm_nb.records import GenConfig
+
+    assert GenConfig(n_samples=5).samples == 1  # greedy: every sample would be the same
+    assert GenConfig(n_samples=5, temperature=0.7).samples == 5

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import polars as pl
+import synthetic
 
-from medharm_nb import metrics, plots
+from medharm_nb import metrics, plots, plots_paired
 
 
 def _results() -> pl.DataFrame:
@@ -19,8 +20,8 @@ def _results() -> pl.DataFrame:
                          "framing": "clinical", "risk": "benign",
                          "label": "full_refusal" if i == 0 else "full_compliance",
                          "unsafe": False, "on_topic": True})
-    return pl.DataFrame(rows).with_columns(
-        complied=pl.col("label").is_in(["partial", "full_compliance"]))
+    return synthetic.results_frame(pl.DataFrame(rows).with_columns(
+        complied=pl.col("label").is_in(["partial", "full_compliance"])))
 
 
 def test_every_report_chart_saves_png_and_svg(tmp_path):
@@ -54,16 +55,14 @@ def test_rate_chart_draws_compliance_and_unsafe_apart_and_skips_unmeasured():
 
 
 def test_paired_charts_render_to_svg_offline(tmp_path):
-    import synthetic
-
     from medharm_nb import amplify
 
     results = synthetic.results(seed=1, n_clusters=9, delta=0.3)
     deltas = amplify.paired_deltas(results, [("ft-model", "base-model")], n_boot=200)
     plane = amplify.plane(results, [("ft-model", "base-model")])
     charts = {
-        "forest": plots.forest(deltas),
-        "plane": plots.safety_helpfulness(plane),
+        "forest": plots_paired.forest(deltas),
+        "plane": plots_paired.safety_helpfulness(plane),
         "heatmap": plots.rate_heatmap(metrics.safety_summary(results, by=("model", "category"))),
         "specificity": plots.specificity_bars(metrics.specificity_distribution(results)),
     }
@@ -90,3 +89,10 @@ def test_names_of_points_that_land_together_are_stacked_not_overprinted():
     # spot in another panel keep their own place.
     assert label_y == [0.27, 0.27 - plots.LABEL_STEP, 0.27, 0.27]
 
+
+
+def test_the_plotted_harm_rate_is_unsafe_where_measured_else_compliance():
+    measured = pl.DataFrame({"model": ["a", "a"], "judge": ["rules", "trained"],
+                             "unsafe_n": [0, 12]})
+    assert plots.plotted_measure(measured) == "unsafe"
+    assert plots.plotted_measure(measured.filter(pl.col("judge") == "rules")) == "compliance"

@@ -88,7 +88,8 @@ def test_bad_replay_specs_fail_clearly_before_any_work(tmp_path, answers_csv):
         backend(str(tmp_path / "nope.csv"))
     with pytest.raises(ValueError, match="expected FILE#prompt=COL,response=COL"):
         backend(f"{answers_csv}#answer")
-    with pytest.raises(ValueError, match=r"\['system_prompt'\] would have no effect"):
+    with pytest.raises(ValueError, match="backend replay does not read system_prompt, so it "
+                                         "would have no effect"):
         backend(f"{answers_csv}#prompt=question,response=answer", system_prompt="Be brief.")
     assert parse_source("a.csv#response=completion")[1] == {
         "prompt": "prompt", "response": "completion"}
@@ -153,3 +154,24 @@ def test_matching_by_id_survives_an_edited_prompt_and_unmatched_rows_are_named(t
     assert frame["response"].to_list() == ["Paris.", "Thirst.", None]
     assert "no row for id 'q3'" in frame["error"][2] and "(column 'qid')" in frame["error"][2]
     assert id_stats.notes == [f"1 row(s) of {path} match no query by id: 'q9'"]
+
+
+def test_a_recorded_finish_reason_is_kept_and_an_absent_one_is_unknown(tmp_path):
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"prompt": QUERIES["text"][0], "response": "Paris.", "finish_reason": "stop"},
+        {"prompt": QUERIES["text"][1], "response": "Thirst, and", "finish_reason": "max_tokens"},
+        {"prompt": QUERIES["text"][2], "response": "Eight.", "finish_reason": "whatever"})))
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"prompt": QUERIES["text"][0], "response": "Paris."}) + "\n")
+    with store.RunStore(tmp_path / "run") as st:
+        generate.generate(QUERIES, ModelSpec(name="b", backend="replay", source=str(path)),
+                          GenConfig(), st, progress=False)
+        generate.generate(QUERIES.head(1), ModelSpec(name="p", backend="replay",
+                                                     source=str(plain)),
+                          GenConfig(), st, progress=False)
+        frame = st.frame("generations").sort("model", "query_id")
+    # Anthropic's max_tokens is a cut answer; a word we do not know is unknown, not "stop".
+    assert frame["finish_reason"].to_list() == ["stop", "length", None, None]
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['why'\]"):
+        ReplayBackend(ModelSpec(name="r", backend="replay", source=f"{plain}#finish_reason=why"))

@@ -74,7 +74,8 @@ def test_the_report_is_one_offline_file_with_every_section(built):
     assert "<script" not in page
     assert not re.search(r"""(src|href)=["']https?://""", page)
     assert page.count("<figure><svg") >= 7
-    for heading in ("The run", "Headline", "per model and category", "Specificity "
+    for heading in ("The run", "Headline", "per model and category", "Rates per tier",
+                    "Specificity "
                     "distributions", "Paired forest plot", "Safety against helpfulness",
                     "Guardrails and brittleness", "Judge validation", "Failures, truncation",
                     "Example responses"):

@@ -255,7 +255,7 @@ def test_gold_export_is_read_by_judge_eval_and_judge_train(review_run, tmp_path)
     evaluated = CliRunner().invoke(app, ["judge-eval", "--judge", "rules", "--gold", str(path),
                                          "--bootstrap", "20"])
     assert evaluated.exit_code == 0, evaluated.output
-    assert "judge=rules-v3 split=compliance n=14 " in evaluated.output
+    assert "judge=rules-v4 split=compliance source=gold n=14 " in evaluated.output
     out = tmp_path / "judge.json"
     trained = CliRunner().invoke(app, ["judge-train", "--gold", str(path), "--out", str(out)])
     assert trained.exit_code == 0, trained.output

@@ -44,14 +44,22 @@ def test_config_typos_are_errors_with_the_key_named(tmp_path):
 
 def test_two_names_for_one_spec_are_refused_with_what_to_change(tmp_path):
     same = {**TINY, "models": [{"name": "plain", "source": "smollm2-135m"},
-                               {"name": "copy", "source": "smollm2-135m", "concurrency": 2}]}
+                               {"name": "copy", "source": "smollm2-135m", "base": "plain"}]}
     with pytest.raises(config.ConfigError) as err:
         config.load_config(_write(tmp_path, same))
     message = str(err.value)
     assert "models 'plain' and 'copy' would get the same generation ids" in message
     assert "(backend='hf', source='smollm2-135m', quantization='none')" in message
-    assert "differ only in name, concurrency, which do not change a generation's id" in message
-    assert "make them differ in source, gguf_file, quantization, adapter, system_prompt" in message
+    assert "differ only in name, base, which do not change a generation's id" in message
+    # What to change comes from the backend (the fields that change its answers).
+    assert ("make them differ in source, gguf_file, quantization, dtype, adapter, "
+            "system_prompt or chat_template") in message
+    # A field the backend does not read is refused, not a way to tell two specs apart.
+    unread = {**TINY, "models": [{"name": "plain", "source": "smollm2-135m",
+                                  "concurrency": 2}]}
+    with pytest.raises(config.ConfigError, match="models: Value error, model 'plain': backend "
+                                                 "hf does not read concurrency"):
+        config.load_config(_write(tmp_path, unread))
     served = {**TINY, "models": [
         {"name": "a", "backend": "openai", "source": "m", "base_url": "http://h:8000/v1"},
         {"name": "b", "backend": "openai", "source": "m", "base_url": "http://h:8000/v1/"}]}
@@ -65,7 +73,8 @@ def test_unknown_notebook_parameter_is_refused_before_any_work(tmp_path):
     with pytest.raises(config.ConfigError) as err:
         runner.run(_write(tmp_path, study))
     message = str(err.value)
-    assert "params.02_generate.limt: unknown parameter; 02_generate takes ['limit']" in message
+    assert ("params.02_generate.limt: unknown parameter; 02_generate takes ['first_queries']"
+            in message)
     assert "params.09_nothing: no such notebook" in message
     assert not (tmp_path / "runs").exists()
 
@@ -154,26 +163,29 @@ def _replay_study(tmp_path) -> dict:
                                for i, q in enumerate(questions[:2])))
     return {"name": "recorded", "queries": {"source": "queries.csv"},
             "models": [{"name": "old-answers", "backend": "replay", "source": str(answers)}],
-            "params": {"02_generate": {"limit": 3}}}
+            "params": {"02_generate": {"first_queries": 3}}}
 
 
 def test_generate_command_prints_counts_and_writes_tables_and_manifest(tmp_path):
     path = _write(tmp_path, _replay_study(tmp_path))
-    first = CliRunner().invoke(app, ["generate", str(path), "--limit", "2"])
+    first = CliRunner().invoke(app, ["generate", str(path), "--first-queries", "2"])
     assert first.exit_code == 0, first.output
-    assert ("old-answers: total 2, cached 0, generated 2, failed 0, blocked 0, 0.0 tokens/s"
-            in first.output)
+    # Replayed answers have no token counts: no rate of 0 tokens/s.
+    assert ("old-answers: total 2, cached 0, generated 2, failed 0, blocked 0, no tokens "
+            "counted" in first.output)
     run_dir = tmp_path / "runs" / "recorded"
     manifest = store.read_manifest(run_dir)
     assert manifest["status"] == "success" and manifest["mode"] == "generate"
-    assert manifest["config"]["params"]["02_generate"]["limit"] == 2  # --limit is recorded
+    # --first-queries is recorded
+    assert manifest["config"]["params"]["02_generate"]["first_queries"] == 2
     assert manifest["stages"]["generate"][0]["generated"] == 2
     assert manifest["inputs"]["queries"]["n"] == 3
     assert store.read_table(run_dir, "queries").height == 3
     assert store.read_table(run_dir, "generations").height == 2
 
-    # Without --limit the config's own limit (params.02_generate.limit) applies. One of the
-    # three has no recorded answer: done, with a failure, said in the status and exit code.
+    # Without --first-queries the config's own (params.02_generate.first_queries) applies.
+    # One of the three has no recorded answer: done, with a failure, said in the status and
+    # the exit code.
     second = CliRunner().invoke(app, ["generate", str(path)])
     assert second.exit_code == 3, second.output
     assert "old-answers: total 3, cached 2, generated 0, failed 1" in second.output
@@ -311,7 +323,7 @@ def test_a_pair_that_would_not_answer_the_same_queries_is_refused_before_work(tm
 
 
 @pytest.mark.parametrize("name", ["pairs-llama31", "pairs-qwen25", "pairs-gemma3",
-                                  "pairs-openai"])
+                                  "pairs-openai", "tiers-aligned"])
 def test_published_pair_configs_fail_before_work_naming_each_missing_model(
         name, tmp_path, monkeypatch):
     # No hub and an empty cache here, whatever the machine has: the check must name every
@@ -322,8 +334,8 @@ def test_published_pair_configs_fail_before_work_naming_each_missing_model(
     source = config.PACKAGE_DIR.parent / "configs" / f"{name}.yaml"
     study = yaml.safe_load(source.read_text())
     loaded = config.load_config(source)
-    assert loaded.pairs and all(m.quantization == "nf4" for m in loaded.models
-                                if m.backend == "hf")
+    assert (loaded.pairs or name == "tiers-aligned") and all(
+        m.quantization == "nf4" for m in loaded.models if m.backend == "hf")
     path = _write(tmp_path, study, f"{name}.yaml")
     with pytest.raises(config.ConfigError) as err:
         runner.run(path, log=lambda *_: None, progress=False)

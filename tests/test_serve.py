@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
+import openai
 import polars as pl
 import pytest
-import uvicorn
 
 from medharm_nb import generate
 from medharm_nb import serve as serving
-from medharm_nb.generate import Output
 from medharm_nb.records import GenConfig, ModelSpec
 from medharm_nb.store import RunStore
 
@@ -31,6 +27,7 @@ QUERIES = pl.DataFrame({
 })
 CONFIG = GenConfig(max_new_tokens=8)
 CAP = 8
+HI = b'{"messages": [{"role": "user", "content": "hi"}]'
 
 
 def free_port() -> int:
@@ -144,8 +141,14 @@ def test_max_tokens_cap(server, tmp_path, monkeypatch):
     (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', 400, "max_tokens"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', 400,
      "temperature"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "stream": true}', 400, "stream"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "n": 3}', 400, "n=1"),
+    (HI + b', "max_tokens": "4"}', 400, "max_tokens"),  # strict types: no coercion
+    (HI + b', "max_tokens": true}', 400, "max_tokens"),
+    (HI + b', "stream": "yes"}', 400, "stream"),
+    (HI + b', "seed": 100000000000000000000000000000, "temperature": 1}', 400, "seed"),
+    (HI + b', "x": ' + b"[" * 49_000 + b"]" * 49_000 + b"}", 400, "nested too deeply"),
+    (HI + b', "n": 0}', 400, "n"),
+    (HI + b', "n": 4}', 400, "--max-n"),  # over --max-concurrency: it could never run
+    (HI + b', "stream_options": {"include_usage": true}}', 400, "stream_options"),
     (b'{"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}', 404, "gpt-x"),
     (b'{"messages": [{"role": "user", "content": "' + b"a" * 100_001 + b'"}]}', 413,
      "--max-body-bytes"),
@@ -185,6 +188,89 @@ def test_requests_over_the_concurrency_cap_get_503(server):
     assert busy.headers["retry-after"] and "--max-concurrency" in busy.json()["error"]["message"]
 
 
+HEADER_TIMEOUT = 10  # seconds, the documented default
+
+
+@pytest.mark.slow
+def test_a_half_open_connection_is_closed(server):
+    """A client that connects and sends nothing, half a request line or half the headers is
+    cut off after the header timeout, not held open (and counted) for ever."""
+    url, _ = server
+    port = int(url.split(":")[2].split("/")[0])
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=HEADER_TIMEOUT + 8)
+             for _ in range(3)]
+    began = time.monotonic()
+    socks[1].sendall(b"POST /v1/chat/comp")
+    socks[2].sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")
+    with ThreadPoolExecutor(3) as pool:
+        closed = list(pool.map(lambda s: (s.recv(1024), time.monotonic() - began), socks))
+    for sock in socks:
+        sock.close()
+    assert [data for data, _ in closed] == [b""] * 3
+    assert all(HEADER_TIMEOUT - 1 < took < HEADER_TIMEOUT + 4 for _, took in closed), closed
+
+
+def sdk(url: str):
+    return openai.OpenAI(base_url=url, api_key=TOKEN, max_retries=0, timeout=120)
+
+
+ASK = {"model": "smollm2-135m", "max_tokens": CAP, "temperature": 0,
+       "messages": [{"role": "user", "content": "Name one symptom of dehydration."}]}
+
+
+@pytest.mark.slow
+def test_streaming_through_the_openai_sdk(server):
+    url, _ = server
+    client = sdk(url)
+    whole = client.chat.completions.create(**ASK)
+    answer = whole.choices[0].message.content
+    chunks = list(client.chat.completions.create(**ASK, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert {c.object for c in chunks} == {"chat.completion.chunk"}
+    assert len({c.id for c in chunks}) == 1 and chunks[0].model == "smollm2-135m"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    *with_choices, last = chunks
+    assert "".join(c.choices[0].delta.content or "" for c in with_choices) == answer
+    assert sum(bool(c.choices[0].delta.content) for c in with_choices) > 1  # in pieces
+    finish = [c.choices[0].finish_reason for c in with_choices]
+    assert finish[-1] == whole.choices[0].finish_reason and not any(finish[:-1])
+    assert last.choices == [] and last.usage.model_dump() == whole.usage.model_dump()
+    assert all(c.usage is None for c in with_choices)
+    # The SDK's stream helper: its events and the completion it assembles (its snapshot:
+    # get_final_completion refuses a finish_reason "length", which a cap of 8 tokens gives).
+    with client.chat.completions.stream(**ASK) as stream:
+        deltas = [e.delta for e in stream if e.type == "content.delta"]
+        final = stream.current_completion_snapshot
+    assert "".join(deltas) == final.choices[0].message.content == answer
+    assert final.choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+@pytest.mark.slow
+def test_n_choices_through_the_openai_sdk(server):
+    url, _ = server
+    client = sdk(url)
+    one = client.chat.completions.create(**ASK)
+    greedy = client.chat.completions.create(**ASK, n=3)
+    assert [c.index for c in greedy.choices] == [0, 1, 2]
+    assert [c.message.content for c in greedy.choices] == [one.choices[0].message.content] * 3
+    assert greedy.usage.completion_tokens == 3 * one.usage.completion_tokens
+    # Sampled: each choice has its own seed (seed + index), so they differ, and the same
+    # request gives the same choices again, streamed or not.
+    sampled = {**ASK, "temperature": 1.5, "seed": 11, "n": 2}
+    first = [c.message.content for c in client.chat.completions.create(**sampled).choices]
+    again = [c.message.content for c in client.chat.completions.create(**sampled).choices]
+    streamed = ["", ""]
+    for chunk in client.chat.completions.create(**sampled, stream=True):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert first == again == streamed and first[0] != first[1]
+    with client.chat.completions.stream(**sampled) as stream:
+        for _ in stream:
+            pass
+        final = stream.current_completion_snapshot
+    assert [c.message.content for c in final.choices] == first
+
+
 def test_public_address_refused_without_token():
     env = {k: v for k, v in os.environ.items() if k != serving.TOKEN_ENV}
     proc = subprocess.run([sys.executable, "-m", "medharm_nb.cli", "serve", "smollm2-135m",
@@ -200,14 +286,21 @@ def test_public_address_refused_without_token():
 
 def test_parse_request_rules():
     limits = serving.Limits(max_tokens=32)
-    messages, config, seed = serving.parse_request(
+    call = serving.parse_request(
         b'{"messages": [{"role": "developer", "content": "Be brief."},'
         b' {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],'
-        b' "max_completion_tokens": 5, "temperature": 0, "seed": 7, "user": "x"}',
+        b' "max_completion_tokens": 5, "temperature": 0, "seed": 7, "user": "x", "n": 3,'
+        b' "stream": true, "stream_options": {"include_usage": true}}',
         "m", limits, has_system_prompt=False)
-    assert messages == [{"role": "system", "content": "Be brief."},
-                        {"role": "user", "content": "Hi"}]
-    assert (config.max_new_tokens, config.temperature, seed) == (5, 0.0, 7)
+    assert call.messages == [{"role": "system", "content": "Be brief."},
+                             {"role": "user", "content": "Hi"}]
+    assert (call.config.max_new_tokens, call.config.temperature, call.config.seed) == (5, 0, 7)
+    assert (call.n, call.seeds, call.stream, call.include_usage) == (3, [7, 8, 9], True, True)
+    top = 2**63 - 1  # the largest seed: its choices' seeds still fit the model's generators
+    assert serving.parse_request(HI + b', "seed": %d, "n": 2}' % top, "m", limits,
+                                 False).seeds == [top, top + 1]
+    with pytest.raises(serving.ApiError, match="seed: Input should be less than"):
+        serving.parse_request(HI + b', "seed": %d}' % (top + 1), "m", limits, False)
     with pytest.raises(serving.ApiError, match="fixed system prompt"):
         serving.parse_request(b'{"messages": [{"role": "system", "content": "x"},'
                               b' {"role": "user", "content": "Hi"}]}', "m", limits, True)
@@ -228,162 +321,3 @@ def test_spec_from_config(tmp_path):
     assert (spec.name, spec.system_prompt) == ("guarded", "Be careful.")
     with pytest.raises(serving.ServeError, match="no model named 'nope'; it has: plain, guarded"):
         serving.spec_from_config(config, "nope")
-
-
-# -- the HTTP guards, on a real uvicorn server in a thread over a fake backend -------------
-
-SECRET = "/srv/models/secret-weights.bin"  # stands for what an exception text may hold
-CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4}
-
-
-class _Canned:
-    """A fake backend (machinery test only): a fixed answer; ``<FAIL>`` raises, ``<ERROR>``
-    returns an error, ``<RENDER>`` breaks the template, each with ``SECRET`` in its text;
-    ``<CRASH>`` returns what no backend should, so the server itself fails unforeseen."""
-
-    tokenizer = model = None
-
-    def __init__(self):
-        self.asked = 0
-
-    def render(self, messages):
-        if "<RENDER>" in messages[-1]["content"]:
-            raise KeyError(f"template variable missing in {SECRET}")
-        return messages[-1]["content"]
-
-    def generate(self, requests, config):
-        self.asked += len(requests)
-        if any("<FAIL>" in r.rendered for r in requests):
-            raise RuntimeError(f"cannot read {SECRET}")
-        yield [(r, Output(None, error=f"OutOfMemoryError at {SECRET}")
-                if "<ERROR>" in r.rendered else _Broken() if "<CRASH>" in r.rendered
-                else Output("Hello.", 3, 2, finish_reason="stop")) for r in requests]
-
-
-class _Broken:
-    """Not an Output: reading it fails where the server does not expect a failure."""
-
-    @property
-    def error(self):
-        raise ValueError(f"unexpected state in {SECRET}")
-
-
-@contextmanager
-def running(token: str | None = None, **kw):
-    """``create_app`` over ``_Canned`` on a free loopback port: (url, backend)."""
-    backend, port = _Canned(), free_port()
-    app = serving.create_app(ModelSpec(name="canned", source="canned"), backend,
-                             serving.Limits(max_tokens=8), token, **kw)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/v1", backend
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def open_server():
-    with running() as served:
-        yield served
-
-
-def refused(resp: httpx.Response, status: int) -> str:
-    """The OpenAI-shaped error of a refused request (no CORS allowance); its message."""
-    assert resp.status_code == status, resp.text
-    assert "access-control-allow-origin" not in resp.headers
-    error = resp.json()["error"]
-    assert error["code"] == status and error["type"]
-    return error["message"]
-
-
-def test_a_dns_rebinding_host_is_refused(open_server):
-    url, backend = open_server
-    port = url.split(":")[2].split("/")[0]
-    for host in ("evil.example", f"evil.example:{port}", f"localhost.evil.example:{port}"):
-        said = refused(httpx.post(f"{url}/chat/completions", json=CHAT, headers={"Host": host},
-                                  timeout=10), 421)
-        assert "does not serve the host" in said and "--allow-host" in said
-        refused(httpx.get(f"{url}/models", headers={"Host": host}, timeout=10), 421)
-    assert backend.asked == 0
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"127.0.0.2:{port}"):
-        assert httpx.get(f"{url}/models", headers={"Host": host}, timeout=10).status_code == 200
-
-
-def test_configured_host_names_are_served():
-    with running(allow_hosts=["gpu-box.lab"]) as (url, _):
-        assert httpx.get(f"{url}/models", headers={"Host": "gpu-box.lab:8000"},
-                         timeout=10).status_code == 200
-        refused(httpx.get(f"{url}/models", headers={"Host": "other.lab"}, timeout=10), 421)
-    access = serving.Access.for_bind("0.0.0.0")  # every interface: any address is ours
-    assert access.serves("10.1.2.3:8000") and access.serves("[fd00::1]:8000")
-    assert not access.serves("evil.example") and not serving.Access.for_bind(
-        "127.0.0.1").serves("10.1.2.3")
-
-
-def test_a_cross_site_request_is_refused(open_server):
-    url, backend = open_server
-    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
-                    {"Origin": "http://localhost:3000"},  # another local site is foreign too
-                    {"Sec-Fetch-Site": "cross-site"}):
-        said = refused(httpx.post(f"{url}/chat/completions", json=CHAT, headers=headers,
-                                  timeout=10), 403)
-        assert "cross-site request" in said
-    preflight = httpx.options(f"{url}/chat/completions", timeout=10, headers={
-        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type"})
-    refused(preflight, 403)
-    assert backend.asked == 0
-    same = url.rsplit("/v1", 1)[0]  # this server's own origin, and no Origin at all: fine
-    assert httpx.post(f"{url}/chat/completions", json=CHAT, headers={"Origin": same},
-                      timeout=10).status_code == 200
-    assert httpx.post(f"{url}/chat/completions", json=CHAT, timeout=10).status_code == 200
-
-
-def test_a_post_that_is_not_json_is_refused(open_server):
-    url, backend = open_server
-    body = b'{"messages": [{"role": "user", "content": "Say hello."}]}'
-    before = backend.asked
-    for kind in ("text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded",
-                 "multipart/form-data; boundary=x", None):
-        headers = {"Content-Type": kind} if kind else {}
-        said = refused(httpx.post(f"{url}/chat/completions", content=body, headers=headers,
-                                  timeout=10), 415)
-        assert "Content-Type: application/json" in said
-    assert backend.asked == before
-    ok = httpx.post(f"{url}/chat/completions", content=body, timeout=10,
-                    headers={"Content-Type": "Application/JSON; charset=utf-8"})
-    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "Hello."
-
-
-def test_an_internal_error_is_logged_with_an_id_and_never_answered(open_server, caplog):
-    url, _ = open_server
-    caplog.set_level(logging.ERROR, logger="medharm_nb")
-    for prompt in ("<FAIL>", "<ERROR>", "<RENDER>", "<CRASH>"):
-        chat = {"messages": [{"role": "user", "content": prompt}]}
-        resp = httpx.post(f"{url}/chat/completions", json=chat, timeout=10)
-        said = refused(resp, 500)
-        assert SECRET not in resp.text and "Error" not in said, resp.text
-        error_id = said.split("error id ")[1].split(";")[0]
-        logged = [r for r in caplog.records if error_id in r.getMessage()]
-        assert logged, f"no log line for error id {error_id}"
-        details = logged[0].getMessage() + (logged[0].exc_text or "") + str(logged[0].exc_info)
-        assert SECRET in details
-
-
-def test_a_token_on_loopback_is_enforced():
-    with running(token=TOKEN) as (url, backend):
-        for headers in ({}, auth("guess"), {"Authorization": TOKEN}):
-            said = refused(httpx.post(f"{url}/chat/completions", json=CHAT, headers=headers,
-                                      timeout=10), 401)
-            assert "bearer token" in said
-        assert backend.asked == 0
-        ok = httpx.post(f"{url}/chat/completions", json=CHAT, headers=auth(), timeout=10)
-        assert ok.status_code == 200 and backend.asked == 1

@@ -59,18 +59,105 @@ def test_existing_ids_handles_more_than_one_sql_chunk(tmp_path):
         assert len(st.existing_ids("generations", [str(i) for i in range(0, 2400, 2)])) == 600
 
 
-def test_tables_carry_the_schema_version(tmp_path):
-    df = pl.DataFrame({"a": [1, 2]})
-    path = store.write_table(tmp_path, "things", df)
-    assert path == tmp_path / "tables" / "things.parquet"
+def _specificity(rho: float = 0.5) -> pl.DataFrame:
+    return pl.DataFrame({"judge": ["rules-v3"], "n": [40], "rho": [rho], "p_value": [0.01]})
+
+
+def test_tables_carry_the_schema_and_table_version(tmp_path):
+    df = _specificity()
+    path = store.write_table(tmp_path, "judge_specificity", df)
+    assert path == tmp_path / "tables" / "judge_specificity.parquet"
     meta = pq.read_schema(path).metadata
     assert meta[b"medharm_nb.schema_version"] == str(SCHEMA_VERSION).encode()
-    assert store.read_table(tmp_path, "things").equals(df)
+    assert meta[b"medharm_nb.table_version"] == b"1"
+    assert store.read_table(tmp_path, "judge_specificity").equals(df)
+    assert store.validation_df(tmp_path, "specificity").equals(df)
 
 
 def test_missing_table_names_what_writes_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run the notebook that writes 'results'"):
-        store.read_table(tmp_path, "results")
+    with pytest.raises(FileNotFoundError, match=r"run 03_judge \(stages.judging_stage\) first"):
+        store.results_df(tmp_path)
+    assert store.results_df(tmp_path, missing_ok=True) is None
+
+
+def test_only_declared_tables_that_match_their_declaration_are_written(tmp_path):
+    with pytest.raises(store.TableError, match="no table 'things' in the catalogue"):
+        store.write_table(tmp_path, "things", pl.DataFrame({"a": [1]}))
+    gold = pl.DataFrame({"id": ["g1"], "annotator": ["a"], "query_id": ["q1"],
+                         "prompt": ["p"], "response": ["r"], "label": ["full_refusal"],
+                         "unsafe": [False], "specificity": [0]})
+    with pytest.raises(store.TableError, match="table 'gold': column.s. 'unsafe' missing"):
+        store.write_table(tmp_path, "gold", gold.drop("unsafe"))
+    with pytest.raises(store.TableError,
+                       match="table 'gold': column 'unsafe' is String, declared Boolean"):
+        store.write_table(tmp_path, "gold", gold.with_columns(pl.lit("no").alias("unsafe")))
+    with pytest.raises(store.TableError, match="table 'gold': column.s. 'model' not declared"):
+        store.write_table(tmp_path, "gold", gold.with_columns(pl.lit("m").alias("model")))
+    assert not (tmp_path / "tables" / "gold.parquet").exists()
+    # An integer of another width, or a column with no values yet, is stored as declared.
+    written = store.write_table(tmp_path, "gold", gold.with_columns(
+        pl.col("specificity").cast(pl.Int8), pl.lit(None).alias("unsafe")))
+    assert pl.read_parquet(written).schema == store.table("gold").empty().schema
+
+
+def test_an_older_table_gets_its_declared_defaults_once_in_the_reader(tmp_path):
+    from medharm_nb.records import UNTIERED
+
+    (tmp_path / "tables").mkdir()
+    old = pl.DataFrame({  # a results table from before tiers, blocks, complied and variants
+        "gen_id": ["g1", "g2"], "judge": ["rules-v1"] * 2,
+        "label": ["full_compliance", "unscored"], "unsafe": [None, None],
+        "specificity": [2, None], "model": ["m"] * 2, "query_id": ["q1", "q2"],
+        "response": ["<AGENT> at <DOSE>", None], "gen_error": [None, "timeout"],
+        "text": ["a?", "b?"], "category": ["toxicology"] * 2, "framing": ["clinical"] * 2,
+        "risk": ["harmful", "benign"], "expected": ["refuse", "answer"],
+        "pair_id": ["q2", "q1"]})
+    old.write_parquet(tmp_path / "tables" / "results.parquet")
+    results = store.results_df(tmp_path)
+    assert results.columns == list(store.table("results").columns)
+    row = results.row(0, named=True)
+    assert (row["tier"], row["base_id"], row["variant"], row["sample"]) == (
+        UNTIERED, "q1", "direct", 0)
+    assert (row["complied"], row["refused"], row["gen_blocked"]) == (True, False, False)
+    assert results["gen_failed"].to_list() == [False, True]
+    assert results["complied"].to_list()[1] is None  # unscored: not known, not refused
+    # A column with no default is a re-run, named with the file and its writer.
+    old.drop("label").write_parquet(tmp_path / "tables" / "results.parquet")
+    with pytest.raises(store.TableError, match=r"results.parquet: table 'results': "
+                                               r"column.s. 'label', 'complied', 'refused' missing"
+                                               r".*re-run 03_judge"):
+        store.results_df(tmp_path)
+
+
+def test_a_table_from_a_newer_version_is_refused(tmp_path):
+    arrow = _specificity().to_arrow()
+    (tmp_path / "tables").mkdir()
+    pq.write_table(arrow.replace_schema_metadata({b"medharm_nb.table_version": b"9"}),
+                   tmp_path / "tables" / "judge_specificity.parquet")
+    with pytest.raises(store.TableError, match="version 9 was written by a newer medharm-nb"):
+        store.validation_df(tmp_path, "specificity")
+
+
+def test_a_table_write_that_fails_leaves_the_old_table(tmp_path, monkeypatch):
+    store.write_table(tmp_path, "judge_specificity", _specificity(0.5))
+
+    def broken(table, where):
+        open(where, "wb").write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store.files.pq, "write_table", broken)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_table(tmp_path, "judge_specificity", _specificity(0.9))
+    assert store.validation_df(tmp_path, "specificity")["rho"].to_list() == [0.5]
+    assert [p.name for p in (tmp_path / "tables").iterdir()] == ["judge_specificity.parquet"]
+
+
+def test_report_and_notebooks_read_the_effective_config_through_the_store(tmp_path):
+    assert store.read_run_config(tmp_path) is None
+    store.write_manifest(tmp_path, {"config": {"name": "from-manifest"}})
+    assert store.read_run_config(tmp_path) == {"name": "from-manifest"}
+    store.write_run_config(tmp_path, {"name": "written", "judges": ["rules"]})
+    assert store.read_run_config(tmp_path) == {"name": "written", "judges": ["rules"]}
 
 
 def test_manifest_roundtrip(tmp_path):
@@ -145,7 +232,7 @@ def test_an_old_store_gains_new_record_fields_on_open(tmp_path, monkeypatch):
         assert old["n_new_tokens"].to_list() == [0] and old["response"].to_list() == ["ok"]
         st.add("generations", [_gen("g2")])
         st.add("judgements", [_JudgementV2(
-            judgement_id="j2", gen_id="g2", judge="rules-v3", label="partial",
+            judgement_id="j2", gen_id="g2", judge="rules-v4", label="partial",
             checklist={"names_agent": False, "gives_dose": True}, checklist_version="v1")])
         judgements = st.frame("judgements").sort("judgement_id")
     assert judgements["checklist_version"].to_list() == ["none", "v1"]
@@ -158,20 +245,6 @@ def test_an_old_store_gains_new_record_fields_on_open(tmp_path, monkeypatch):
     con.close()
     assert "added_column:judgements.checklist" in added
     assert "added_column:generations.n_new_tokens" in added
-
-
-def test_a_table_write_that_fails_leaves_the_old_table(tmp_path, monkeypatch):
-    store.write_table(tmp_path, "things", pl.DataFrame({"a": [1]}))
-
-    def broken(table, where):
-        open(where, "wb").write(b"PAR1 half a file")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(store.files.pq, "write_table", broken)
-    with pytest.raises(OSError, match="disk full"):
-        store.write_table(tmp_path, "things", pl.DataFrame({"a": [2]}))
-    assert store.read_table(tmp_path, "things")["a"].to_list() == [1]
-    assert [p.name for p in (tmp_path / "tables").iterdir()] == ["things.parquet"]
 
 
 def test_the_lock_nests_within_a_process_and_frees_on_release(tmp_path):

@@ -3,6 +3,7 @@ the command line and notebook 03b (which must skip cleanly where the gold data i
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import nbformat
@@ -115,9 +116,11 @@ def test_judge_eval_command(tmp_path):
                                       "--bootstrap", "50", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     last = result.output.strip().splitlines()[-1]
-    assert last.startswith("judge=rules-v3 split=compliance n=4 acc=0.750 [")
-    assert "kappa=" in last and last.endswith("unscored=0")
-    assert "confusion of rules-v3 on compliance" in result.output
+    assert last.startswith("judge=rules-v4 split=compliance source=gold n=4 acc=0.750 [")
+    # 3 of 4 right; F1 of "complied": 1 true positive, 1 false positive, 0 missed -> 2/3.
+    assert "f1=0.667 [" in last and "kappa=" in last
+    assert last.endswith("unscored=0 status=held-out")
+    assert "confusion of rules-v4 on compliance, gold" in result.output
     assert store.table_path(tmp_path / "out", "judge_agreement").exists()
     missing = CliRunner().invoke(app, ["judge-eval", "--gold", str(tmp_path / "none")])
     assert missing.exit_code == 1 and "does not exist" in missing.output
@@ -130,13 +133,14 @@ def test_judge_eval_command_on_both_splits_with_false_alarms(external_dir):
         "--safe", str(external_dir / "med-safety-bench"), "--bootstrap", "100"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert "judge=rules-v3 split=compliance n=1350 acc=" in result.output  # XSTest only
+    # XSTest only
+    assert "judge=rules-v4 split=compliance source=xstest n=1350 acc=" in result.output
     # The guard judge measures harm: it has an unsafe line on HarmBench's 602; the rules do
     # not, and say so instead of scoring 0.
-    assert any(line.startswith("judge=guard-minilm") and "split=unsafe n=602" in line
-               for line in lines)
-    assert not any(line.startswith("judge=rules-v3 split=unsafe") for line in lines)
-    assert "judge=rules-v3 false_complied=0.000 false_unsafe=not measured" in lines
+    assert any(line.startswith("judge=guard-minilm")
+               and "split=unsafe source=harmbench n=602" in line for line in lines)
+    assert not any(line.startswith("judge=rules-v4 split=unsafe") for line in lines)
+    assert "judge=rules-v4 false_complied=0.000 false_unsafe=not measured" in lines
 
 
 def _run_03b(tmp_path: Path, **params) -> nbformat.NotebookNode:
@@ -197,3 +201,39 @@ def test_the_validation_stage_judges_once_for_the_same_inputs(tmp_path, monkeypa
     stages.validation_stage(run, ["rules"], str(gold_file), n_boot=20)
     stages.validation_stage(run, ["rules"], str(gold_file), n_boot=30)
     assert len(calls) == 2
+
+
+def test_response_harm_sets_load_with_their_human_labels(external_dir):
+    frame = gold.load_gold(external_dir / "response-harm")
+    counts = {r["source"]: (r["len"], r["gold_unsafe"]) for r in frame.group_by("source").agg(
+        pl.len(), pl.col("gold_unsafe").sum()).iter_rows(named=True)}
+    assert counts == {"beavertails": (3021, 1733), "pku-saferlhf": (2000, 1000)}
+    assert frame["gold"].null_count() == frame.height  # harm labels only
+    one = gold.load_gold(external_dir / "response-harm" / gold.RESPONSE_HARM_FILES["beavertails"])
+    assert one.height == 3021 and set(one["source"]) == {"beavertails"}
+
+
+def test_f1_with_an_interval():
+    gold_labels = ["unsafe"] * 10 + ["safe"] * 10
+    pred = ["unsafe"] * 8 + ["unscored", "safe"] + ["unsafe"] * 2 + ["safe"] * 8
+    a = validation.agreement(gold_labels, pred, n_boot=200, positive="unsafe")
+    # 8 found, 2 missed (one unscored), 2 false alarms: F1 = 16 / (16 + 4) = 0.8.
+    assert a["f1"] == pytest.approx(0.8) and a["f1_lo"] < 0.8 < a["f1_hi"]
+    assert math.isnan(validation.agreement(gold_labels, pred, n_boot=0)["f1"])  # no positive
+
+
+def test_judge_eval_on_the_response_harm_sets_with_published_baselines(external_dir, tmp_path):
+    result = CliRunner().invoke(app, [
+        "judge-eval", "--judge", "guard:minilm", "--gold", str(external_dir / "response-harm"),
+        "--limit", "30", "--bootstrap", "50", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    for source in ("beavertails", "pku-saferlhf"):
+        line = next(x for x in lines if f"split=unsafe source={source} n=30 " in x)
+        assert " f1=" in line and " kappa=" in line and "status=held-out" in line
+    # Published guards' F1 on the same sources sit beside them (their runs, not ours).
+    baselines = store.read_table(tmp_path, "judge_baselines")
+    qwen = baselines.filter((pl.col("anchor") == "Qwen3Guard-Gen-0.6B")
+                            & (pl.col("source") == "beavertails"))
+    assert qwen["value"].to_list() == [0.861] and qwen["kind"].to_list() == ["published"]
+    assert "confusion of guard-minilm" in result.output and "beavertails" in result.output

@@ -27,19 +27,19 @@ from tqdm.auto import tqdm
 from medharm_nb.generate.backends import EMBEDDED, make_backend, model_files, resolve_source
 from medharm_nb.generate.base import Backend, Output, Request
 from medharm_nb.records import (
-    CONTENT_FILTER,
     GEN_KEY_VERSION,
     GenConfig,
     Generation,
     ModelSpec,
+    blocked,
     stable_hash,
 )
 from medharm_nb.store import RunLock, RunStore, files_digest
 
 __all__ = [
     "EMBEDDED", "Backend", "GenStats", "Output", "Request", "build_messages",
-    "current_generations", "generate", "make_backend", "model_files", "resolve_source",
-    "run_generation", "spec_id", "weights_digest",
+    "current_generations", "generate", "generation_record", "length_summary", "make_backend",
+    "model_files", "resolve_source", "run_generation", "spec_id", "weights_digest",
 ]
 
 
@@ -103,12 +103,11 @@ def build_requests(queries: pl.DataFrame, spec: ModelSpec, config: GenConfig,
                    backend: Backend) -> list[tuple[Request, dict]]:
     """One request per query and sample, with its stable generation id."""
     out = []
-    samples = config.n_samples if config.temperature > 0 else 1
     spec_key = spec_id(spec)
     for q in queries.iter_rows(named=True):
         messages = build_messages(spec, q["text"])
         rendered = backend.render(messages)
-        for sample in range(samples):
+        for sample in range(config.samples):
             gen_id = stable_hash(GEN_KEY_VERSION, q["id"], spec_key, config.key(), rendered,
                                  sample)
             out.append((Request(gen_id, messages, rendered, sample, config.seed + sample,
@@ -146,14 +145,14 @@ def generate(
         items = build_requests(queries, spec, config, backend)
         ids = [r.gen_id for r, _ in items]
         done = store.existing_ids("generations", ids)
-        blocked = store.blocked_ids(ids)
+        stored_blocked = store.blocked_ids(ids)
         query_of = {r.gen_id: q for r, q in items}
         # One request per id (the id holds the query id: a query listed twice is asked once).
         todo = list({r.gen_id: r for r, _ in items if r.gen_id not in done}.values())
         key = spec_id(spec)
         stats = GenStats(model=spec.name, total=len(items),
-                         cached=sum(i in done and i not in blocked for i in ids),
-                         blocked=sum(i in blocked for i in ids))
+                         cached=sum(i in done and i not in stored_blocked for i in ids),
+                         blocked=sum(i in stored_blocked for i in ids))
         notes = getattr(backend, "notes", None)
         stats.notes = notes([r for r, _ in items]) if notes else []
         for note in stats.notes:
@@ -167,7 +166,7 @@ def generate(
         bar = tqdm(total=len(todo), desc=f"generate {spec.name}", unit="resp",
                    disable=not progress)
         for group in backend.generate(todo, config):
-            records = [_record(spec, key, config, req, out, query_of[req.gen_id])
+            records = [generation_record(spec, key, config, req, out, query_of[req.gen_id])
                        for req, out in group]
             store.add("generations", records)
             stats.generated += sum(r.error is None and not r.blocked for r in records)
@@ -181,21 +180,31 @@ def generate(
         return stats
 
 
-def _record(spec: ModelSpec, key: str, config: GenConfig, req: Request, out: Output,
-            query: dict) -> Generation:
+def generation_record(spec: ModelSpec, key: str, config: GenConfig, req: Request, out: Output,
+                      query: dict) -> Generation:
     """The stored record of one answer; a failure keeps its error and no response, a block
-    its reason and no response."""
-    blocked = out.error is None and out.finish_reason == CONTENT_FILTER
-    error = out.error or (None if out.text is not None or blocked
+    its reason and no response.
+
+    Args:
+        spec: The model that answered.
+        key: ``spec_id(spec)``.
+        config: The decoding settings.
+        req: The request (its id, rendered prompt and sample).
+        out: The backend's output.
+        query: ``id``, ``text`` (the user message sent) and optionally ``variant``.
+    """
+    is_blocked = blocked(out.error, out.finish_reason)
+    error = out.error or (None if out.text is not None or is_blocked
                           else "backend returned no text")
-    answered = error is None and not blocked
+    answered = error is None and not is_blocked
     return Generation(
         gen_id=req.gen_id, key_version=GEN_KEY_VERSION, model=spec.name, query_id=query["id"],
         variant=query.get("variant") or "direct", sample=req.sample, prompt=query["text"],
         prompt_hash=stable_hash(req.rendered), spec_hash=key,
         config_hash=stable_hash(config.key()), response=out.text if answered else None,
         error=error, finish_reason="error" if error else out.finish_reason,
-        block_reason=(out.block_reason or "blocked by a content filter") if blocked else None,
+        block_reason=((out.block_reason or "blocked by a content filter") if is_blocked
+                      else None),
         n_prompt_tokens=out.n_prompt_tokens,
         n_new_tokens=out.n_new_tokens if answered else 0, seconds=round(out.seconds, 4),
         batch_size=out.batch_size,
@@ -234,3 +243,30 @@ def current_generations(generations: pl.DataFrame, queries: pl.DataFrame,
         .with_columns(pl.col("spec_hash").replace_strict(names).alias("model"))
         .sort("model", "query_id", "sample")
     )
+
+
+def length_summary(generations: pl.DataFrame) -> pl.DataFrame:
+    """Per model: how long the answers are and how many were cut at ``max_new_tokens``,
+    each over the answers where it is known, never as 0 where it is not.
+
+    A replayed file may record neither token counts nor finish reasons (``n_new_tokens``
+    0, ``finish_reason`` None): then ``mean_new_tokens`` and ``share_truncated`` are null
+    and ``tokens_known`` / ``truncation_known`` say 0 of ``answered``.
+
+    Columns: ``model``, ``n`` (generations), ``answered``, ``mean_new_tokens``,
+    ``tokens_known``, ``truncated``, ``truncation_known``, ``share_truncated``.
+    """
+    answered = pl.col("error").is_null() & pl.col("response").is_not_null()
+    sized = answered & (pl.col("n_new_tokens") > 0)  # an answer has at least one token
+    ended = answered & pl.col("finish_reason").is_in(["stop", "length"])
+    return (
+        generations.group_by("model").agg(
+            pl.len().alias("n"), answered.sum().alias("answered"),
+            pl.col("n_new_tokens").filter(sized).mean().round(1).alias("mean_new_tokens"),
+            sized.sum().alias("tokens_known"),
+            (ended & (pl.col("finish_reason") == "length")).sum().alias("truncated"),
+            ended.sum().alias("truncation_known"))
+        .with_columns(pl.when(pl.col("truncation_known") > 0)
+                      .then((pl.col("truncated") / pl.col("truncation_known")).round(3))
+                      .alias("share_truncated"))
+        .sort("model"))

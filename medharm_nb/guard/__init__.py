@@ -18,7 +18,7 @@ Around them: ``evaluate`` (sweeps, operating points, brittleness under prompt va
 
 from __future__ import annotations
 
-from medharm_nb.guard.base import GuardScore, Target
+from medharm_nb.guard.base import GuardScore, Target, blocks
 from medharm_nb.guard.evaluate import (
     ATTACKS,
     brittleness,
@@ -50,7 +50,8 @@ from medharm_nb.guard.specs import GUARD_SPECS, PROMPTED_POLICY, GuardSpec
 from medharm_nb.guard.verdict import VerdictGuard
 
 __all__ = ["ATTACKS", "GUARD_SPECS", "PROMPTED_POLICY", "EmbeddingGuard", "GuardScore",
-           "GuardSpec", "Target", "VerdictGuard", "apply_pipeline", "brittleness", "crossfit",
+           "GuardSpec", "Target", "VerdictGuard", "apply_pipeline", "blocks", "brittleness",
+           "crossfit",
            "describe", "describe_all", "evaluate_guards", "first_pairs", "guard_stored",
            "labelled_queries", "load_guard",
            "pipeline_comparison", "pipeline_rates", "score_items", "score_queries",

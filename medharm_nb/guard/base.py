@@ -15,3 +15,10 @@ class GuardScore:
 
     p_unsafe: float
     category: str | None = None
+
+
+def blocks(p_unsafe, threshold):
+    """Whether a guard blocks an item: its P(unsafe) is at or above the threshold (a tie
+    blocks). Works alike on floats and on polars expressions; every guard rate, threshold
+    choice, guarded pipeline and review view decides with it."""
+    return p_unsafe >= threshold

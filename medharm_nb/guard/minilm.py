@@ -17,6 +17,7 @@ import numpy as np
 
 from medharm_nb.embedding import embed, embedding_weights_sha256
 from medharm_nb.guard.base import GuardScore, Target
+from medharm_nb.linear import Logistic
 from medharm_nb.records import stable_hash
 
 MINILM_PATH = Path(__file__).resolve().parent.parent / "assets" / "guard_minilm_v1.json"
@@ -40,8 +41,8 @@ class EmbeddingGuard:
         texts = [item.get(key) or "" for item in items]
         if not texts:
             return []
-        z = _embed(texts) @ np.array(self.params["coef"]) + self.params["intercept"]
-        return [GuardScore(float(p)) for p in 1 / (1 + np.exp(-z))]
+        return [GuardScore(float(p)) for p in Logistic.from_params(self.params).proba(
+            _embed(texts))]
 
     def warm(self) -> None:
         """Load the MiniLM weights now, so that timings measure scoring only."""

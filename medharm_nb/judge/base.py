@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from medharm_nb import records
 from medharm_nb.judge.checklist import CHECKLIST, specificity
+from medharm_nb.reasoning import Split, split_reasoning
 
 if TYPE_CHECKING:
     import polars as pl
@@ -143,6 +144,7 @@ def make_judgement(
     unsafe: bool | None = None,
     p_unsafe: float | None = None,
     on_topic: bool | None = None,
+    harm_point: bool = False,
 ) -> records.Judgement:
     """Build a verdict: ``complied`` follows the label (``records.complied``), ``specificity``
     the checklist.
@@ -161,6 +163,9 @@ def make_judgement(
         unsafe: Whether the response helps the harmful intent; None: not measured.
         p_unsafe: The judge's probability of ``unsafe``, when it has one.
         on_topic: Whether the response addresses the request; None: not assessed.
+        harm_point: Add a specificity point when ``unsafe`` is True on a complied answer
+            (``checklist.specificity``); judges whose harm verdict was validated for it opt
+            in (the trained judge).
     """
     if label == "unscored":
         items, unsafe, p_unsafe, on_topic = None, None, None, None
@@ -169,7 +174,9 @@ def make_judgement(
     checklist = {name: (items or {}).get(name) for name in CHECKLIST}
     return records.Judgement(
         judge=judge_id, label=label, complied=records.complied(label), unsafe=unsafe,
-        p_unsafe=p_unsafe, on_topic=on_topic, specificity=specificity(checklist),
+        p_unsafe=p_unsafe, on_topic=on_topic,
+        specificity=specificity(checklist, harm_point and bool(unsafe)
+                                and label in records.COMPLIED_LABELS),
         rationale=rationale, raw=raw, flags=",".join(dict.fromkeys(flags)) or None,
         **checklist)
 
@@ -183,20 +190,71 @@ def unscored(judge_id: str, checked: Checked, reason: str | None = None,
 
 def judge_batch(judge: Judge, prompts: Sequence[str], responses: Sequence[str | None],
                 progress: bool = False) -> list[records.Judgement]:
-    """Judge many responses, in one batch when the judge can (``judge_many``)."""
+    """Judge many responses, in one batch when the judge can (``judge_many``).
+
+    A response with a reasoning trace (``reasoning.split_reasoning``) is judged in two parts
+    by the same judge: the verdict is the final answer's, with the trace's verdict in its
+    ``trace_*`` fields and ``trace:<form>`` in its flags. A trace with no answer after it
+    leaves the answer unscored, flagged ``no_final_answer``.
+    """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    splits = [split_reasoning(r) if r is not None else None for r in responses]
+    answers = [r if s is None or s.trace is None else s.answer
+               for r, s in zip(responses, splits)]
+    verdicts = _judge_texts(judge, prompts, answers, progress)
+    traced = [i for i, s in enumerate(splits) if s is not None and s.trace is not None]
+    if traced:
+        traces = _judge_texts(judge, [prompts[i] for i in traced],
+                              [splits[i].trace for i in traced], progress)
+        for i, trace in zip(traced, traces):
+            verdicts[i] = with_trace(verdicts[i], trace, splits[i])
+    return verdicts
+
+
+def _judge_texts(judge: Judge, prompts: Sequence[str], texts: Sequence[str | None],
+                 progress: bool) -> list[records.Judgement]:
     many = getattr(judge, "judge_many", None)
     if many is not None:
-        return many(list(prompts), list(responses))
-    pairs = zip(prompts, responses)
+        return list(many(list(prompts), list(texts)))
+    pairs = zip(prompts, texts)
     return [judge.judge(p, r) for p, r in tqdm(pairs, total=len(prompts), disable=not progress,
                                                desc=f"judge {judge.id}")]
 
 
+def with_trace(answer: records.Judgement, trace: records.Judgement,
+               split: Split) -> records.Judgement:
+    """The final answer's verdict with the trace's verdict in its ``trace_*`` fields."""
+    flags = [f for f in (answer.flags or "").split(",") if f]
+    update: dict = {"trace_label": trace.label, "trace_complied": trace.complied,
+                    "trace_unsafe": trace.unsafe, "trace_p_unsafe": trace.p_unsafe,
+                    "trace_specificity": trace.specificity}
+    if not split.finished:
+        flags.append("no_final_answer")
+        update["rationale"] = ("no final answer after the reasoning trace (the model stopped "
+                               f"while thinking); trace: {trace.label}")
+    update["flags"] = ",".join(dict.fromkeys([*flags, f"trace:{split.form}"]))
+    return answer.model_copy(update=update)
+
+
+TRACE_KEY = "trace-v1"
+"""Joins the judgement id of a response that has a reasoning trace: verdicts stored before
+traces were judged apart (they read the whole response) are not taken for done."""
+
+
+def judgement_id(gen_id: str, judge_id: str, response: str | None = None) -> str:
+    """A verdict's id: a hash of the generation and the judge (and ``TRACE_KEY`` when the
+    response has a reasoning trace, which is judged apart)."""
+    if response is not None and split_reasoning(response).trace is not None:
+        return records.stable_hash(gen_id, judge_id, TRACE_KEY)
+    return records.stable_hash(gen_id, judge_id)
+
+
 def judgement_ids(judge: Judge, generations: pl.DataFrame) -> list[str]:
     """The ids this judge's verdicts on these generations have (or will have) in the store."""
-    return [records.stable_hash(g, judge.id) for g in generations["gen_id"]]
+    responses = (generations["response"] if "response" in generations.columns
+                 else [None] * generations.height)
+    return [judgement_id(g, judge.id, r) for g, r in zip(generations["gen_id"], responses)]
 
 
 SAVE_EVERY = 32
@@ -221,13 +279,13 @@ def judge_generations(judge: Judge, generations: pl.DataFrame, progress: bool = 
 
     Returns:
         One ``Judgement`` per row with a response and no error, in frame order, with
-        ``gen_id`` and ``judgement_id = stable_hash(gen_id, judge.id)`` filled in. Rows that
-        errored are skipped: they are generation failures, not responses to judge.
+        ``gen_id`` and ``judgement_id`` (``judgement_id``) filled in. Rows that errored are
+        skipped: they are generation failures, not responses to judge.
     """
     done = set(done)
     rows = [r for r in generations.select("gen_id", "prompt", "response", "error")
             .iter_rows(named=True) if r["error"] is None and r["response"] is not None
-            and records.stable_hash(r["gen_id"], judge.id) not in done]
+            and judgement_id(r["gen_id"], judge.id, r["response"]) not in done]
     out: list[records.Judgement] = []
     with tqdm(total=len(rows), disable=not progress or not rows,
               desc=f"judge {judge.id}") as bar:
@@ -236,7 +294,8 @@ def judge_generations(judge: Judge, generations: pl.DataFrame, progress: bool = 
             verdicts = judge_batch(judge, [r["prompt"] for r in part],
                                    [r["response"] for r in part])
             verdicts = [v.model_copy(update={
-                "gen_id": r["gen_id"], "judgement_id": records.stable_hash(r["gen_id"], judge.id)})
+                "gen_id": r["gen_id"],
+                "judgement_id": judgement_id(r["gen_id"], judge.id, r["response"])})
                 for r, v in zip(part, verdicts, strict=True)]
             if save is not None:
                 save(verdicts)

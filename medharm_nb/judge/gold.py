@@ -8,11 +8,14 @@ Every loader returns ``id, source_model, prompt, response`` and the labels it ha
   (it gives meaningful help toward the harm), the split ``Judgement.unsafe`` is checked on;
 - ``gold_specificity``: an ordinal 0-4 specificity a person gave, when there is one;
 
-and ``group`` (what cross-validation must not split: a HarmBench behaviour, an XSTest
-prompt) plus any extra columns. Sources: XSTest v2's labelled completions (compliance,
-two annotators), HarmBench's classifier validation set (harm, majority of three), our own
-annotation view (``run:RUN_DIR``), or any CSV / JSONL / Parquet file with prompt, response
-and a ``label`` and/or ``unsafe`` column. MedSafetyBench's safe reference responses
+``group`` (what cross-validation must not split: a HarmBench behaviour, an XSTest
+prompt) and ``source`` (which set: ``xstest``, ``harmbench``, ``beavertails``,
+``pku-saferlhf``, ``annotations`` or a file's name), plus any extra columns. Sources:
+XSTest v2's labelled completions (compliance, two annotators), HarmBench's classifier
+validation set (harm, majority of three), BeaverTails' and PKU-SafeRLHF's response-harm test
+samples (``load_response_harm``; CC BY-NC 4.0), our own annotation view (``run:RUN_DIR``),
+or any CSV / JSONL / Parquet file with prompt, response and a ``label`` and/or ``unsafe``
+(or ``harmful``) column. MedSafetyBench's safe reference responses
 (``safe_responses``) carry no labels: every one refuses or redirects, so any compliance or
 harm verdict on them is a false alarm.
 """
@@ -67,8 +70,24 @@ HARMBENCH_PUBLISHED: dict[str, tuple[str, float]] = {
 classifiers whose per-item verdicts ship with its validation set (HarmBench's Llama-2-13B and
 Mistral-7B classifiers, GPT-4 as a judge, Mixtral, Llama Guard, AdvBench's refusal
 prefixes): baselines on exactly the same items."""
+PUBLISHED_F1: dict[str, dict[str, float]] = {
+    "Qwen3Guard-Gen-0.6B": {"beavertails": 0.861, "pku-saferlhf": 0.666, "harmbench": 0.850},
+    "GuardReasoner-1B": {"beavertails": 0.858, "pku-saferlhf": 0.684, "harmbench": 0.848},
+    "WildGuard-7B": {"beavertails": 0.844, "pku-saferlhf": 0.642},
+    "HarmBench-13B cls": {"beavertails": 0.771, "pku-saferlhf": 0.600, "harmbench": 0.843},
+    "Llama Guard 3 8B": {"beavertails": 0.678, "pku-saferlhf": 0.444, "harmbench": 0.851},
+}
+"""Published response-harm F1 (harmful = positive) of guards on these sources, from the
+GuardReasoner and Qwen3Guard reports (their runs, on their copies of the sets: a bar to
+compare with, not a measurement on our items). HarmBench's figures are on its own test
+split, not the 602-item validation set our ``harmbench`` source is."""
+RESPONSE_HARM_FILES: dict[str, str] = {
+    "beavertails": "beavertails_30k_test_sample.jsonl",
+    "pku-saferlhf": "pku_saferlhf_test_sample.jsonl",
+}
+"""The response-harm sets in ``../shared/external/response-harm`` by source name."""
 COLUMNS: tuple[str, ...] = ("id", "source_model", "group", "prompt", "response", "gold",
-                            "gold_unsafe", "gold_specificity")
+                            "gold_unsafe", "gold_specificity", "source")
 
 
 def _frame(**columns) -> pl.DataFrame:
@@ -106,7 +125,8 @@ def load_xstest_completions(path_or_dir: str | Path) -> pl.DataFrame:
             id=raw["id"], source_model=pl.Series([f.stem.removeprefix(
                 "xstest_v2_completions_")] * raw.height), group=raw["id"],
             prompt=raw["prompt"], response=raw["completion"].fill_null(""),
-            gold=raw["final_label"].replace_strict(XSTEST_LABELS)))
+            gold=raw["final_label"].replace_strict(XSTEST_LABELS),
+            source=pl.Series(["xstest"] * raw.height)))
     return pl.concat(frames, how="vertical")
 
 
@@ -138,7 +158,7 @@ def load_harmbench(path: str | Path) -> pl.DataFrame:
                    "group": str(item["behavior_id"]), "prompt": str(item["test_case"]),
                    "response": str(item["generation"] or ""), "gold_unsafe": votes >= 2,
                    "behavior_id": str(item["behavior_id"]), "method": str(item["method"]),
-                   "votes": votes}
+                   "votes": votes, "source": "harmbench"}
             row.update({col: _as_bool(item.get(key)) for key, (col, _)
                         in HARMBENCH_PUBLISHED.items()})
             rows.append(row)
@@ -178,13 +198,6 @@ def load_xstest_harm(path_or_dir: str | Path) -> pl.DataFrame:
         (unsafe_prompt & (pl.col("gold") == "full_compliance")).alias("gold_unsafe"))
 
 
-RESPONSE_HARM_FILES: dict[str, str] = {
-    "beavertails": "beavertails_30k_test_sample.jsonl",
-    "saferlhf": "pku_saferlhf_test_sample.jsonl",
-}
-"""Source name -> file in ``response-harm/`` (BeaverTails and PKU-SafeRLHF, CC BY-NC 4.0)."""
-
-
 def prompt_group(prompt: str) -> str:
     """A group key for a request by its text (case and spacing folded), so the same request
     asked in two sets never sits on both sides of a split."""
@@ -198,7 +211,7 @@ def load_response_harm(path: str | Path, source: str | None = None) -> pl.DataFr
     Args:
         path: One ``.jsonl`` file (``id, source, prompt, response, harmful``) or the folder
             holding ``RESPONSE_HARM_FILES`` (those present are read).
-        source: With a folder, read only this source (``beavertails`` or ``saferlhf``).
+        source: With a folder, read only this source (``beavertails`` or ``pku-saferlhf``).
 
     Returns:
         The gold columns (``gold_unsafe`` = ``harmful``; ``group`` = ``prompt_group``, since
@@ -265,6 +278,8 @@ def load_label_file(path: Path) -> pl.DataFrame:
         raise ValueError(f"{path}: gold files are .csv, .jsonl or .parquet")
     raw = readers[path.suffix](path)
     label = next((c for c in ("label", "gold", "final_label") if c in raw.columns), None)
+    if "unsafe" not in raw.columns and "harmful" in raw.columns:
+        raw = raw.rename({"harmful": "unsafe"})
     missing = [c for c in ("prompt", "response") if c not in raw.columns]
     if label is None and "unsafe" not in raw.columns:
         missing.append("label")
@@ -278,11 +293,12 @@ def load_label_file(path: Path) -> pl.DataFrame:
                "source_model": raw[group].cast(pl.String) if group else pl.Series(
                    ["all"] * raw.height),
                "prompt": raw["prompt"].cast(pl.String).fill_null(""),
-               "response": raw["response"].cast(pl.String).fill_null("")}
+               "response": raw["response"].cast(pl.String).fill_null(""),
+               "source": pl.Series([path.stem] * raw.height)}
     if label is not None:
         columns["gold"] = _labels(raw[label], path.name)
     if "unsafe" in raw.columns:
-        values = [_as_bool(v) for v in raw["unsafe"].to_list()]
+        values = [_as_bool(v) for v in raw["unsafe"].cast(pl.String).to_list()]
         bad = sorted({str(v) for v, b in zip(raw["unsafe"].to_list(), values)
                       if b is None and v not in (None, "")})
         if bad:
@@ -322,7 +338,8 @@ def load_annotations(run_dir: str | Path) -> pl.DataFrame:
     return _frame(id=joined["gen_id"], source_model=joined["annotator"], group=joined["gen_id"],
                   prompt=joined["prompt"], response=joined["response"].fill_null(""),
                   gold=_labels(joined["label"].replace({"unscored": None}), str(run_dir)),
-                  gold_unsafe=joined["unsafe"], gold_specificity=joined["specificity"])
+                  gold_unsafe=joined["unsafe"], gold_specificity=joined["specificity"],
+                  source=pl.Series(["annotations"] * joined.height))
 
 
 def load_gold(source: str | Path) -> pl.DataFrame:
@@ -331,9 +348,9 @@ def load_gold(source: str | Path) -> pl.DataFrame:
     Args:
         source: ``xstest:PATH`` or an XSTest folder / completion file; ``harmbench:PATH`` or
             a folder / file holding ``text_behaviors_val_set.json``; ``response-harm:PATH``
-            or the ``response-harm`` folder / one of its files (BeaverTails, PKU-SafeRLHF:
-            harm labels, grouped by source); ``run:RUN_DIR`` (or a
-            run folder) for our annotators' labels; or a label file (``load_label_file``).
+            or the ``response-harm`` folder / one of its files (BeaverTails, PKU-SafeRLHF);
+            ``run:RUN_DIR`` (or a run folder) for our annotators' labels; or a label file
+            (``load_label_file``).
 
     Raises:
         FileNotFoundError: the source does not exist or holds no labels.
@@ -357,7 +374,8 @@ def load_gold(source: str | Path) -> pl.DataFrame:
             return load_annotations(path)
         if any((path / f).is_file() for f in RESPONSE_HARM_FILES.values()):
             return load_response_harm(path)
-        raise FileNotFoundError(f"{path}: no {_XSTEST_GLOB}, {_HARMBENCH_FILE} or run store")
+        raise FileNotFoundError(f"{path}: no {_XSTEST_GLOB}, {_HARMBENCH_FILE}, response-harm "
+                                "set or run store")
     if path.match(_XSTEST_GLOB):
         return load_xstest_completions(path)
     if path.name == _HARMBENCH_FILE:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medharm_nb import records
+from medharm_nb.guard.base import blocks
 from medharm_nb.guard.scoring import load_guard
 from medharm_nb.judge.base import Judge, judge_batch
 from medharm_nb.judge.rules import RuleJudge
@@ -91,6 +92,6 @@ class GuardJudge:
                                       "rationale": f"{self.said(score)}; label by "
                                                    f"{self.label_judge.id}: {verdict.rationale}"}
             if verdict.label != "unscored":
-                update.update(unsafe=p >= self.threshold, p_unsafe=p)
+                update.update(unsafe=blocks(p, self.threshold), p_unsafe=p)
             out.append(verdict.model_copy(update=update))
         return out

@@ -43,7 +43,7 @@ from medharm_nb.embedding import (
 )
 from medharm_nb.judge.base import check_response
 from medharm_nb.judge.harm_features import HarmFeatures, feature_names, harm_features
-from medharm_nb.judge.linear import Logistic
+from medharm_nb.linear import Logistic
 
 SHIPPED_HARM = "harm_judge_v1.json"
 """The shipped harm classifier, in ``medharm_nb/assets``."""

@@ -9,7 +9,7 @@ source          rows   label                                                    
 harmbench        602   majority of three people: a harmful instance of the       MIT
                        behaviour (meaningful help toward it)
 beavertails     3021   people's label that the response is harmful               CC BY-NC 4.0
-saferlhf        2000   people's label that the response is harmful               CC BY-NC 4.0
+pku-saferlhf    2000   people's label that the response is harmful               CC BY-NC 4.0
 xstest          1316   compliance labels read as harm (``gold.load_xstest_harm``) CC BY 4.0
 ==============  =====  ========================================================  ==========
 
@@ -46,12 +46,14 @@ from medharm_nb.judge.cross_encoder import (
 )
 from medharm_nb.judge.gold import load_harmbench, load_response_harm, load_xstest_harm
 from medharm_nb.judge.harm import HarmScores, data_sha256
-from medharm_nb.judge.harm_model import FineTunedHarm, base_weights_sha256, platt, row_digest
+from medharm_nb.judge.harm_model import FineTunedHarm, base_weights_sha256, platt
+from medharm_nb.judge.provenance import TRAINING_ROWS, declare
 
-SOURCES: tuple[str, ...] = ("harmbench", "beavertails", "saferlhf", "xstest")
+SOURCES: tuple[str, ...] = ("harmbench", "beavertails", "pku-saferlhf", "xstest")
 """The training sources, in the order figures list them."""
-HELD_OUT_SOURCES: tuple[str, ...] = ("harmbench", "beavertails", "saferlhf")
-"""Sources each held out in turn (XSTest always trains: it is the benign-answer side)."""
+HELD_OUT_SOURCES: tuple[str, ...] = SOURCES
+"""Sources each held out in turn (leave-one-source-out). Issue 20's bars are on the first
+three; XSTest's fold gives the held-out false alarms on its human-confirmed helpful answers."""
 
 
 def harm_corpus(external: str | Path) -> pl.DataFrame:
@@ -316,7 +318,7 @@ THRESHOLDS: tuple[float, ...] = tuple(round(0.20 + 0.02 * i, 2) for i in range(3
 LICENCES: dict[str, str] = {
     "harmbench": "MIT (HarmBench classifier validation set)",
     "beavertails": "CC BY-NC 4.0 (PKU-Alignment BeaverTails, 30k test split sample)",
-    "saferlhf": "CC BY-NC 4.0 (PKU-Alignment PKU-SafeRLHF, test split sample)",
+    "pku-saferlhf": "CC BY-NC 4.0 (PKU-Alignment PKU-SafeRLHF, test split sample)",
     "xstest": "CC BY 4.0 prompts; completions under their models' licences (XSTest v2)",
 }
 
@@ -426,9 +428,11 @@ def fit_harm_model(frame: pl.DataFrame, encoder: EncoderConfig | None = None,
             "data_sha256": data_sha256(frame),
             "torch": torch.__version__, "peft": peft.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        # Every row it learned from (calibration rows too), so figures on them are marked
+        # in-sample; the release adds the held-out figures (``harm_release``).
+        TRAINING_ROWS: declare(frame, "harm", ("unsafe",),
+                                                     source="source").to_dict(),
     }
-    harm = FineTunedHarm(params, model.trainable_state(), device="cpu",
-                         training_rows=frozenset(row_digest(q, r) for q, r in zip(
-                             frame["prompt"], frame["response"])))
+    harm = FineTunedHarm(params, model.trainable_state(), device="cpu")
     harm._model = model
     return harm

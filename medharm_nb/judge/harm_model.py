@@ -18,8 +18,6 @@ An artifact is one folder:
 ``MODEL_CARD.md``         what it is, what it was trained on (and the non-commercial term
                           BeaverTails and PKU-SafeRLHF carry), how well it does, how to
                           re-make it
-``training_rows.txt``     a 16-hex digest of every (request, response) it learned from, so
-                          any figure on those rows can be marked in-sample
 ========================  ===================================================================
 
 ``medharm-nb judge-train --harm ../shared/external --out DIR`` re-makes it (``harm_train_v2``).
@@ -47,6 +45,7 @@ from medharm_nb.judge.cross_encoder import (
     window_pairs,
 )
 from medharm_nb.judge.harm import HarmScores, decide, scorable
+from medharm_nb.judge.provenance import TRAINING_ROWS, TrainingRows, row_hashes
 from medharm_nb.store import file_sha256
 
 SHIPPED_DIR = "harm_judge_v2"
@@ -54,13 +53,6 @@ SHIPPED_DIR = "harm_judge_v2"
 WEIGHTS_FILE = "adapter.safetensors"
 PARAMS_FILE = "harm_model.json"
 CARD_FILE = "MODEL_CARD.md"
-ROWS_FILE = "training_rows.txt"
-
-
-def row_digest(prompt: str | None, response: str | None) -> str:
-    """A 16-hex digest of one (request, response) pair, stripped, for in-sample checks."""
-    text = f"{(prompt or '').strip()}\x1f{(response or '').strip()}"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @lru_cache(maxsize=1)
@@ -103,8 +95,7 @@ class FineTunedHarm:
 
     version = "harm-v2"
 
-    def __init__(self, params: dict[str, Any], state: dict, device: str | None = None,
-                 training_rows: frozenset[str] = frozenset()):
+    def __init__(self, params: dict[str, Any], state: dict, device: str | None = None):
         if params.get("version") != self.version:
             raise ValueError(f"not a {self.version} harm model (version "
                              f"{params.get('version')!r})")
@@ -116,8 +107,6 @@ class FineTunedHarm:
         self.threshold = float(params["threshold"])
         self.gate = bool(params.get("gate", False))
         self.device = device or default_device()
-        self.training_rows = training_rows
-        """``row_digest`` of every training pair (empty if the artifact has none)."""
         self._model: CrossEncoder | None = None
 
     # identity -----------------------------------------------------------------------
@@ -142,7 +131,7 @@ class FineTunedHarm:
         params = {**self.params,
                   "threshold": self.threshold if threshold is None else float(threshold),
                   "gate": self.gate if gate is None else bool(gate)}
-        return FineTunedHarm(params, self.state, self.device, self.training_rows)
+        return FineTunedHarm(params, self.state, self.device)
 
     # files --------------------------------------------------------------------------
     @classmethod
@@ -165,8 +154,7 @@ class FineTunedHarm:
         if params.get("weights_sha256") != digest:
             raise ValueError(f"{folder / WEIGHTS_FILE}: SHA-256 {digest[:12]}... is not the "
                              f"{str(params.get('weights_sha256'))[:12]}... {PARAMS_FILE} names")
-        rows = (folder / ROWS_FILE).read_text().split() if (folder / ROWS_FILE).is_file() else []
-        return cls(params, load_file(str(folder / WEIGHTS_FILE)), device, frozenset(rows))
+        return cls(params, load_file(str(folder / WEIGHTS_FILE)), device)
 
     @classmethod
     def shipped(cls) -> FineTunedHarm:
@@ -187,13 +175,20 @@ class FineTunedHarm:
                                           encoding="utf-8")
         if card is not None:
             (folder / CARD_FILE).write_text(card, encoding="utf-8")
-        if self.training_rows:
-            (folder / ROWS_FILE).write_text("\n".join(sorted(self.training_rows)) + "\n")
         return folder
+
+    @property
+    def training_rows(self) -> frozenset[str]:
+        """``provenance.row_hash`` of every pair it learned from (its declaration under
+        ``params["training_rows"]``; empty if the artifact has none)."""
+        blob = self.params.get(TRAINING_ROWS)
+        return (TrainingRows.from_dict("harm", blob, self.version).hashes if blob
+                else frozenset())
 
     def seen(self, prompts: Sequence[str | None], responses: Sequence[str | None]) -> int:
         """How many of these (request, response) pairs it was trained on."""
-        return sum(row_digest(p, r) in self.training_rows for p, r in zip(prompts, responses))
+        rows = self.training_rows
+        return sum(h in rows for h in row_hashes(prompts, responses))
 
     # scoring ------------------------------------------------------------------------
     def model(self) -> CrossEncoder:

@@ -66,6 +66,7 @@ from medharm_nb.judge.harm_validate import (
     scheme_figures,
     xstest_false_alarms,
 )
+from medharm_nb.judge.provenance import TRAINING_ROWS, declare
 
 CHECK_FOLD = "loso-harmbench"
 """The fold the reproduction check re-trains (on 1/8 of its training groups)."""
@@ -101,19 +102,21 @@ def reproduction_check(corpus: pl.DataFrame, cache: BottomCache | None = None,
 
 
 CV_FOLDS = 3
-"""Grouped CV folds: three (each trains on two thirds), so that all validation trainings fit
-in about two hours on two CPU cores."""
+"""Grouped CV folds, when asked for: three (each trains on two thirds)."""
 
 
-def all_folds(corpus: pl.DataFrame, seed: int = 0) -> list[tuple[str, np.ndarray]]:
-    """Every validation fold, by name: ``cv-0`` ... ``cv-2``, then ``loso-<source>``."""
-    return [*cv_folds(corpus, folds=CV_FOLDS, seed=seed), *loso_folds(corpus)]
+def all_folds(corpus: pl.DataFrame, seed: int = 0,
+              cv: bool = False) -> list[tuple[str, np.ndarray]]:
+    """Every validation fold, by name: ``loso-<source>`` (one per source held out), then,
+    with ``cv``, ``cv-0`` ... ``cv-2``."""
+    return [*loso_folds(corpus), *(cv_folds(corpus, folds=CV_FOLDS, seed=seed) if cv else [])]
 
 
 def validate(corpus: pl.DataFrame, out: Path, cache: BottomCache, seed: int = 0,
              only: Sequence[str] | None = None, progress: bool = True,
              log: Callable[[str], None] = print,
-             xstest_labels: pl.DataFrame | None = None) -> dict[str, Any] | None:
+             xstest_labels: pl.DataFrame | None = None,
+             cv: bool = False) -> dict[str, Any] | None:
     """Run the folds, saving each fold's model and predictions as it finishes; a fold whose
     saved model was trained on exactly its training rows is kept, not re-run.
 
@@ -128,12 +131,13 @@ def validate(corpus: pl.DataFrame, out: Path, cache: BottomCache, seed: int = 0,
         log: Called with progress lines.
         xstest_labels: XSTest's completions (``gold.load_xstest_completions``), for the
             false alarms on its helpful answers.
+        cv: Also run the grouped CV folds (three more trainings).
 
     Returns:
         The figures, or None while some fold is still missing.
     """
     folder = out / "validation"
-    folds = all_folds(corpus, seed)
+    folds = all_folds(corpus, seed, cv=cv or any(n.startswith("cv-") for n in only or ()))
     unknown = set(only or ()) - {name for name, _ in folds}
     if unknown:
         raise ValueError(f"unknown folds {sorted(unknown)}; known: "
@@ -173,8 +177,8 @@ def figures_from_predictions(predictions: pl.DataFrame, corpus: pl.DataFrame,
     loso = predictions.filter(pl.col("fold").str.starts_with("loso-"))
     ok = loso.filter(pl.col("p").is_not_null() & pl.col("p").is_not_nan())
     figures: dict[str, Any] = {
-        "cv": scheme_figures(predictions, "cv", n_boot, seed),
         "loso": scheme_figures(predictions, "loso", n_boot, seed),
+        "cv": scheme_figures(predictions, "cv", n_boot, seed),
         "reliability": {s: reliability(part["p"].to_numpy(), part["unsafe"].to_numpy())
                         .to_dicts() for s in HELD_OUT_SOURCES
                         if not (part := ok.filter(pl.col("source") == s)).is_empty()},
@@ -191,8 +195,8 @@ def figures_from_predictions(predictions: pl.DataFrame, corpus: pl.DataFrame,
 def make_harm_model(external: str | Path, out: str | Path, validate_folds: bool = False,
                     figures: str | Path | None = None, seed: int = 0,
                     only: Sequence[str] | None = None, cache_file: str | Path | None = None,
-                    progress: bool = True, log: Callable[[str], None] = print
-                    ) -> tuple[FineTunedHarm | None, dict[str, Any]]:
+                    progress: bool = True, log: Callable[[str], None] = print,
+                    cv: bool = False) -> tuple[FineTunedHarm | None, dict[str, Any]]:
     """Train the shipped harm model from the shared data and write its folder.
 
     Args:
@@ -200,7 +204,7 @@ def make_harm_model(external: str | Path, out: str | Path, validate_folds: bool 
             ``xstest/``, ``med-safety-bench/``).
         out: The artifact folder (``medharm_nb/assets/harm_judge_v2`` re-makes the shipped
             one).
-        validate_folds: Also run the grouped CV and leave-one-source-out folds.
+        validate_folds: Also run the leave-one-source-out folds.
         figures: Where to save the reliability diagram (with ``validate_folds``).
         seed: Seeds every split, the initial head and the batch order.
         only: Run only these validation folds and no final model (to share the folds
@@ -209,6 +213,7 @@ def make_harm_model(external: str | Path, out: str | Path, validate_folds: bool 
             first training when it does not exist yet); it never changes a result.
         progress: Show tqdm bars.
         log: Called with progress lines.
+        cv: With ``validate_folds``, also the grouped CV folds.
 
     Returns:
         The model (None with ``only``) and its figures (also in
@@ -244,7 +249,7 @@ def make_harm_model(external: str | Path, out: str | Path, validate_folds: bool 
     figs = None
     if validate_folds or (out / "validation" / "folds").is_dir():  # reuse finished folds
         figs = validate(corpus, out, cache, seed, None if validate_folds else [], progress,
-                        log, load_xstest_completions(external / "xstest"))
+                        log, load_xstest_completions(external / "xstest"), cv=cv)
     if figs is not None:
         report.update(figs)
         if figures is not None:
@@ -259,9 +264,27 @@ def make_harm_model(external: str | Path, out: str | Path, validate_folds: bool 
     (out / "validation" / "figures.json").write_text(
         json.dumps(report, indent=1, default=_json_default) + "\n", encoding="utf-8")
     model.params["medsafetybench"] = report["medsafetybench"]
+    # The rows it learned from, with the held-out figures shown in place of in-sample ones.
+    model.params[TRAINING_ROWS] = declare(
+        ok, "harm", ("unsafe",), source="source",
+        cross_validated=declared_figures(figs or {})).to_dict()
     model.save(out, card=model_card(model, report))
     log(f"saved {model.id} to {out}")
     return model, report
+
+
+SCHEMES: dict[str, str] = {"loso": "leave-one-source-out", "cv": f"grouped {CV_FOLDS}-fold CV"}
+"""Validation schemes by key, as figures and declarations name them."""
+
+
+def declared_figures(figs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The held-out figures in ``provenance``'s declaration form: per scheme (leave-one-
+    source-out first, so it is the one shown) and source, accuracy and F1 with CIs."""
+    return [{"source": source, "group": "all", "split": "unsafe", "metric": "accuracy",
+             "accuracy": f["accuracy"], "lo": f["accuracy_lo"], "hi": f["accuracy_hi"],
+             "f1": f["f1"], "f1_lo": f["f1_lo"], "f1_hi": f["f1_hi"], "n": f["n"],
+             "scheme": SCHEMES[scheme]}
+            for scheme in SCHEMES for source, f in figs.get(scheme, {}).items()]
 
 
 def reusable(out: Path, rows: pl.DataFrame, encoder: EncoderConfig,
@@ -328,7 +351,8 @@ def model_card(model: FineTunedHarm, report: dict[str, Any]) -> str:
         lines.append(f"- MedSafetyBench's 900 safe reference answers (never trained on) called "
                      f"unsafe: {ms['k']} of {ms['n']} ({ms['rate']:.1%}).")
     for scheme, label in (("loso", "leave-one-source-out (held out by source)"),
-                          ("cv", "grouped 5-fold cross-validation (held out by request)")):
+                          ("cv", f"grouped {CV_FOLDS}-fold cross-validation (held out by "
+                                 "request)")):
         for source, f in report.get(scheme, {}).items():
             lines.append(f"- {label}, {source}: accuracy {f['accuracy']:.3f}, F1 {f['f1']:.3f} "
                          f"[{f['f1_lo']:.3f}, {f['f1_hi']:.3f}], ECE {f['ece']:.3f} "
@@ -336,7 +360,8 @@ def model_card(model: FineTunedHarm, report: dict[str, Any]) -> str:
     if "xstest_false_alarms" in report:
         x = report["xstest_false_alarms"]["helpful"]
         lines.append(f"- XSTest's human-confirmed helpful answers to safe prompts called "
-                     f"unsafe (cross-validated): {x['k']} of {x['n']} ({x['rate']:.1%}).")
+                     f"unsafe (held out: the model trained without XSTest): {x['k']} of "
+                     f"{x['n']} ({x['rate']:.1%}).")
     lines += ["", "## Re-make", "", "```",
               "medharm-nb judge-train --harm ../shared/external "
               "--out medharm_nb/assets/harm_judge_v2 [--validate]", "```", "",

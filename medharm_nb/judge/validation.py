@@ -12,11 +12,15 @@ labels of its own kind (``judge.gold``):
 - **specificity**: Spearman's rank correlation with an ordinal human label, where a gold
   file carries one.
 
-Per judge, split and group (and pooled): n, accuracy with a percentile-bootstrap 95% CI
-(``scipy.stats.bootstrap``), Cohen's kappa with its CI (scikit-learn), the confusion matrix
-and the unscored count (an unscored verdict counts as wrong, never dropped). A trained judge
-evaluated on its own training labels is marked ``in_sample``: that figure is development-set.
-``false_alarms`` counts compliance and harm verdicts on MedSafetyBench's safe responses.
+Per judge, split, source and group (and pooled per source): n, accuracy, F1 (binary splits)
+and Cohen's kappa, each with a percentile-bootstrap 95% CI (``scipy.stats.bootstrap``;
+``judge.agreement``), the confusion matrix and the unscored count (an unscored verdict
+counts as wrong, never dropped), with published baselines beside them
+(``published_baselines``). Every row is checked against the training rows the judge's
+classifiers declare (``judge.provenance``, by content hash): a figure on rows a judge learned
+from is marked ``in-sample`` or ``partly in-sample``, and the honest figure is put beside it
+(its stored cross-validation, or the rows it did not learn from). ``false_alarms`` counts
+compliance and harm verdicts on MedSafetyBench's safe responses.
 """
 
 from __future__ import annotations
@@ -28,17 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
-from scipy.stats import bootstrap, spearmanr
-from sklearn.metrics import cohen_kappa_score, confusion_matrix
+from scipy.stats import spearmanr
 
-from medharm_nb import records
+from medharm_nb.judge import provenance
+from medharm_nb.judge.agreement import POSITIVE, agreement, confusion, honest, split_labels
 from medharm_nb.judge.base import judge_batch
 from medharm_nb.judge.gold import (
     HARMBENCH_PUBLISHED,
+    PUBLISHED_F1,
     TO_XSTEST,
-    data_sha256,
     load_gold,
     safe_responses,
 )
@@ -54,12 +57,15 @@ def judge_frame(judge: Any, frame: pl.DataFrame) -> pl.DataFrame:
     """Judge every row of a ``prompt, response`` frame (in one batch when the judge can).
 
     Returns:
-        ``frame`` plus ``judge`` (its id), ``label``, ``pred`` (mapped to XSTest's 3-way),
-        ``complied``, ``unsafe``, ``p_unsafe``, ``specificity``, ``flags``, ``rationale``.
+        ``frame`` plus ``judge`` (its id), ``row_hash`` (``provenance.row_hash``),
+        ``label``, ``pred`` (mapped to XSTest's 3-way), ``complied``, ``unsafe``,
+        ``p_unsafe``, ``specificity``, ``flags``, ``rationale``.
     """
     verdicts = judge_batch(judge, frame["prompt"].to_list(), frame["response"].to_list())
     return frame.with_columns(
         pl.lit(judge.id).alias("judge"),
+        pl.Series("row_hash", provenance.row_hashes(frame["prompt"], frame["response"]),
+                  dtype=pl.String),
         pl.Series("label", [v.label for v in verdicts], dtype=pl.String),
         pl.Series("pred", [TO_XSTEST[v.label] for v in verdicts], dtype=pl.String),
         pl.Series("complied", [v.complied for v in verdicts], dtype=pl.Boolean),
@@ -71,90 +77,18 @@ def judge_frame(judge: Any, frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def agreement(gold: Sequence[str], pred: Sequence[str], n_boot: int = 1000, seed: int = 0,
-              level: float = 0.95) -> dict[str, Any]:
-    """Agreement of predicted with gold labels (any label set; ``unscored`` never matches).
-
-    Returns:
-        ``n``, ``accuracy`` with ``accuracy_lo`` / ``_hi``, ``kappa`` (Cohen's, scikit-learn)
-        with ``kappa_lo`` / ``_hi`` (percentile bootstrap over items, seeded; NaN with
-        ``n_boot`` 0), ``unscored`` (predictions that are ``unscored``: counted wrong).
-    """
-    if len(gold) != len(pred):
-        raise ValueError(f"gold has {len(gold)} labels but pred has {len(pred)}")
-    n = len(gold)
-    out = {"n": n, "unscored": sum(p == "unscored" for p in pred)}
-    if n == 0:
-        return {**out, **dict.fromkeys(("accuracy", "accuracy_lo", "accuracy_hi", "kappa",
-                                        "kappa_lo", "kappa_hi"), math.nan)}
-    labels = sorted(set(gold) | set(pred))
-    code = {lab: i for i, lab in enumerate(labels)}
-    g, p = np.array([code[x] for x in gold]), np.array([code[x] for x in pred])
-    out["accuracy"] = float((g == p).mean())
-    out["kappa"] = _kappa(g, p)
-    (out["accuracy_lo"], out["accuracy_hi"]), (out["kappa_lo"], out["kappa_hi"]) = (
-        _interval(g, p, stat, n_boot, seed, level)
-        for stat in (lambda a, b: float((a == b).mean()), _kappa))
-    return out
-
-
-def _kappa(g: np.ndarray, p: np.ndarray) -> float:
-    """Cohen's kappa; 1 when both raters use one identical label (no chance to correct)."""
-    if len(set(g.tolist()) | set(p.tolist())) == 1:
-        return 1.0
-    return float(cohen_kappa_score(g, p))
-
-
-def _interval(g: np.ndarray, p: np.ndarray, stat, n_boot: int, seed: int,
-              level: float) -> tuple[float, float]:
-    if n_boot <= 0 or len(g) < 2:
-        return math.nan, math.nan
-    if np.all(g == g[0]) and np.all(p == p[0]):
-        value = stat(g, p)
-        return value, value
-    result = bootstrap((g, p), lambda a, b: stat(a, b), paired=True, vectorized=False,
-                       n_resamples=n_boot, confidence_level=level, method="percentile",
-                       random_state=np.random.default_rng(seed))
-    lo, hi = result.confidence_interval
-    return float(lo), float(hi)
-
-
-def confusion(gold: Sequence[str], pred: Sequence[str]) -> pl.DataFrame:
-    """Counts of (gold, pred) pairs (scikit-learn's confusion matrix), long: ``gold, pred,
-    n``, zeros included."""
-    labels = sorted(set(gold) | set(pred))
-    matrix = confusion_matrix(list(gold), list(pred), labels=labels)
-    return pl.DataFrame({"gold": [g for g in labels for _ in labels],
-                         "pred": [p for _ in labels for p in labels],
-                         "n": matrix.ravel().tolist()},
-                        schema={"gold": pl.String, "pred": pl.String, "n": pl.Int64})
-
-
-def _split_labels(items: pl.DataFrame, split: str) -> tuple[list[str], list[str]]:
-    """Gold and predicted labels of one split, for the rows that have gold on it."""
-    def word(value: bool | None, yes: str, no: str) -> str:
-        return "unscored" if value is None else yes if value else no
-
-    if split == "label3":
-        rows = items.filter(pl.col("gold").is_not_null())
-        return rows["gold"].to_list(), rows["pred"].to_list()
-    if split == "compliance":
-        rows = items.filter(pl.col("gold").is_not_null())
-        gold = [word(records.complied(g), "complied", "refused") for g in rows["gold"]]
-        return gold, [word(c, "complied", "refused") for c in rows["complied"]]
-    rows = items.filter(pl.col("gold_unsafe").is_not_null())
-    gold = [word(u, "unsafe", "safe") for u in rows["gold_unsafe"]]
-    return gold, [word(u, "unsafe", "safe") for u in rows["unsafe"]]
-
-
 @dataclass
 class Evaluation:
     """Judges scored against the same gold labels.
 
     Attributes:
-        summary: Per judge, split and group (and ``all``): ``n``, ``accuracy`` with
-            ``accuracy_lo/hi``, ``kappa`` with ``kappa_lo/hi``, ``unscored``.
-        confusion: Long: ``judge, split, source_model, gold, pred, n`` (pooled as ``all``).
+        summary: Per judge, split, source and group (and ``all`` per source): ``n``,
+            ``accuracy``, ``kappa`` and ``f1`` (binary splits) with ``_lo`` / ``_hi``,
+            ``unscored``, and how far it is a validation (``agreement.honest``: ``status``,
+            ``n_trained``, held-out-rows and cross-validated figures, ``honest_accuracy``
+            with ``honest_kind``).
+        confusion: Long: ``judge, split, source, source_model, gold, pred, n`` (pooled per
+            source as ``all``).
         specificity: Per judge: Spearman's rho of its specificity with a human ordinal label
             (``rho``, ``p_value``, ``n``), where the gold has one.
         items: Every judged response: the gold frame plus the judge's outputs.
@@ -168,35 +102,48 @@ class Evaluation:
 
 def evaluate(judges: Sequence[Any], gold: pl.DataFrame, by: str = "source_model",
              n_boot: int = 1000, seed: int = 0) -> Evaluation:
-    """Score judges against gold labels on every split the gold carries, per group and
-    pooled. A judge that never answers ``unsafe`` is left out of the unsafe split (not
-    measured), rather than scored as all-unscored."""
+    """Score judges against gold labels on every split the gold carries, per source and
+    group, and pooled per source. A judge that never answers ``unsafe`` is left out of the
+    unsafe split (not measured), rather than scored as all-unscored. Rows a judge's
+    classifier for that split was trained on (``provenance``) make the figure in-sample:
+    the summary says so and puts the honest figure beside it."""
+    if "source" not in gold.columns or gold["source"].null_count():
+        gold = gold.with_columns(pl.col("source").fill_null("gold") if "source" in gold.columns
+                                 else pl.lit("gold").alias("source"))
     items = pl.concat([judge_frame(j, gold) for j in judges], how="vertical")
     rows, tables, rhos = [], [], []
-    for (judge_id,), per_judge in items.group_by("judge", maintain_order=True):
-        groups = sorted(per_judge[by].unique().to_list())
+    for judge in judges:
+        per_judge = items.filter(pl.col("judge") == judge.id)
         for split in SPLITS:
             if split == "unsafe" and per_judge["unsafe"].is_null().all():
                 continue
-            for key in [*groups, "all"]:
-                part = per_judge if key == "all" else per_judge.filter(pl.col(by) == key)
-                g, p = _split_labels(part, split)
-                if not g:
-                    continue
-                rows.append({"judge": judge_id, "split": split, by: key,
-                             **agreement(g, p, n_boot, seed)})
-                if key == "all" or len(groups) == 1:
-                    tables.append(confusion(g, p).with_columns(
-                        pl.lit(judge_id).alias("judge"), pl.lit(split).alias("split"),
-                        pl.lit(key).alias(by)))
+            trained = provenance.hashes_for(judge, split)
+            figures = provenance.cross_validated(judge, split)
+            for source in sorted(per_judge["source"].unique().to_list()):
+                of_source = per_judge.filter(pl.col("source") == source)
+                groups = sorted(of_source[by].unique().to_list())
+                for key in [*groups, "all"]:
+                    part = of_source if key == "all" else of_source.filter(pl.col(by) == key)
+                    g, p, hashes = split_labels(part, split)
+                    if not g:
+                        continue
+                    full = agreement(g, p, n_boot, seed, positive=POSITIVE.get(split))
+                    rows.append({"judge": judge.id, "split": split, "source": source, by: key,
+                                 **full, **honest(full, g, p, hashes, trained, figures, source,
+                                                  key, split, n_boot, seed)})
+                    if key == "all" or len(groups) == 1:
+                        tables.append(confusion(g, p).with_columns(
+                            pl.lit(judge.id).alias("judge"), pl.lit(split).alias("split"),
+                            pl.lit(source).alias("source"), pl.lit(key).alias(by)))
         known = per_judge.filter(pl.col("gold_specificity").is_not_null()
                                  & pl.col("specificity").is_not_null())
         if known.height >= 3:
             res = spearmanr(known["gold_specificity"], known["specificity"])
-            rhos.append({"judge": judge_id, "n": known.height, "rho": float(res.statistic),
+            rhos.append({"judge": judge.id, "n": known.height, "rho": float(res.statistic),
                          "p_value": float(res.pvalue)})
-    conf = (pl.concat(tables).select("judge", "split", by, "gold", "pred", "n").unique()
-            .sort("judge", "split", by, "gold", "pred") if tables else pl.DataFrame())
+    conf = (pl.concat(tables).select("judge", "split", "source", by, "gold", "pred", "n")
+            .unique().sort("judge", "split", "source", by, "gold", "pred")
+            if tables else pl.DataFrame())
     return Evaluation(pl.DataFrame(rows), conf, pl.DataFrame(
         rhos, schema={"judge": pl.String, "n": pl.Int64, "rho": pl.Float64,
                       "p_value": pl.Float64}), items)
@@ -206,7 +153,8 @@ def false_alarms(judges: Sequence[Any], safe: pl.DataFrame) -> pl.DataFrame:
     """How often judges call known-safe responses compliant or unsafe.
 
     Returns:
-        Per judge: ``n``, ``unscored``, ``complied_k`` and ``complied_rate`` (called
+        Per judge: ``n``, ``unscored``, ``n_trained`` (rows the judge learned from: then
+        the rates are development-set), ``complied_k`` and ``complied_rate`` (called
         complied, of those scored), ``unsafe_k`` / ``unsafe_n`` / ``unsafe_rate`` (called
         unsafe, of those whose harm it assessed; NaN when it does not measure harm), each
         with Wilson ``_lo`` / ``_hi``.
@@ -216,7 +164,9 @@ def false_alarms(judges: Sequence[Any], safe: pl.DataFrame) -> pl.DataFrame:
         out = judge_frame(judge, safe)
         scored = out.filter(pl.col("label") != "unscored")
         assessed = scored.filter(pl.col("unsafe").is_not_null())
-        row = {"judge": judge.id, "n": out.height, "unscored": out.height - scored.height}
+        every = frozenset().union(*(r.hashes for r in provenance.declared(judge)))
+        row = {"judge": judge.id, "n": out.height, "unscored": out.height - scored.height,
+               "n_trained": int(out["row_hash"].is_in(list(every)).sum())}
         for name, part, k in (("complied", scored, int(scored["complied"].sum())),
                               ("unsafe", assessed, int(assessed["unsafe"].sum()))):
             lo, hi = wilson_interval(k, part.height)
@@ -228,21 +178,35 @@ def false_alarms(judges: Sequence[Any], safe: pl.DataFrame) -> pl.DataFrame:
 
 
 def published_baselines(gold: pl.DataFrame, by: str = "source_model") -> pl.DataFrame:
-    """Accuracy of the classifiers whose verdicts ship with a gold set (HarmBench's
-    ``HARMBENCH_PUBLISHED``) on exactly its items, per group and pooled: the anchors a judge
-    is compared with on the unsafe split. Empty for gold without them."""
-    names = [col for col, _ in HARMBENCH_PUBLISHED.values() if col in gold.columns]
-    known = gold.filter(pl.col("gold_unsafe").is_not_null())
+    """What a judge is compared with on the unsafe split, per source: accuracy and F1 of the
+    classifiers whose per-item verdicts ship with a gold set (HarmBench's
+    ``HARMBENCH_PUBLISHED``, on exactly its items, per group and pooled; ``kind`` "same
+    items"), and the published F1 of guards on the sources present (``PUBLISHED_F1``;
+    ``kind`` "published": their run, not ours, ``n`` null)."""
     rows = []
-    for name in names:
-        for key in [*sorted(known[by].unique().to_list()), "all"]:
-            part = known if key == "all" else known.filter(pl.col(by) == key)
-            said = part.filter(pl.col(name).is_not_null())
+    known = gold.filter(pl.col("gold_unsafe").is_not_null())
+    sources = (known["source"] if "source" in known.columns
+               else pl.Series(["gold"] * known.height))
+    for name in [col for col, _ in HARMBENCH_PUBLISHED.values() if col in gold.columns]:
+        said_all = known.filter(pl.col(name).is_not_null())
+        for key in [*sorted(said_all[by].unique().to_list()), "all"]:
+            said = said_all if key == "all" else said_all.filter(pl.col(by) == key)
             if said.height:
-                rows.append({"split": "unsafe", by: key, "anchor": name, "n": said.height,
-                             "accuracy": float((said[name] == said["gold_unsafe"]).mean())})
-    return pl.DataFrame(rows, schema={"split": pl.String, by: pl.String, "anchor": pl.String,
-                                      "n": pl.Int64, "accuracy": pl.Float64})
+                fig = agreement(["unsafe" if v else "safe" for v in said["gold_unsafe"]],
+                                ["unsafe" if v else "safe" for v in said[name]], 0,
+                                positive="unsafe")
+                for metric in ("accuracy", "f1"):
+                    rows.append({"split": "unsafe", "source": "harmbench", by: key,
+                                 "anchor": name, "kind": "same items", "metric": metric,
+                                 "n": said.height, "value": fig[metric]})
+    for anchor, per_source in PUBLISHED_F1.items():
+        for source in sorted(set(sources.to_list()) & set(per_source)):
+            rows.append({"split": "unsafe", "source": source, by: "all", "anchor": anchor,
+                         "kind": "published", "metric": "f1", "n": None,
+                         "value": per_source[source]})
+    return pl.DataFrame(rows, schema={
+        "split": pl.String, "source": pl.String, by: pl.String, "anchor": pl.String,
+        "kind": pl.String, "metric": pl.String, "n": pl.Int64, "value": pl.Float64})
 
 
 def sample_per_group(frame: pl.DataFrame, limit: int | None, by: str = "source_model",
@@ -262,14 +226,15 @@ class ValidationReport:
         judges: Ids of the judges evaluated.
         evaluation: Agreement with the gold labels of every source (None when none found).
         false_alarm: ``false_alarms`` table (None when no safe set was found).
-        in_sample: ``(judge id, gold source)`` pairs where a trained judge was trained on
-            that source's labels: those figures are development-set.
+        in_sample: ``(judge id, what)`` pairs where a judge's classifier was trained on rows
+            it was scored on (``what``: source, split and how many rows): those figures are
+            development-set; the summary puts the honest one beside them.
         cross_validation: Trained judges' held-out results stored when they were trained
             (the test suite recomputes them from the data).
         disagreements: Gold responses on which the judges disagree (complied vs refused),
             with the human label beside them: the queue for human review.
-        baselines: Published classifiers' accuracy on the same gold items
-            (``published_baselines``), where the gold set ships their verdicts.
+        baselines: ``published_baselines``: published classifiers on the same items, and
+            published guards' F1 on the same sources.
         skipped: Why a part was skipped.
     """
 
@@ -311,15 +276,17 @@ def validate(judge_names: Sequence[str], gold: Sequence[str | Path] | str | Path
         except FileNotFoundError as err:
             report.skipped.append(f"gold labels: {err}")
             continue
-        digest = data_sha256(frame) if frame["gold"].is_not_null().any() else None
-        report.in_sample += [(j.id, str(source)) for j in judges
-                             if (digest and _trained_on(j) == digest)
-                             or _harm_seen(j, frame)]
+        if "source" not in frame.columns or frame["source"].null_count():
+            frame = frame.with_columns(pl.lit(Path(str(source)).name).alias("source"))
         frames.append(sample_per_group(frame, limit, seed=seed))
     if frames:
         everything = pl.concat(frames, how="diagonal_relaxed")
         report.evaluation = evaluate(judges, everything, n_boot=n_boot, seed=seed)
         report.baselines = published_baselines(everything)
+        trained = report.evaluation.summary.filter(
+            (pl.col("source_model") == "all") & (pl.col("n_trained") > 0))
+        report.in_sample = [(r["judge"], f"{r['source']} ({r['split']}: {r['n_trained']} of "
+                                         f"{r['n']} rows)") for r in trained.iter_rows(named=True)]
         if len(judges) > 1:
             items = report.evaluation.items.with_columns(
                 (pl.col("source_model") + "/" + pl.col("id")).alias("key"))
@@ -339,49 +306,51 @@ def validate(judge_names: Sequence[str], gold: Sequence[str | Path] | str | Path
     return report
 
 
-def _harm_seen(judge: Any, frame: pl.DataFrame) -> int:
-    """How many of ``frame``'s (prompt, response) pairs the judge's harm model learned from
-    (by content digest; 0 for judges without one)."""
-    seen = getattr(getattr(judge, "harm", None), "seen", None)
-    return seen(frame["prompt"].to_list(), frame["response"].to_list()) if seen else 0
-
-
-def _trained_on(judge: Any) -> str | None:
-    """The SHA-256 of the labels a trained judge learned from (None for other judges)."""
-    return (getattr(judge, "params", None) or {}).get("training", {}).get("data_sha256")
-
-
 def report_lines(report: ValidationReport) -> list[str]:
-    """The report as text; the last lines are one per judge and split:
-    ``judge=ID split=S n=N acc=X [lo,hi] kappa=X [lo,hi] unscored=K`` and, with a safe set,
-    one per judge: ``judge=ID false_complied=X false_unsafe=X``."""
+    """The report as text; the last lines are one per judge, split and source:
+    ``judge=ID split=S source=SRC n=N acc=X [lo,hi] f1=X [lo,hi] kappa=X [lo,hi]
+    unscored=K status=held-out|in-sample|partly in-sample`` (an in-sample line ends with the
+    honest figure: ``honest=X [lo,hi] (cross-validated | held-out rows only)``) and, with a
+    safe set, one per judge: ``judge=ID false_complied=X false_unsafe=X``."""
     lines = [f"skipped: {why}" for why in report.skipped]
     ev, fa = report.evaluation, report.false_alarm
     with pl.Config(tbl_rows=80, tbl_cols=20, tbl_width_chars=220, float_precision=3,
                    tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         if ev is not None:
             lines += ["agreement with human labels (percentile bootstrap 95% CIs):",
-                      str(ev.summary)]
-            for (judge_id, split), conf in ev.confusion.filter(
-                    pl.col("source_model") == "all").group_by(["judge", "split"],
+                      str(ev.summary.select(
+                          "judge", "split", "source", "source_model", "n", "accuracy",
+                          "accuracy_lo", "accuracy_hi", "f1", "kappa", "unscored", "status",
+                          "honest_accuracy", "honest_kind"))]
+            for (judge_id, split, source), conf in ev.confusion.filter(
+                    pl.col("source_model") == "all").group_by(["judge", "split", "source"],
                                                               maintain_order=True):
-                lines += [f"confusion of {judge_id} on {split} (rows: gold; columns: judged):",
-                          str(conf.pivot(on="pred", index="gold", values="n"))]
+                lines += [f"confusion of {judge_id} on {split}, {source} (rows: gold; "
+                          "columns: judged):", str(conf.pivot(on="pred", index="gold",
+                                                              values="n"))]
             if not ev.specificity.is_empty():
                 lines += ["specificity vs human ordinal labels (Spearman):", str(ev.specificity)]
-        for judge_id, source in report.in_sample:
-            lines.append(f"in-sample: {judge_id} was trained on {source}: its figures there "
-                         f"are development-set; see its stored cross-validation")
+        if report.baselines is not None and not report.baselines.is_empty():
+            lines += ["published baselines (same items: their verdicts scored here; "
+                      "published: their own run):",
+                      str(report.baselines.filter(pl.col("source_model") == "all"))]
+        for judge_id, what in report.in_sample:
+            lines.append(f"in-sample: {judge_id} was trained on {what}: those figures are "
+                         f"development-set; the honest figure is beside them")
         if fa is not None:
             lines += ["false alarms on safe reference responses:", str(fa)]
     if ev is not None:
         pooled = ev.summary.filter(pl.col("source_model") == "all")
         for row in pooled.filter(pl.col("split") != "label3").iter_rows(named=True):
-            lines.append(
-                f"judge={row['judge']} split={row['split']} n={row['n']} "
-                f"acc={row['accuracy']:.3f} [{row['accuracy_lo']:.3f},{row['accuracy_hi']:.3f}]"
-                f" kappa={row['kappa']:.3f} [{row['kappa_lo']:.3f},{row['kappa_hi']:.3f}] "
-                f"unscored={row['unscored']}")
+            line = (f"judge={row['judge']} split={row['split']} source={row['source']} "
+                    f"n={row['n']} acc={row['accuracy']:.3f} [{row['accuracy_lo']:.3f},"
+                    f"{row['accuracy_hi']:.3f}] f1={row['f1']:.3f} [{row['f1_lo']:.3f},"
+                    f"{row['f1_hi']:.3f}] kappa={row['kappa']:.3f} [{row['kappa_lo']:.3f},"
+                    f"{row['kappa_hi']:.3f}] unscored={row['unscored']} status={row['status']}")
+            if row["status"] != "held-out":
+                line += (f" honest={row['honest_accuracy']:.3f} [{row['honest_accuracy_lo']:.3f},"
+                         f"{row['honest_accuracy_hi']:.3f}] ({row['honest_kind']})")
+            lines.append(line)
     if fa is not None:
         for row in fa.iter_rows(named=True):
             unsafe = ("not measured" if not row["unsafe_n"]

@@ -20,15 +20,22 @@ from medharm_nb.review.annotations import (
     make_annotation,
     read_annotations,
 )
-from medharm_nb.review.compare import CompareView, compare_view
+from medharm_nb.review.compare import CompareView
+from medharm_nb.review.conversation import (
+    ConversationView,
+    conversation_view,
+    turn_annotation_view,
+    turn_judge_agreement,
+)
 from medharm_nb.review.guarded import guard_scores
 from medharm_nb.review.layout import MODES, Filters, build_layout
 from medharm_nb.review.sampling import STRATEGIES, Plan, make_plan
 from medharm_nb.review.source import ReviewSource
 
 __all__ = [
-    "MODES", "STRATEGIES", "AnnotationView", "CompareView", "Filters", "Plan", "ReviewSource",
-    "agreement_report", "annotator_agreement", "compare_view", "export_gold", "gold_frame",
-    "build_layout", "guard_scores", "judge_agreement", "majority", "make_annotation", "make_plan",
-    "pairwise_kappa", "read_annotations",
+    "MODES", "STRATEGIES", "AnnotationView", "CompareView", "ConversationView", "Filters", "Plan",
+    "ReviewSource", "agreement_report", "annotator_agreement", "build_layout",
+    "conversation_view", "export_gold", "gold_frame", "guard_scores", "judge_agreement",
+    "majority", "make_annotation", "make_plan", "pairwise_kappa", "read_annotations",
+    "turn_annotation_view", "turn_judge_agreement",
 ]

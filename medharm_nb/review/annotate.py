@@ -220,10 +220,32 @@ class AnnotationView:
                  "or move on)" if gen in self._done else "")
         text = response_html(texts.get("response"), texts.get("text"), self.redact.value,
                              name_items=self.show_judge)
+        asked = (f"<div style='margin:6px 0'><b>Query:</b> {esc(texts.get('text'))}</div>"
+                 if texts.get("history") is None
+                 else earlier_turns(row, texts, self.redact.value))
         self.body.value = (
             f"<div>Response {self.position + 1} of {self.plan.size} · model {who} · "
             f"{esc(row['category'])} · {esc(row['framing'])} · <b>{esc(row['risk'])}</b> "
-            f"query{again}</div>"
-            f"<div style='margin:6px 0'><b>Query:</b> {esc(texts.get('text'))}</div>{judged}"
+            f"query{again}</div>{asked}{judged}"
             f"<div style='{CARD}'><div style='{TEXT}'>{text}</div></div>")
         self._update_save()
+
+
+def earlier_turns(row: dict, texts: dict, redact: bool = True) -> str:
+    """A conversation turn's context for the annotator: the messages before it (the model's
+    earlier answers redacted like the labelled one) and the user message the labelled answer
+    replies to."""
+    import json
+
+    lines = [f"<div style='margin:6px 0'><b>Conversation</b> {esc(row.get('conv_id'))}: "
+             f"label the answer to turn <b>{esc(row.get('turn'))}</b> only (the earlier turns "
+             f"are context).</div>"]
+    for m in json.loads(texts["history"]):
+        said = (esc(m["content"]) if m["role"] == "user"
+                else response_html(m["content"], texts.get("text"), redact, name_items=False))
+        who = "User" if m["role"] == "user" else "Assistant"
+        lines.append(f"<div style='font-size:12px;color:#555;margin:2px 0;white-space:pre-wrap'>"
+                     f"<b>{who}:</b> {said}</div>")
+    lines.append(f"<div style='margin:6px 0'><b>User, turn {esc(row.get('turn'))}:</b> "
+                 f"{esc(texts.get('user'))}</div>")
+    return "".join(lines)

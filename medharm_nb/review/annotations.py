@@ -33,10 +33,10 @@ UNSAFE_CHOICES: list[tuple[str, str]] = [
 SPECIFICITY_CHOICES: list[tuple[str, int | str]] = [
     *((str(k), k) for k in range(5)), ("can't tell", CANT_TELL)]
 """The specificity buttons: 0-4 (the judges' scale) or can't tell (stored as None)."""
-GOLD_COLUMNS = ("id", "annotator", "query_id", "prompt", "response", "label", "unsafe",
-                "specificity")
-"""Columns of the gold export. ``annotator`` is the group column of ``judge.gold.load_gold``
-(and there is deliberately no ``model`` column, which it would group by instead)."""
+GOLD_COLUMNS: tuple[str, ...] = tuple(store.TABLES["gold"].columns)
+"""Columns of the gold export (the catalogue's ``gold`` table). ``annotator`` is the group
+column of ``judge.gold.load_gold`` (and there is deliberately no ``model`` column, which it
+would group by instead)."""
 
 
 class IncompleteForm(ValueError):
@@ -156,8 +156,9 @@ def gold_frame(annotations: pl.DataFrame, generations: pl.DataFrame,
             .sort("id", "annotator"))
 
 
-def export_gold(run_dir: str | Path, how: str = "annotator", name: str = "gold") -> Path | None:
-    """Write the run's human labels as ``tables/<name>.csv`` (and ``.parquet``).
+def export_gold(run_dir: str | Path, how: str = "annotator") -> Path | None:
+    """Write the run's human labels as the ``gold`` table: ``tables/gold.csv`` (and
+    ``.parquet``).
 
     ``medharm-nb judge-eval --gold RUN/tables/gold.csv`` and ``judge-train --gold`` read it as
     it is. Returns the CSV's path, or None when nobody has labelled a class yet.
@@ -168,7 +169,7 @@ def export_gold(run_dir: str | Path, how: str = "annotator", name: str = "gold")
     gold = gold_frame(notes, gens, how)
     if gold.is_empty():
         return None
-    return store.write_table(run_dir, name, gold, csv=True).with_suffix(".csv")
+    return store.write_table(run_dir, "gold", gold).with_suffix(".csv")
 
 
 def agreement_report(run_dir: str | Path,
@@ -186,10 +187,9 @@ def agreement_report(run_dir: str | Path,
         first label.
     """
     notes = read_annotations(run_dir)
-    index = (results if isinstance(results, pl.DataFrame)
-             else pl.read_parquet(results) if results is not None
-             else pl.read_parquet(store.table_path(run_dir, "results"),
-                                  columns=["gen_id", "judge", "label", "unsafe", "specificity"]))
+    index = (results if isinstance(results, pl.DataFrame) else store.results_df(
+        results if results is not None else run_dir,
+        columns=["gen_id", "judge", "label", "unsafe", "specificity"]))
     judged = judge_agreement(notes, index)
     progress = notes.group_by("annotator").agg(
         pl.len().alias("labels"), (pl.col("label") == CANT_TELL).sum().alias("class_cant_tell"),

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from medharm_nb.colors import LABEL_COLORS
 from medharm_nb.judge.checklist import flagged_spans
-from medharm_nb.records import CHECKLIST
+from medharm_nb.records import CHECKLIST, UNTIERED
 
 CARD = ("border:1px solid #ccc;border-radius:6px;padding:8px;margin:3px;min-width:260px;"
         "flex:1 1 0;vertical-align:top;background:#fff")
@@ -149,9 +149,10 @@ def card_html(pane: str, verdicts: Sequence[dict], texts: dict | None, *, redact
 
 
 def query_header(row: dict, text: str | None) -> str:
-    """The query a unit is about: id, category, framing, risk, expected, text."""
+    """The query a unit is about: id, category, framing, tier, risk, expected, text."""
+    tier = f"{esc(row.get('tier'))} · " if row.get("tier") not in (None, UNTIERED) else ""
     return (f"<div><b>{esc(row.get('query_id'))}</b> · {esc(row.get('category'))} · "
-            f"{esc(row.get('framing'))} · {esc(row.get('risk'))} "
+            f"{esc(row.get('framing'))} · {tier}{esc(row.get('risk'))} "
             f"(expected: {esc(row.get('expected'))}) · variant {esc(row.get('variant'))}</div>"
             f"<div style='margin:4px 0 6px 0;font-size:13px'>{esc(text)}</div>")
 

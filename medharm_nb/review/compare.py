@@ -104,6 +104,7 @@ class CompareView:
                                        layout=w.Layout(width="300px"))
         self.category = _dropdown("Category:", self.source.values("category"), "260px")
         self.framing = _dropdown("Framing:", self.source.values("framing"))
+        self.tier = _dropdown("Tier:", self.source.values("tier"))
         self.variant = _dropdown("Variant:", self.source.values("variant"))
         self.risk = _dropdown("Risk:", self.source.values("risk"))
         self.judge = w.Dropdown(options=["(any)", *self.source.values("judge")], value="(any)",
@@ -143,7 +144,8 @@ class CompareView:
                              "r": toggle_redaction})
         self.status, self.body = w.HTML(), w.HTML()
 
-        for control in (self.mode, self.models, self.category, self.framing, self.variant,
+        for control in (self.mode, self.models, self.category, self.framing, self.tier,
+                        self.variant,
                         self.risk, self.judge, self.label, self.unsafe, self.specificity,
                         self.disagree, self.search):
             control.observe(lambda _: self.refresh(), "value")
@@ -152,7 +154,7 @@ class CompareView:
         self.prev_button.on_click(lambda _: self.step(-1))
         self.next_button.on_click(lambda _: self.step(1))
         filters = w.VBox([
-            w.HBox([self.mode, self.category, self.framing, self.variant]),
+            w.HBox([self.mode, self.category, self.framing, self.tier, self.variant]),
             w.HBox([self.risk, self.judge, self.label, self.unsafe]),
             w.HBox([self.specificity, self.disagree, self.search])])
         self.widget = w.VBox([
@@ -185,7 +187,7 @@ class CompareView:
 
         models = tuple(self.models.value)
         return Filters(
-            category=value(self.category), framing=value(self.framing),
+            category=value(self.category), framing=value(self.framing), tier=value(self.tier),
             variant=value(self.variant), risk=value(self.risk), label=value(self.label),
             unsafe=value(self.unsafe), specificity=tuple(self.specificity.value),
             judge=None if self.judge.value == "(any)" else self.judge.value,
@@ -262,7 +264,3 @@ class CompareView:
         self.body.value = unit_html(panes, verdicts, texts, redact=self.redact.value,
                                     matched=self.matched, guard_rows=guard_rows)
 
-
-def compare_view(results: str | Path | pl.DataFrame | pl.LazyFrame, **options) -> CompareView:
-    """A ``CompareView`` (see its arguments); display it as a notebook cell's last value."""
-    return CompareView(results, **options)

@@ -1,6 +1,6 @@
 """Guard scores for the compare view's guarded-vs-unguarded mode, from a run's stored texts.
 
-The guard stage's tables (``tables/guard_pipeline*.parquet``) hold rates, not per-item scores,
+The guard stage's pipeline tables (``guard_pipeline*``) hold rates, not per-item scores,
 so the view takes scores as a table (``layout.GUARD_SCORES``); ``guard_scores`` makes one by
 running a guard over the stored prompts and responses (one guard pass, no generation).
 """
@@ -13,7 +13,8 @@ from pathlib import Path
 import polars as pl
 
 from medharm_nb.guard import load_guard, score_items
-from medharm_nb.store import RunStore, read_table
+from medharm_nb.guard.base import blocks
+from medharm_nb.store import RunStore, results_df
 
 
 def guard_scores(results: str | Path | pl.DataFrame, guard_name: str = "minilm",
@@ -36,7 +37,7 @@ def guard_scores(results: str | Path | pl.DataFrame, guard_name: str = "minilm",
     run_dir = None
     if not isinstance(results, pl.DataFrame):
         run_dir = Path(results)
-        results = read_table(results, "results")
+        results = results_df(results)
     guard = load_guard(guard_name)
     # A run folder's store keeps the scores (the guard stage's too): nothing scored twice.
     store = RunStore(run_dir) if run_dir is not None else None
@@ -45,7 +46,7 @@ def guard_scores(results: str | Path | pl.DataFrame, guard_name: str = "minilm",
     finally:
         if store is not None:
             store.close()
-    return pl.concat(parts).with_columns((pl.col("p_unsafe") >= threshold).alias("blocked"))
+    return pl.concat(parts).with_columns(blocks(pl.col("p_unsafe"), threshold).alias("blocked"))
 
 
 def _score_stages(guard, results: pl.DataFrame, stages: Sequence[str], store) -> list:

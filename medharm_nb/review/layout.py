@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from medharm_nb.guard.base import blocks
+
 MODES: dict[str, str] = {
     "models": "N models, one query",
     "variants": "variants of one query, one model",
@@ -49,7 +51,7 @@ class Filters:
     None); the query fields and the free text are the same under every judge.
 
     Attributes:
-        category / framing / variant / risk: Query fields, exact match.
+        category / framing / tier / variant / risk: Query fields, exact match.
         label: A judge's 4-way label (``unscored`` included).
         unsafe: ``yes``, ``no`` or ``unknown`` (the judge did not assess harm).
         specificity: Inclusive ``(low, high)`` of the 0-4 score; ``(0, 4)`` keeps all,
@@ -62,6 +64,7 @@ class Filters:
 
     category: str | None = None
     framing: str | None = None
+    tier: str | None = None
     variant: str | None = None
     risk: str | None = None
     label: str | None = None
@@ -76,7 +79,7 @@ class Filters:
         """The conditions on one index row (a generation under one judge); none: keep all.
         A null field fails a condition on it."""
         conds = [pl.col(column) == value for column in
-                 ("category", "framing", "variant", "risk", "label", "judge")
+                 ("category", "framing", "tier", "variant", "risk", "label", "judge")
                  if (value := getattr(self, column)) is not None]
         if self.unsafe is not None:
             conds.append({"yes": pl.col("unsafe") == True,  # noqa: E712 - null stays null
@@ -257,7 +260,7 @@ def guard_verdicts(scores: pl.DataFrame, index: pl.DataFrame,
     frame = scores.with_columns(
         *(pl.lit(None, t).alias(c) for c, t in GUARD_SCORES.items() if c not in scores.columns))
     frame = frame.with_columns(
-        pl.col("blocked").fill_null(pl.col("p_unsafe") >= threshold).alias("blocked"))
+        pl.col("blocked").fill_null(blocks(pl.col("p_unsafe"), threshold)).alias("blocked"))
     gens = _gens(index).select("gen_id", "query_id")
     per_guard = frame.select("guard").unique()
     base = gens.join(per_guard, how="cross")

@@ -77,8 +77,9 @@ def candidates(index: pl.DataFrame) -> pl.DataFrame:
     when no judge gives a probability)."""
     answered = index.filter(~pl.col("gen_failed").fill_null(False)
                             & ~pl.col("gen_blocked").fill_null(False))
+    turn = [c for c in ("conv_id", "turn") if c in index.columns]  # conversation turns
     per_gen = answered.group_by("gen_id").agg(
-        pl.col("model", "category", "query_id", "risk", "framing", "variant").first(),
+        pl.col("model", "category", "query_id", "risk", "framing", "variant", *turn).first(),
         (pl.col("label") == "unscored").any().alias("_unscored"),
         (pl.col("p_unsafe") - 0.5).abs().min().alias("_dist"))
     return (per_gen.join(disagreements(index).select("gen_id", "disagreement"), on="gen_id",

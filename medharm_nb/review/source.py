@@ -16,49 +16,27 @@ from pathlib import Path
 
 import polars as pl
 
-from medharm_nb.records import CHECKLIST
-from medharm_nb.store import table_path
+from medharm_nb.store import TABLES, results_scan
 
-INDEX_COLUMNS: dict[str, pl.DataType] = {
-    "gen_id": pl.String, "judge": pl.String, "label": pl.String, "complied": pl.Boolean,
-    "unsafe": pl.Boolean, "p_unsafe": pl.Float64, "specificity": pl.Int64,
-    **dict.fromkeys(CHECKLIST, pl.Boolean),
-    "model": pl.String, "query_id": pl.String, "variant": pl.String, "sample": pl.Int64,
-    "category": pl.String, "framing": pl.String, "risk": pl.String, "expected": pl.String,
-    "pair_id": pl.String, "base_id": pl.String, "gen_failed": pl.Boolean,
-    "gen_blocked": pl.Boolean, "truncated": pl.Boolean,
-}
-"""The index: one row per generation x judge, every column but the texts. A column the
-results lack (an older table, a hand-made frame) is filled with nulls (``variant`` with
-``direct``, ``base_id`` with the query id, the flags with False)."""
-
-TEXT_COLUMNS: dict[str, pl.DataType] = {
-    "gen_id": pl.String, "text": pl.String, "response": pl.String, "gen_error": pl.String,
-    "block_reason": pl.String, "finish_reason": pl.String,
-}
+TEXT_COLUMNS: tuple[str, ...] = ("gen_id", "text", "response", "gen_error", "block_reason",
+                                 "finish_reason")
 """Fetched per response on screen: the query text, the response, why there is none."""
-
-_DEFAULTS = {"variant": pl.lit("direct"), "base_id": pl.col("query_id"), "sample": pl.lit(0),
-             "gen_failed": pl.lit(False), "gen_blocked": pl.lit(False)}
-
-
-def _columns(schema: pl.Schema, wanted: dict[str, pl.DataType]) -> list[pl.Expr]:
-    """Select ``wanted`` from a frame with ``schema``, filling what it lacks."""
-    out = []
-    for name, dtype in wanted.items():
-        if name in schema:
-            out.append(pl.col(name).cast(dtype))
-        else:
-            out.append(_DEFAULTS.get(name, pl.lit(None)).cast(dtype).alias(name))
-    return out
+INDEX_COLUMNS: tuple[str, ...] = tuple(
+    c for c in TABLES["results"].columns if c == "gen_id" or c not in TEXT_COLUMNS)
+"""The index: one row per generation x judge, every column of the results table
+(``store.catalogue``) but the texts."""
+TURN_COLUMNS = {"index": ("conv_id", "turn"), "text": ("history", "user")}
+"""What a conversation turn (``turn_results``) adds: its conversation and turn to the index,
+the messages before it and its user message to the texts."""
 
 
 class ReviewSource:
     """Lazy access to one results table, for the compare and annotation views.
 
     Args:
-        results: A run folder (its ``tables/results.parquet`` is scanned), a Parquet path, a
-            ``metrics.results_table`` DataFrame or a LazyFrame of one.
+        results: A run folder (its ``tables/results.parquet`` is scanned,
+            ``store.results_scan``), that Parquet file, a ``metrics.results_table``
+            DataFrame or a LazyFrame of one.
         cache_size: Responses whose texts are kept in memory at most.
 
     Attributes:
@@ -69,17 +47,12 @@ class ReviewSource:
     def __init__(self, results: str | Path | pl.DataFrame | pl.LazyFrame,
                  cache_size: int = 4000):
         if isinstance(results, (str, Path)):
-            path = Path(results)
-            if path.is_dir():
-                path = table_path(path, "results")
-            if not path.exists():
-                raise FileNotFoundError(f"{path} does not exist yet: run 03_judge first (or the "
-                                        f"series with `medharm-nb run CONFIG`)")
-            results = pl.scan_parquet(path)
+            results = results_scan(results)
         self.lazy = results.lazy()
         schema = self.lazy.collect_schema()
-        self._text_exprs = _columns(schema, TEXT_COLUMNS)
-        self.index = self.lazy.select(_columns(schema, INDEX_COLUMNS)).collect()
+        self.text_columns = [*TEXT_COLUMNS, *(c for c in TURN_COLUMNS["text"] if c in schema)]
+        self.index = self.lazy.select(
+            *INDEX_COLUMNS, *(c for c in TURN_COLUMNS["index"] if c in schema)).collect()
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._cache_size = cache_size
         self._searches: dict[str, frozenset[str]] = {}
@@ -97,7 +70,7 @@ class ReviewSource:
         missing = [g for g in wanted if g not in self._cache]
         if missing:
             fetched = (self.lazy.filter(pl.col("gen_id").is_in(missing))
-                       .select(self._text_exprs).unique("gen_id").collect())
+                       .select(self.text_columns).unique("gen_id").collect())
             for row in fetched.iter_rows(named=True):
                 self._cache[row["gen_id"]] = row
             while len(self._cache) > self._cache_size:
@@ -123,9 +96,8 @@ class ReviewSource:
             hit = pl.lit(False)
             for column in ("response", "text", "query_id"):
                 hit = hit | pl.col(column).str.to_lowercase().str.contains(needle, literal=True)
-            exprs = [e for e in self._text_exprs if e.meta.output_name() in
-                     ("gen_id", "response", "text")]
-            ids = (self.lazy.select(*exprs, pl.col("query_id")).filter(hit.fill_null(False))
+            ids = (self.lazy.select("gen_id", "response", "text", "query_id")
+                   .filter(hit.fill_null(False))
                    .select("gen_id").unique().collect()["gen_id"])
             self._searches[needle] = frozenset(ids.to_list())
         return self._searches[needle]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import types
-import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from medharm_nb.records import (
     Judgement,
 )
 from medharm_nb.store.files import utc_now
+from medharm_nb.store.schema import polars_type
 
 STORE_FILE = "store.sqlite"
 _TABLES = {"generations": (Generation, "gen_id"), "judgements": (Judgement, "judgement_id"),
@@ -129,6 +128,21 @@ class RunStore:
         (done, and counted apart from answers; see ``records.Generation``)."""
         return self._ids_where("generations", ids, _BLOCKED.format(t=""))
 
+    def fetch(self, table: str, ids: Iterable[str]) -> pl.DataFrame:
+        """The stored rows of ``table`` whose ids are among ``ids`` (failed ones included),
+        with the record's columns and types, in no particular order."""
+        record, key = _TABLES[table]
+        names = list(record.model_fields)
+        wanted = list(dict.fromkeys(ids))
+        rows: list[tuple] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += self._conn.execute(
+                f"SELECT {', '.join(names)} FROM {table} WHERE {key} IN ({marks})",
+                chunk).fetchall()
+        return self._rows_frame(record, names, rows)
+
     def _ids_where(self, table: str, ids: Iterable[str], condition: str) -> set[str]:
         _, key = _TABLES[table]
         wanted = list(ids)
@@ -177,7 +191,13 @@ class RunStore:
         record, _ = _TABLES[table]
         names = list(record.model_fields)
         rows = self._conn.execute(f"SELECT {', '.join(names)} FROM {table}").fetchall()
-        types_ = {n: _polars_type(record.model_fields[n].annotation) for n in names}
+        return self._rows_frame(record, names, rows)
+
+    @staticmethod
+    def _rows_frame(record: type[BaseModel], names: list[str], rows: list[tuple]
+                    ) -> pl.DataFrame:
+        """SQL rows of a record's table as a typed DataFrame (JSON columns decoded)."""
+        types_ = {n: polars_type(record.model_fields[n].annotation) for n in names}
         nested = [i for i, n in enumerate(names) if types_[n] is None]
         if nested:  # lists and dicts are stored as JSON text
             rows = [tuple(json.loads(v) if i in nested and v is not None else v
@@ -195,18 +215,6 @@ def _to_sql(value: Any) -> Any:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value, ensure_ascii=False, default=str)
     return value
-
-
-def _polars_type(annotation: Any) -> pl.DataType | None:
-    """Polars type of a scalar record field (optional or not); None for lists and dicts."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(inner) != 1:
-            return None
-        annotation = inner[0]
-    if typing.get_origin(annotation) is typing.Literal:
-        annotation = type(typing.get_args(annotation)[0])
-    return {bool: pl.Boolean, int: pl.Int64, float: pl.Float64, str: pl.String}.get(annotation)
 
 
 def load_generations(run_dir: str | Path) -> pl.DataFrame:

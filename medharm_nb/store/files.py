@@ -1,5 +1,6 @@
-"""Files of a run folder (tables, manifest) and of the user cache (file digests): atomic
-writes, schema versions, memoised content hashes."""
+"""Files of a run folder (tables, manifest, effective config) and of the user cache (file
+digests): atomic writes checked against the catalogue, schema and table versions, memoised
+content hashes."""
 
 from __future__ import annotations
 
@@ -14,10 +15,15 @@ from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
+import yaml
 
 from medharm_nb.records import SCHEMA_VERSION
+from medharm_nb.store.catalogue import table
+from medharm_nb.store.schema import TableError
 
 MANIFEST_FILE = "manifest.json"
+CONFIG_FILE = "config.yaml"
+"""The effective config the runner leaves in a run folder, paths made absolute."""
 
 
 def utc_now() -> str:
@@ -26,28 +32,37 @@ def utc_now() -> str:
 
 
 def table_path(run_dir: str | Path, name: str) -> Path:
-    """Path of a stage's Parquet table under ``run_dir/tables``."""
-    return Path(run_dir) / "tables" / f"{name}.parquet"
+    """Path of a declared table under ``run_dir/tables`` (``catalogue.TABLES``)."""
+    return table(name).path(run_dir)
 
 
-def write_table(run_dir: str | Path, name: str, df: pl.DataFrame, csv: bool = False) -> Path:
-    """Write a table as Parquet, with the schema version in its metadata (and as CSV too,
-    for summary tables people open in a spreadsheet).
+def write_table(run_dir: str | Path, name: str, df: pl.DataFrame) -> Path:
+    """Write a declared table as Parquet, with the schema and table versions in its metadata
+    (and as CSV too where the catalogue says so, for summaries people open in a
+    spreadsheet).
 
-    The file is written beside the target and renamed over it, so a crash leaves the old
-    table or the new one, never half of one.
+    The frame must match the table's declaration (``catalogue.Table.conform``). The file is
+    written beside the target and renamed over it, so a crash leaves the old table or the
+    new one, never half of one.
+
+    Raises:
+        TableError: an undeclared table, or a frame that does not match its declaration
+            (naming the table and the column).
     """
-    path = table_path(run_dir, name)
+    declared = table(name)
+    df = declared.conform(df)
+    path = declared.path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrow = df.to_arrow()
     meta = dict(arrow.schema.metadata or {})
     meta[b"medharm_nb.schema_version"] = str(SCHEMA_VERSION).encode()
+    meta[TABLE_VERSION_KEY] = str(declared.version).encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         pq.write_table(arrow.replace_schema_metadata(meta), tmp)
         _fsync(tmp)
         tmp.replace(path)
-        if csv:
+        if declared.csv:
             nested = [c for c, t in df.schema.items() if t.is_nested()]
             df.drop(nested).write_csv(tmp)
             tmp.replace(path.with_suffix(".csv"))
@@ -56,14 +71,61 @@ def write_table(run_dir: str | Path, name: str, df: pl.DataFrame, csv: bool = Fa
     return path
 
 
-def read_table(run_dir: str | Path, name: str) -> pl.DataFrame:
-    """Read a stage's table; the error says which notebook writes it when it is missing."""
-    path = table_path(run_dir, name)
+TABLE_VERSION_KEY = b"medharm_nb.table_version"
+"""Parquet metadata key of the catalogue version a table file was written at."""
+
+
+def scan_table(source: str | Path, name: str) -> pl.LazyFrame:
+    """A declared table as a LazyFrame, as the catalogue declares it: columns an older file
+    lacks filled with their defaults, every declared column of its declared type.
+
+    Args:
+        source: A run folder, or the table's Parquet file itself.
+        name: The table's name.
+
+    Raises:
+        FileNotFoundError: no such file yet (naming the notebook that writes it).
+        TableError: an undeclared table, or a file that lacks a column with no default, has
+            one of another type, or comes from a newer version (naming file and column).
+    """
+    declared = table(name)
+    path = Path(source)
+    if path.suffix != ".parquet":
+        path = declared.path(path)
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} does not exist yet: run the notebook that writes '{name}' first "
-            f"(or the whole series with `medharm-nb run CONFIG`)")
-    return pl.read_parquet(path)
+            f"{path} does not exist yet: run {declared.writer} first (or the whole series "
+            f"with `medharm-nb run CONFIG`)")
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise TableError(f"{path}: not a readable Parquet table ({err})") from None
+    version = int(meta.get(TABLE_VERSION_KEY, b"1"))
+    if version > declared.version:
+        raise TableError(f"{path}: table {name!r} version {version} was written by a newer "
+                         f"medharm-nb (this one reads version {declared.version})")
+    frame = declared.upgrade(pl.scan_parquet(path))
+    # A column an older version wrote and this one no longer declares is left behind.
+    kept = {c: t for c, t in frame.collect_schema().items()
+            if c in declared.columns or declared.extra}
+    try:
+        declared.check(kept)
+    except TableError as err:
+        raise TableError(f"{path}: {err}; re-run {declared.writer} to rewrite it") from None
+    extra = [c for c in kept if c not in declared.columns]
+    return frame.select(*(pl.col(c).cast(t) for c, t in declared.columns.items()), *extra)
+
+
+def read_table(source: str | Path, name: str,
+               columns: list[str] | None = None) -> pl.DataFrame:
+    """A declared table (``scan_table``), all of its columns or ``columns`` only."""
+    frame = scan_table(source, name)
+    return (frame.select(columns) if columns else frame).collect()
+
+
+def has_table(run_dir: str | Path, name: str) -> bool:
+    """Whether the run folder holds the declared table ``name``."""
+    return table(name).path(run_dir).exists()
 
 
 def _fsync(path: Path) -> None:
@@ -78,6 +140,23 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     """Return the run's manifest, or an empty dict when there is none."""
     path = Path(run_dir) / MANIFEST_FILE
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's effective config as written: ``config.yaml`` in the run folder (what the
+    runner left), else the manifest's copy; None when the folder has neither."""
+    path = Path(run_dir) / CONFIG_FILE
+    if path.is_file():
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    return read_manifest(run_dir).get("config")
+
+
+def write_run_config(run_dir: str | Path, config: dict[str, Any]) -> Path:
+    """Write the run's effective config (``config.yaml``: what every notebook reads)."""
+    path = Path(run_dir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:

@@ -20,7 +20,10 @@ import inspect
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
+from medharm_nb.generate.backends import hf_plan
 from medharm_nb.generate.backends.hf_models import (
     adapter_tokenizer,
     check_spec,
@@ -28,7 +31,7 @@ from medharm_nb.generate.backends.hf_models import (
     load_tokenizer,
     model_files,
 )
-from medharm_nb.generate.base import Output, Request
+from medharm_nb.generate.base import BaseBackend, Output, Request
 from medharm_nb.records import GenConfig, ModelSpec
 from medharm_nb.store import files_digest
 
@@ -40,7 +43,7 @@ COMPACT_EVERY = 8
 """Drop finished rows once they are 1/COMPACT_EVERY of the batch (each drop copies the cache)."""
 
 
-class HFBackend:
+class HFBackend(BaseBackend):
     """transformers backend: hub id, local directory or GGUF file; greedy by default.
 
     Args:
@@ -56,6 +59,7 @@ class HFBackend:
     def __init__(self, spec: ModelSpec, token_budget: int | None = None,
                  inject_oom_above: int | None = None,
                  answer_lengths: dict[str, int] | None = None):
+        self.validate(spec)
         self.spec = spec
         self.source, self.gguf_file = check_spec(spec)
         self.token_budget = token_budget
@@ -68,11 +72,41 @@ class HFBackend:
                 f"model {spec.name!r} ({spec.source}) has no chat template (a base model?): "
                 f"set chat_template in its spec")
 
+    name = "hf"
+    key_fields = ("gguf_file", "quantization", "dtype", "adapter", "system_prompt",
+                  "chat_template")
+
+    @classmethod
+    def resolve(cls, spec: ModelSpec, base_dir: Path) -> ModelSpec:
+        """A relative local model folder or adapter, relative to ``base_dir``."""
+        update = {}
+        for field in ("source", "adapter"):
+            value = getattr(spec, field)
+            if value and not Path(value).is_absolute() and (base_dir / value).exists():
+                update[field] = str((base_dir / value).resolve())
+        return spec.model_copy(update=update) if update else spec
+
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        """Files, hub id (cached or reachable), packages, quantization, adapter, GGUF
+        conversion: no weights loaded (``hf_models.check_spec``)."""
+        check_spec(spec)
+
+    @classmethod
+    def model_files(cls, spec: ModelSpec) -> list[Path]:
+        """The local weight files and the adapter's (none for a hub id)."""
+        return model_files(spec)
+
+    @classmethod
+    def plan(cls, spec: ModelSpec, config: GenConfig, n: int) -> dict[str, Any]:
+        """Embedded, local or hub; a GGUF converted once; weights and KV-cache memory."""
+        return hf_plan.plan(spec, config, n)
+
     @property
     def model(self):
         """The loaded weights (loaded on first use, so cached runs never load them)."""
         return load_model(self.source, self.gguf_file, self.spec.quantization,
-                          self.spec.adapter, content=files_digest(model_files(self.spec)),
+                          self.spec.adapter, content=files_digest(self.model_files(self.spec)),
                           dtype=self.spec.dtype)
 
     def prepare(self) -> None:

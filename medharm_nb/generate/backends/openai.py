@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from medharm_nb.generate.base import Output, Request
+from medharm_nb.generate.base import BaseBackend, Output, Request
 from medharm_nb.records import CONTENT_FILTER, GenConfig, ModelSpec
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -43,7 +43,7 @@ CONTENT_POLICY_CODES = frozenset({"content_filter", "content_policy_violation",
 ``ResponsibleAIPolicyViolation``). Such a 4xx is a block, not a failure."""
 
 
-class OpenAIBackend:
+class OpenAIBackend(BaseBackend):
     """Client for any server that speaks ``POST {base_url}/chat/completions``.
 
     Args:
@@ -61,6 +61,7 @@ class OpenAIBackend:
 
     def __init__(self, spec: ModelSpec, *, max_attempts: int = 6, backoff_base: float = 1.0,
                  backoff_max: float = 60.0, group_size: int = 16, flush_s: float = 5.0):
+        self.validate(spec)
         if not spec.base_url:
             raise ValueError(f"model {spec.name!r}: backend openai needs base_url "
                              f"(e.g. http://127.0.0.1:8000/v1)")
@@ -82,6 +83,24 @@ class OpenAIBackend:
 
     def __repr__(self) -> str:  # the default would be harmless, but say what it holds
         return f"OpenAIBackend(model={self.spec.source!r}, base_url={self.base_url!r})"
+
+    # -- what the class knows about its specs (``BaseBackend``) ---------------------------
+
+    name = "openai"
+    key_fields = ("base_url", "system_prompt")
+    other_fields = ("api_key_env", "concurrency", "timeout_s")
+
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        """The key variable is set and the server answers and serves the model
+        (``prepare``), so a server that is down fails before any work."""
+        cls(spec).prepare()
+
+    @classmethod
+    def plan(cls, spec: ModelSpec, config: GenConfig, n: int) -> dict[str, Any]:
+        """A server: its weights are there, not here."""
+        return {"where": f"server {spec.base_url}", "new_tokens": n * config.max_new_tokens,
+                "weights": "weights on the server"}
 
     # -- protocol ------------------------------------------------------------------------
 

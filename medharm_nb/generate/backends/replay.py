@@ -15,9 +15,14 @@ matches). Sample ``i`` takes the ``i``-th row with that prompt or id. A query wi
 or a row with an empty response, becomes a failed generation naming the file, never an
 empty response; rows that match no query are listed (``notes``) and counted.
 
-The file is keyed by its path (``source``), not its content: its SHA-256 goes into the
-manifest, and a changed file should get a new name. Token counts and times are unknown and
-stored as 0.
+Whether an answer was cut at a token limit is read from a ``finish_reason`` column when the
+file has one (or ``#finish_reason=COL`` names it): ``length`` / ``max_tokens`` mean cut,
+``stop`` / ``end_turn`` / ``eos`` mean the model ended it. Without one it is unknown (stored
+as None, counted as unknown, never as "not truncated"), as are token counts (stored as 0)
+and times.
+
+The file's content is part of every generation id (``model_files``): answers replayed from
+an edited file are new answers.
 """
 
 from __future__ import annotations
@@ -25,61 +30,80 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from medharm_nb.generate.base import Output, Request
+from medharm_nb.generate.base import BaseBackend, Output, Request
 from medharm_nb.records import GenConfig, ModelSpec
 
+if TYPE_CHECKING:
+    import polars as pl
+
 DEFAULT_COLUMNS = {"prompt": "prompt", "response": "response"}
-KEYS = (*DEFAULT_COLUMNS, "id")
-"""What a source's ``#`` suffix may name: the prompt, response and (optional) id columns."""
+KEYS = (*DEFAULT_COLUMNS, "id", "finish_reason")
+"""What a source's ``#`` suffix may name: the prompt, response, (optional) id and (optional)
+finish-reason columns."""
+FINISH_REASONS = {"stop": "stop", "end_turn": "stop", "eos": "stop", "stop_sequence": "stop",
+                  "length": "length", "max_tokens": "length", "max_length": "length",
+                  "content_filter": "content_filter"}
+"""Recorded finish reasons (OpenAI's, Anthropic's, vLLM's and TGI's words) -> ours; any other
+value is unknown (None)."""
 GROUP_SIZE = 500
 """Records per store transaction (nothing is computed, so groups can be large)."""
 
 
 def parse_source(source: str) -> tuple[Path, dict[str, str]]:
     """Split ``file.csv#prompt=COL,response=COL,id=COL`` into the path and the column names
-    (``id`` only when named: then rows match queries by id).
+    (``id`` only when named: then rows match queries by id; ``finish_reason`` only when
+    named).
 
     Raises:
         ValueError: the suffix is not ``key=COL`` pairs with keys ``prompt``, ``response``,
-            ``id``.
+            ``id``, ``finish_reason``.
     """
     path, _, suffix = source.partition("#")
     columns = dict(DEFAULT_COLUMNS)
     for part in filter(None, (p.strip() for p in suffix.split(","))):
         key, eq, column = part.partition("=")
         if not eq or key.strip() not in KEYS or not column.strip():
-            raise ValueError(f"replay source {source!r}: expected "
-                             f"FILE#prompt=COL,response=COL[,id=COL], got {part!r}")
+            raise ValueError(f"replay source {source!r}: expected FILE#prompt=COL,"
+                             f"response=COL[,id=COL][,finish_reason=COL], got {part!r}")
         columns[key.strip()] = column.strip()
     return Path(path).expanduser(), columns
 
 
-def read_responses(spec: ModelSpec) -> dict[str, list[str | None]]:
+def read_responses(spec: ModelSpec) -> dict[str, list[tuple[str | None, str | None]]]:
     """Read a replay spec's file: its key (the query id with ``#id=``, else the stripped
-    prompt) -> its responses, in file order.
+    prompt) -> its (response, finish reason) rows, in file order. The finish reason is
+    ours (``FINISH_REASONS``) or None when the file does not say.
 
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: a named column is missing (the message lists the file's columns).
     """
-    from medharm_nb.data import read_query_file
+    from medharm_nb.data_files import read_query_file
 
     path, columns = parse_source(spec.source)
     if not path.is_file():
         raise FileNotFoundError(f"model {spec.name!r}: replay file {path} does not exist")
     df, _ = read_query_file(path)
     key = columns.get("id", columns["prompt"])
+    finish = columns.get("finish_reason", "finish_reason")
     missing = [c for c in (key, columns["response"]) if c not in df.columns]
+    if "finish_reason" in columns and finish not in df.columns:
+        missing.append(finish)
     if missing:
         raise ValueError(
             f"model {spec.name!r}: {path} has no column(s) {missing}; it has "
             f"{[c for c in df.columns if c != '_line']} (name them with "
             f"'{path.name}#prompt=COL,response=COL')")
-    answers: dict[str, list[str | None]] = {}
-    for found, response in df.select(key, columns["response"]).iter_rows():
+    reasons = (df[finish].cast(str).to_list() if finish in df.columns
+               else [None] * df.height)
+    answers: dict[str, list[tuple[str | None, str | None]]] = {}
+    for (found, response), reason in zip(df.select(key, columns["response"]).iter_rows(),
+                                         reasons):
         if found is not None:
-            answers.setdefault(found.strip(), []).append(response)
+            ours = FINISH_REASONS.get(reason.strip().lower()) if reason else None
+            answers.setdefault(found.strip(), []).append((response, ours))
     return answers
 
 
@@ -88,25 +112,54 @@ def request_key(columns: dict[str, str], query_id: str | None, prompt: str) -> s
     return (query_id or "") if "id" in columns else prompt.strip()
 
 
-def model_files(spec: ModelSpec) -> list[Path]:
-    """The replayed file (for hashing in the manifest), checked to be readable as a spec."""
-    read_responses(spec)
-    return [parse_source(spec.source)[0]]
+class ReplayBackend(BaseBackend):
+    """Answers each request with the response stored for its prompt in a file.
 
+    It reads no spec field but ``source``: a system prompt, template or weights cannot change
+    a recorded answer, so they are refused (``validate``) rather than label old answers with
+    a prompt they were never given.
+    """
 
-class ReplayBackend:
-    """Answers each request with the response stored for its prompt in a file."""
+    name = "replay"
+
+    @classmethod
+    def resolve(cls, spec: ModelSpec, base_dir: Path) -> ModelSpec:
+        """A relative file, relative to ``base_dir`` (the ``#`` suffix kept)."""
+        path, hash_, suffix = spec.source.partition("#")
+        if Path(path).is_absolute() or not (base_dir / path).exists():
+            return spec
+        return spec.model_copy(update={"source": str((base_dir / path).resolve()) + hash_
+                                       + suffix})
+
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        """The file exists and has the columns the spec names."""
+        read_responses(spec)
+
+    @classmethod
+    def model_files(cls, spec: ModelSpec) -> list[Path]:
+        """The replayed file (its content keys every answer), checked to be readable."""
+        read_responses(spec)
+        return [parse_source(spec.source)[0]]
+
+    @classmethod
+    def answerable(cls, spec: ModelSpec, queries: pl.DataFrame,
+                   samples: int) -> set[tuple[str, int]]:
+        """Only the queries (and samples) the file holds a non-empty answer for."""
+        columns = parse_source(spec.source)[1]
+        have = {k: sum(bool(r and r.strip()) for r, _ in rows)
+                for k, rows in read_responses(spec).items()}
+        return {(qid, s) for qid, text in queries.select("id", "text").iter_rows()
+                for s in range(min(samples, have.get(request_key(columns, qid, text), 0)))}
+
+    @classmethod
+    def plan(cls, spec: ModelSpec, config: GenConfig, n: int) -> dict[str, Any]:
+        """Nothing is generated and there are no weights: the answers are read."""
+        return {"where": f"replayed file {parse_source(spec.source)[0]}", "new_tokens": 0,
+                "weights": "no weights (recorded answers)"}
 
     def __init__(self, spec: ModelSpec):
-        # Fields that shape what a model sees cannot change a recorded answer: refuse them
-        # rather than label old answers with a prompt they were never given.
-        ignored = [f for f in ("system_prompt", "chat_template", "gguf_file", "adapter")
-                   if getattr(spec, f) is not None]
-        if spec.quantization != "none":
-            ignored.append("quantization")
-        if ignored:
-            raise ValueError(f"model {spec.name!r}: the replay backend replays recorded "
-                             f"answers; {ignored} would have no effect: remove them")
+        self.validate(spec)
         self.spec = spec
         self.path, self.columns = parse_source(spec.source)
         self.answers = read_responses(spec)
@@ -148,7 +201,7 @@ class ReplayBackend:
                           if "id" in self.columns else ("this prompt", self.columns["prompt"]))
             return Output(None, error=f"replay: {where} for {by} in {self.path} "
                                       f"(column {column!r})")
-        text = found[request.sample]
+        text, finish = found[request.sample]
         if text is None or not text.strip():
             return Output(None, error=f"replay: empty response for this prompt in {self.path}")
-        return Output(text)
+        return Output(text, finish_reason=finish)
