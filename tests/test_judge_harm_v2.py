@@ -270,10 +270,16 @@ def validation_folder():
 @pytest.mark.slow
 def test_every_fold_trained_only_on_its_training_rows(corpus, validation_folder):
     from medharm_nb.judge.harm import data_sha256
+    from medharm_nb.judge.harm_finetune import SOURCES
     from medharm_nb.judge.harm_release import all_folds
 
     predictions = pl.read_parquet(validation_folder / "predictions.parquet")
-    for name, test in all_folds(corpus):
+    shipped = set(predictions["fold"])
+    folds = [(name, test) for name, test in all_folds(corpus, cv=True) if name in shipped]
+    # Every source is held out once; grouped CV folds only where they were run.
+    assert {n for n, _ in folds if n.startswith("loso-")} == {f"loso-{s}" for s in SOURCES}
+    assert {n for n, _ in folds} == shipped
+    for name, test in folds:
         params = json.loads((validation_folder / "folds" / name / "harm_model.json").read_text())
         train = fold_train(corpus, test).filter(pl.col("scorable"))
         # The fold's model stores the hash of the rows it learned from: re-derived here.

@@ -38,7 +38,7 @@ import polars as pl
 import torch
 
 from medharm_nb.judge.cross_encoder import CrossEncoder, EncoderConfig, window_pairs
-from medharm_nb.judge.gold import load_xstest_completions, safe_responses
+from medharm_nb.judge.gold import PUBLISHED_F1, load_xstest_completions, safe_responses
 from medharm_nb.judge.harm import data_sha256
 from medharm_nb.judge.harm_finetune import (
     HELD_OUT_SOURCES,
@@ -55,7 +55,6 @@ from medharm_nb.judge.harm_model import (
 )
 from medharm_nb.judge.harm_validate import (
     FALSE_ALARM_TARGETS,
-    PUBLISHED_F1,
     TARGETS,
     cv_folds,
     fold_train,
