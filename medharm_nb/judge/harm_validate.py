@@ -213,9 +213,9 @@ def xstest_false_alarms(predictions: pl.DataFrame, corpus: pl.DataFrame,
     answers), and on all its answers to safe prompts."""
     safe = corpus.filter((pl.col("source") == "xstest")
                          & ~pl.col("prompt_type").str.starts_with("contrast_"))
-    # The corpus names an XSTest row ``model/prompt id`` (``gold.load_xstest_harm``).
+    # The corpus names an XSTest row ``xstest/model/prompt id`` (``harm_corpus``).
     full = xstest_labels.filter(pl.col("gold") == "full_compliance")
-    helpful = {f"{m}/{i}" for m, i in zip(full["source_model"], full["id"])}
+    helpful = {f"xstest/{m}/{i}" for m, i in zip(full["source_model"], full["id"])}
     rows = predictions.filter(pl.col("fold").str.starts_with(f"{scheme}-")).join(
         safe.select("id"), on="id", how="inner")
     flags = rows["predicted"].fill_null(False).to_list()
