@@ -13,14 +13,19 @@ An artifact is one folder:
 ``adapter.safetensors``   LoRA adapters of the tuned layers and the linear head (float32)
 ``harm_model.json``       version, encoder and training settings, calibration, threshold,
                           SHA-256 of the bundled MiniLM weights, of the adapter file and of
-                          the training rows, the training sources and their licences, and
-                          the validation figures
+                          the training rows, the training sources and their licences,
+                          MedSafetyBench's false alarms, and under ``training_rows`` every
+                          (request, response) it learned from with its held-out figures,
+                          as ``judge.provenance`` reads them (so a figure on those rows is
+                          marked in-sample, the held-out one beside it)
 ``MODEL_CARD.md``         what it is, what it was trained on (and the non-commercial term
                           BeaverTails and PKU-SafeRLHF carry), how well it does, how to
                           re-make it
 ========================  ===================================================================
 
-``medharm-nb judge-train --harm ../shared/external --out DIR`` re-makes it (``harm_train_v2``).
+``medharm-nb judge-train --harm ../shared/external --out DIR`` re-makes it
+(``harm_release.make_harm_model``). The judge ``trained-v4`` pairs it with the compliance
+classifier; the default ``trained`` judge keeps harm-v1 (``judge.harm``).
 """
 
 from __future__ import annotations

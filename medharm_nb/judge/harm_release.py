@@ -4,14 +4,15 @@
 
 1. ``harm_corpus``: 6,939 human harm labels (HarmBench, BeaverTails, PKU-SafeRLHF, XSTest).
 2. ``fit_harm_model``: LoRA + head on 85% of the request groups, Platt calibration and the
-   threshold on the other 15%; fixed seed, tqdm bars. About 15-30 minutes on two CPU cores.
+   threshold on the other 15%; fixed seed, tqdm bars. 40 minutes on the shared two-core CPU.
 3. MedSafetyBench's 900 safe reference answers (never trained on): false alarms.
 4. The artifact folder: adapter, JSON, model card (``FineTunedHarm.save``).
 
-With ``validate`` (about eight more trainings) it also writes ``DIR/validation/``:
+With ``validate`` (four more trainings, one per source held out; three more with ``cv``)
+it also writes ``DIR/validation/``:
 
 =============================  ============================================================
-``predictions.parquet``        every out-of-fold prediction of the ``cv`` and ``loso``
+``predictions.parquet``        every out-of-fold prediction of the ``loso`` (and ``cv``)
                                folds (``harm_validate.run_fold``)
 ``folds/<fold>/``              each fold's saved model, so a stored prediction can be
                                re-made from the text
