@@ -67,7 +67,7 @@ def judge_train(
                                           "the rules."),
     validate: bool = typer.Option(False, "--validate", help="Harm: also run the "
                                                             "leave-one-source-out folds "
-                                                            "(three more trainings)."),
+                                                            "(four more trainings)."),
     cv: bool = typer.Option(False, "--cv", help="Harm, with --validate: also the grouped "
                                                 "3-fold CV (three more trainings)."),
     figures: Path | None = typer.Option(None, help="Harm, with --validate: save the "
