@@ -3,8 +3,8 @@ artifact, and its held-out figures recomputed from the shared data.
 
 Fixtures hold placeholders (``<AGENT>``, ``<DOSE>`` ...), never harmful text. Figures on the
 shared data come from the stored leave-one-source-out predictions (four trainings take about
-an hour on two CPU cores), and these tests re-make part of them from scratch: every fold's saved model
-re-scores a sample of its held-out rows from their text, every fold's training rows are
+an hour on two CPU cores), and these tests re-make part of them from scratch: every fold's
+saved model re-scores a sample of its held-out rows from their text, every fold's training rows are
 re-derived and checked against the hash its model stores, and one fold is re-trained on a
 fixed eighth of its data and must give the stored predictions again.
 """
