@@ -124,17 +124,23 @@ def bench_judge(
     responses: str = typer.Option(..., help="Responses to judge: any judge-eval gold "
                                             "source or a MedSafetyBench folder."),
     repeat: int = typer.Option(3, min=1, help="Passes; the best is reported."),
+    limit: int | None = typer.Option(None, min=1, help="Judge only the first N responses "
+                                                       "(e.g. 1000)."),
 ) -> None:
-    """Responses judged per CPU-second (one core) and per wall-second; the last line is
-    'per_cpu_s=... per_wall_s=... n=...'."""
+    """Responses judged per CPU-second (one core) and per wall-second, and the wall time for
+    1,000 responses at that rate; the last line is 'per_cpu_s=... per_wall_s=...
+    wall_s_per_1000=... n=...'. The trained judge's harm model runs on a GPU when one is
+    visible (batched by padded tokens)."""
     from medharm_nb import validation
     from medharm_nb.gold import load_responses
     from medharm_nb.judge import load_judge
 
     try:
         frame = load_responses(responses)
+        frame = frame.head(limit) if limit else frame
         speed = validation.throughput(load_judge(judge), frame, repeat=repeat)
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
-    typer.echo(f"per_cpu_s={speed['per_cpu_second']:.0f} "
-               f"per_wall_s={speed['per_wall_second']:.0f} n={speed['n']}")
+    typer.echo(f"per_cpu_s={speed['per_cpu_second']:.1f} "
+               f"per_wall_s={speed['per_wall_second']:.1f} "
+               f"wall_s_per_1000={1000 / speed['per_wall_second']:.1f} n={speed['n']}")

@@ -51,15 +51,58 @@ def judge_eval_command(
 
 
 def judge_train(
-    gold: str = typer.Option(..., help="Human labels (as for judge-eval): XSTest's folder "
-                                       "re-makes the shipped judge."),
-    out: Path = typer.Option(..., help="Where to save; medharm_nb/assets/"
-                                       "trained_judge_v1.json re-makes the shipped judge."),
-    c: float = typer.Option(0.1, "--C", help="Inverse L2 strength of the regression."),
-    gate: float = typer.Option(0.95, help="Confidence above which it overrides the rules."),
+    gold: str | None = typer.Option(None, help="Human compliance labels (as for judge-eval): "
+                                               "XSTest's folder re-makes the shipped "
+                                               "compliance classifier."),
+    harm: Path | None = typer.Option(None, help="Train the harm model instead, from this "
+                                                "shared data folder (../shared/external: "
+                                                "harmbench, response-harm, xstest, "
+                                                "med-safety-bench)."),
+    out: Path = typer.Option(..., help="Where to save: medharm_nb/assets/trained_judge_v1.json "
+                                       "(compliance) or medharm_nb/assets/harm_judge_v2 (harm, "
+                                       "a folder) re-make the shipped ones."),
+    c: float = typer.Option(0.1, "--C", help="Compliance: inverse L2 strength."),
+    gate: float = typer.Option(0.95, help="Compliance: confidence above which it overrides "
+                                          "the rules."),
+    validate: bool = typer.Option(False, "--validate", help="Harm: also run the "
+                                                            "leave-one-source-out folds "
+                                                            "(four more trainings)."),
+    cv: bool = typer.Option(False, "--cv", help="Harm, with --validate: also the grouped "
+                                                "3-fold CV (three more trainings)."),
+    figures: Path | None = typer.Option(None, help="Harm, with --validate: save the "
+                                                   "reliability diagram here (docs/img)."),
+    seed: int = typer.Option(0, help="Harm: seeds splits, initial weights and batch order."),
+    cache: Path | None = typer.Option(None, help="Harm: a file for the frozen layers' output, "
+                                                 "reused by later runs (written when "
+                                                 "absent); never changes a result."),
+    folds: str | None = typer.Option(None, help="Harm: run only these validation folds "
+                                                "(comma-separated, e.g. loso-harmbench) and "
+                                                "no final model, to share them between "
+                                                "processes; finished folds are kept."),
 ) -> None:
-    """Train the trained judge: cross-validate across source models (or annotators), then
-    train on all labels."""
+    """Train a judge's classifier. With --gold, the compliance classifier: cross-validate
+    across source models (or annotators), then train on all labels. With --harm, the
+    fine-tuned harm model (harm-v2; progress bars, fixed seed), its model card, and with
+    --validate its held-out figures."""
+    if (gold is None) == (harm is None):
+        fail("give --gold (compliance classifier) or --harm (harm model), not both")
+    if harm is not None:
+        from medharm_nb.judge.harm_release import make_harm_model
+
+        try:
+            only = [f.strip() for f in folds.split(",") if f.strip()] if folds else None
+            model, report = make_harm_model(harm, out, validate_folds=validate,
+                                            figures=figures, seed=seed, only=only,
+                                            cache_file=cache, log=typer.echo, cv=cv)
+        except (FileNotFoundError, ValueError) as err:
+            fail(str(err))
+        for scheme in ("loso", "cv"):
+            for source, f in report.get(scheme, {}).items():
+                typer.echo(f"{scheme} {source}: accuracy={f['accuracy']:.3f} f1={f['f1']:.3f} "
+                           f"ece={f['ece']:.3f} n={f['n']}")
+        if model is None:
+            typer.echo(f"folds {folds} saved under {out}/validation/folds")
+        return
     from medharm_nb.judge import trained
 
     try:

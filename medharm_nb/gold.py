@@ -167,51 +167,6 @@ def load_harmbench(path: str | Path) -> pl.DataFrame:
     return _frame(**{c: frame[c] for c in frame.columns})
 
 
-def load_response_harm(path: str | Path) -> pl.DataFrame:
-    """BeaverTails' and PKU-SafeRLHF's response-harm test samples (unsafe split): real model
-    responses to red-teaming prompts, each labelled by people as harmful or not
-    (``RESPONSE_HARM_FILES``; CC BY-NC 4.0 upstream).
-
-    Args:
-        path: The ``response-harm`` folder (both files) or one of its JSONL files.
-
-    Returns:
-        The gold columns with ``source`` and ``source_model`` the set's name
-        (``beavertails``, ``pku-saferlhf``) and ``group`` the prompt (a prompt asked several
-        times stays on one side of a split).
-
-    Raises:
-        FileNotFoundError: no such file, or a folder without the sets.
-        ValueError: a line lacks ``prompt``, ``response`` or a 0/1 ``harmful``.
-    """
-    path = Path(path)
-    files = ([path / f for f in RESPONSE_HARM_FILES.values() if (path / f).is_file()]
-             if path.is_dir() else [path])
-    if not files or not files[0].is_file():
-        raise FileNotFoundError(f"no response-harm set ({', '.join(RESPONSE_HARM_FILES.values())})"
-                                f" at {path}")
-    frames = []
-    for f in files:
-        raw = pl.read_ndjson(f)
-        missing = [c for c in ("prompt", "response", "harmful") if c not in raw.columns]
-        if missing:
-            raise ValueError(f"{f.name}: missing {missing}")
-        bad = raw.filter(~pl.col("harmful").cast(pl.String).is_in(["0", "1"]))
-        if bad.height:
-            raise ValueError(f"{f.name}: harmful must be 0 or 1; {bad.height} line(s) are not "
-                             f"(first: {bad['harmful'][0]!r})")
-        name = next((k for k, v in RESPONSE_HARM_FILES.items() if v == f.name), f.stem)
-        ids = raw["id"].cast(pl.String) if "id" in raw.columns else pl.Series(
-            [f"{name}-{i}" for i in range(raw.height)])
-        frames.append(_frame(
-            id=ids, source_model=pl.Series([name] * raw.height), group=raw["prompt"],
-            prompt=raw["prompt"].cast(pl.String).fill_null(""),
-            response=raw["response"].cast(pl.String).fill_null(""),
-            gold_unsafe=raw["harmful"].cast(pl.Int64) == 1,
-            source=pl.Series([name] * raw.height)))
-    return pl.concat(frames, how="vertical")
-
-
 def load_xstest_harm(path_or_dir: str | Path) -> pl.DataFrame:
     """XSTest's labelled completions, read as *harm* labels where that is safe to do.
 
@@ -242,6 +197,64 @@ def load_xstest_harm(path_or_dir: str | Path) -> pl.DataFrame:
         pl.format("{}/{}", "source_model", "id").alias("id"), pl.col("id").alias("prompt_id"),
         pl.format("xstest:{}", "id").alias("group"),
         (unsafe_prompt & (pl.col("gold") == "full_compliance")).alias("gold_unsafe"))
+
+
+def prompt_group(prompt: str) -> str:
+    """A group key for a request by its text (case and spacing folded), so the same request
+    asked in two sets never sits on both sides of a split."""
+    text = " ".join(str(prompt).lower().split())
+    return "prompt:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def load_response_harm(path: str | Path, source: str | None = None) -> pl.DataFrame:
+    """BeaverTails / PKU-SafeRLHF responses with human harm labels (``response-harm/``).
+
+    Args:
+        path: One ``.jsonl`` file (``id, source, prompt, response, harmful``) or the folder
+            holding ``RESPONSE_HARM_FILES`` (those present are read).
+        source: With a folder, read only this source (``beavertails`` or ``pku-saferlhf``).
+
+    Returns:
+        The gold columns (``gold_unsafe`` = ``harmful``; ``group`` = ``prompt_group``, since
+        one request has several responses) plus ``source``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a row lacks a field or ``harmful`` is not 0/1 (file and line named).
+    """
+    path = Path(path)
+    if path.is_dir():
+        if source and source not in RESPONSE_HARM_FILES:
+            raise ValueError(f"unknown response-harm source {source!r}; known: "
+                             f"{', '.join(RESPONSE_HARM_FILES)}")
+        names = [source] if source else [n for n, f in RESPONSE_HARM_FILES.items()
+                                         if (path / f).is_file()]
+        if not names:
+            raise FileNotFoundError(f"{path}: none of {', '.join(RESPONSE_HARM_FILES.values())}")
+        return pl.concat([load_response_harm(path / RESPONSE_HARM_FILES[n], n) for n in names])
+    if not path.is_file():
+        raise FileNotFoundError(f"response-harm file {path} does not exist")
+    name = source or next((k for k, f in RESPONSE_HARM_FILES.items() if f == path.name),
+                          path.stem)
+    rows = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        missing = [k for k in ("id", "prompt", "response", "harmful") if k not in row]
+        if missing or row["harmful"] not in (0, 1, True, False):
+            raise ValueError(f"{path}:{line_no}: needs id, prompt, response and harmful 0/1 "
+                             f"(missing {missing}, harmful={row.get('harmful')!r})")
+        rows.append((str(row["id"]), str(row["prompt"]), str(row["response"] or ""),
+                     bool(row["harmful"])))
+    ids, prompts, responses, harmful = (list(c) for c in zip(*rows)) if rows else ([],) * 4
+    return _frame(id=pl.Series(ids, dtype=pl.String),
+                  source_model=pl.Series([name] * len(ids), dtype=pl.String),
+                  group=pl.Series([prompt_group(p) for p in prompts], dtype=pl.String),
+                  prompt=pl.Series(prompts, dtype=pl.String),
+                  response=pl.Series(responses, dtype=pl.String),
+                  gold_unsafe=pl.Series(harmful, dtype=pl.Boolean),
+                  source=pl.Series([name] * len(ids), dtype=pl.String))
 
 
 def _as_bool(value) -> bool | None:

@@ -281,6 +281,38 @@ def loss_curve(losses: pl.DataFrame) -> alt.LayerChart:
         width=360, height=160, title="Training loss per step (line: running mean)")
 
 
+def reliability_diagram(table: pl.DataFrame, ece: dict[str, float] | None = None
+                        ) -> alt.LayerChart:
+    """Predicted P(unsafe) against the observed harmful share, per bin and held-out source,
+    with the diagonal of perfect calibration.
+
+    Args:
+        table: ``source, mean_p, observed, n`` per bin (``harm_validate.reliability``).
+        ece: Expected calibration error per source, shown in the legend.
+    """
+    ece = ece or {}
+    data = table.with_columns(pl.col("source").map_elements(
+        lambda s: f"{s} (ECE {ece[s]:.3f})" if s in ece else s,
+        return_dtype=pl.String).alias("held out"))
+    diagonal = alt.Chart(pl.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})).mark_line(
+        color="#999999", strokeDash=[4, 4]).encode(x="x:Q", y="y:Q")
+    x = alt.X("mean_p:Q", title="predicted P(unsafe), mean in bin",
+              scale=alt.Scale(domain=[0, 1]))
+    y = alt.Y("observed:Q", title="observed harmful share", scale=alt.Scale(domain=[0, 1]))
+    color = alt.Color("held out:N", title="held-out source")
+    # The line joins a source's bins at a fixed width; only the points are sized by n (a
+    # sized line would be drawn as wide as its largest bin).
+    lines = alt.Chart(data).mark_line(strokeWidth=1.5).encode(x=x, y=y, color=color)
+    points = alt.Chart(data).mark_circle(opacity=0.85).encode(
+        x=x, y=y, color=color,
+        size=alt.Size("n:Q", title="responses in bin", scale=alt.Scale(range=[20, 300])),
+        tooltip=["held out", "n", alt.Tooltip("mean_p:Q", format=".2f"),
+                 alt.Tooltip("observed:Q", format=".2f")])
+    return (diagonal + lines + points).properties(
+        width=320, height=320,
+        title="Harm judge reliability, leave-one-source-out (dashed: perfect calibration)")
+
+
 def save_chart(chart: alt.TopLevelMixin, directory: str | Path, stem: str) -> list[Path]:
     """Save a chart as PNG (2x scale) and SVG, offline through vl-convert.
 

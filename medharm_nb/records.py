@@ -379,10 +379,11 @@ class Judgement(_Record):
     raw: str | None = Field(default=None, description="Raw judge output, for model judges.")
     flags: str | None = Field(
         default=None, description="Comma-separated notes on the input or the judge's output: "
-                                  "truncated, non_english, long, chunked:N, repaired, "
-                                  "parse_failed, judge_error, disagreement (panels), "
-                                  "trace:tags|headings (a reasoning trace was judged apart), "
-                                  "no_final_answer (only a trace).")
+                                  "truncated, non_english, long, chunked:N (LLM judge), "
+                                  "windows:N (the trained judge's harm model read N "
+                                  "windows), repaired, parse_failed, judge_error, "
+                                  "disagreement (panels), trace:tags|headings (a reasoning "
+                                  "trace was judged apart), no_final_answer (only a trace).")
 
 
 ConversationKind = Literal["scripted", "imported", "attacker"]

@@ -353,6 +353,7 @@ def test_first_letter_prefilter_never_changes_a_match(external_dir):
 def test_load_judge_by_name():
     assert isinstance(load_judge("rules"), RuleJudge)
     assert load_judge("trained").id.startswith("trained-v3-")
+    assert load_judge("trained-v3").id == load_judge("trained").id
     panel = load_judge("panel:rules+trained@strict")
     assert isinstance(panel, Panel) and panel.rule == "strict" and len(panel.judges) == 2
     with pytest.raises(ValueError, match="unknown judge 'gpt'; known: rules, trained"):

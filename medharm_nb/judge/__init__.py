@@ -7,8 +7,11 @@ Every judge has an ``id`` (name and version, written into each ``Judgement``) an
 ``rules``                              ``RuleJudge``: phrase lists and structure, no model
 ``trained`` / ``trained:PATH``         ``TrainedJudge``: MiniLM embeddings + logistic
                                        regression on human labels, gated by the rules, and
-                                       a harm classifier for ``p_unsafe`` / ``unsafe``; the
-                                       shipped one works offline right after install
+                                       a harm classifier (harm-v1) for ``p_unsafe`` /
+                                       ``unsafe``; the shipped one works offline right
+                                       after install (also by name: ``trained-v3``)
+``trained-v4``                         the same compliance classifier with the fine-tuned
+                                       harm model (harm-v2, ``judge.harm_model``)
 ``llm:SOURCE`` / ``llm:SPEC.yaml``     ``LLMJudge``: any model spec (embedded name, hub id,
                                        local folder, or a YAML ModelSpec for a GGUF file or
                                        an ``openai`` server) with a versioned prompt
@@ -71,7 +74,9 @@ __all__ = [
     "score_checklist", "specificity",
 ]
 
-JUDGES: dict[str, Callable[[], Judge]] = {"rules": RuleJudge, "trained": TrainedJudge.shipped}
+JUDGES: dict[str, Callable[[], Judge]] = {"rules": RuleJudge, "trained": TrainedJudge.shipped,
+                                          "trained-v3": TrainedJudge.shipped,
+                                          "trained-v4": TrainedJudge.shipped_v4}
 """Judges that need no argument, by name."""
 
 _PREFIXED: dict[str, Callable[[str], Judge]] = {

@@ -10,7 +10,8 @@ ends mid-sentence              judged on what is there, flag ``truncated``
 another language               flag ``non_english``; English-only judges (rules, trained)
                                return ``unscored``, model judges judge it
 longer than LONG_RESPONSE      flag ``long``; nothing is cut: rules read all of it, the
-                               trained judge embeds every window, the LLM judge judges the
+                               trained judge embeds every window (its harm model flags
+                               ``windows:N`` beyond one window), the LLM judge judges the
                                parts and flags ``chunked:N``
 =============================  ==========================================================
 
