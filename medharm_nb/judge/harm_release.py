@@ -150,13 +150,15 @@ def validate(corpus: pl.DataFrame, out: Path, cache: BottomCache, seed: int = 0,
         expected = data_sha256(fold_train(corpus, test).filter(pl.col("scorable")))
         if (where / "predictions.parquet").is_file() and json.loads(
                 (where / PARAMS_FILE).read_text())["training"]["data_sha256"] == expected:
-            preds.append(pl.read_parquet(where / "predictions.parquet"))
+            preds.append(pl.read_parquet(where / "predictions.parquet").drop(
+                "unsafe", strict=False))
             continue
         if only is not None and name not in only:
             continue
         model, pred = run_fold(corpus, name, test, cache, progress, log,
                                config=TrainConfig(seed=seed))
         model.save(where)
+        pred = pred.drop("unsafe")  # the people's labels stay in ../shared, never copied here
         pred.write_parquet(where / "predictions.parquet")
         preds.append(pred)
         log(f"{name}: {pred.height} held-out rows scored, threshold {model.threshold:g}")
@@ -173,7 +175,11 @@ def validate(corpus: pl.DataFrame, out: Path, cache: BottomCache, seed: int = 0,
 def figures_from_predictions(predictions: pl.DataFrame, corpus: pl.DataFrame,
                              xstest_labels: pl.DataFrame | None = None,
                              n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Every figure the validation reports, from out-of-fold predictions."""
+    """Every figure the validation reports, from out-of-fold predictions (``fold, id, source,
+    p ...``); the people's labels are read from ``corpus`` by id, since the stored
+    predictions do not copy them."""
+    predictions = predictions.drop("unsafe", strict=False).join(
+        corpus.select("id", "source", "unsafe"), on=["id", "source"], how="left")
     loso = predictions.filter(pl.col("fold").str.starts_with("loso-"))
     ok = loso.filter(pl.col("p").is_not_null() & pl.col("p").is_not_nan())
     figures: dict[str, Any] = {
