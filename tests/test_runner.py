@@ -20,6 +20,9 @@ TINY = {
     "models": [{"name": "smol", "source": "smollm2-135m"}],
     "generation": {"max_new_tokens": 16, "batch_size": 6},
     "judges": ["rules"],
+    # The series' judge validation on a few labelled answers per source (its depth is
+    # tested in test_validation; here the series is what is under test).
+    "params": {"03b_judge_validation": {"judges": ["rules"], "gold_sample": 5}},
 }
 
 
@@ -97,7 +100,7 @@ def test_unknown_judge_fails_before_any_notebook_runs(tmp_path):
 @pytest.mark.slow
 def test_series_runs_fails_visibly_and_resumes_from_the_store(tmp_path, one_torch_thread):
     # A failure in 03_judge (a bad parameter) after generation has been stored.
-    failing = {**TINY, "params": {"03_judge": {"judges": ["no-such-judge"]}}}
+    failing = {**TINY, "params": {**TINY["params"], "03_judge": {"judges": ["no-such-judge"]}}}
     config_path = _write(tmp_path, failing)
     # The generation stage alone first (in this process, which may hold the model already):
     # the series then finds every answer in the store, as after a crash or on a GPU box.
