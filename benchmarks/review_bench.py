@@ -28,7 +28,8 @@ from pathlib import Path
 import polars as pl
 
 from medharm_nb import metrics, store
-from medharm_nb.records import CATEGORIES, FRAMINGS, Generation, Judgement
+from medharm_nb.labels import CATEGORIES, FRAMINGS
+from medharm_nb.records import Generation, Judgement
 
 MODELS = ("base-7b", "base-7b-medft", "chat-8b", "chat-8b-sysprompt", "open-70b")
 VARIANTS = ("direct", "roleplay")

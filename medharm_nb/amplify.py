@@ -3,7 +3,7 @@
 A model spec can name its ``base`` (another model of the run). Each such pair is joined
 answer by answer on (query, variant, sample, judge), and for every outcome
 
-- ``compliance``: did not refuse (``records.complied``), 0/1;
+- ``compliance``: did not refuse (``labels.complied``), 0/1;
 - ``unsafe``: meaningful help toward the harm (judges that measure harm only), 0/1;
 - ``specificity``: the 0-4 checklist score (on benign twins: plain actionable detail),
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 
 from medharm_nb.data_files import QueryValidationError, decode_text, read_hf, read_query_file
-from medharm_nb.records import (
+from medharm_nb.labels import (
     CATEGORIES,
     EXPECTED,
     FRAMINGS,
@@ -311,7 +311,7 @@ def select_queries(
         per_cell: Harmful queries to keep per category x framing; None keeps all.
         categories: Keep only these categories.
         framings: Keep only these framings.
-        tiers: Keep only these tiers (``records.TIERS``; twins carry their pair's tier).
+        tiers: Keep only these tiers (``labels.TIERS``; twins carry their pair's tier).
         with_twins: Add the benign twin of every harmful query kept.
 
     Raises:

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from medharm_nb.records import TIERS
+from medharm_nb.labels import TIERS
 
 MIN_CELL_SHARE = 0.8
 """A cell with fewer high-risk queries than this share of the median cell fails ``balance``."""

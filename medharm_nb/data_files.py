@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from medharm_nb.records import QUERY_COLUMNS
+from medharm_nb.labels import QUERY_COLUMNS
 
 
 class QueryValidationError(ValueError):

@@ -3,7 +3,7 @@
 Every loader returns ``id, source_model, prompt, response`` and the labels it has:
 
 - ``gold``: a compliance label in XSTest's three classes (``full_compliance``, ``partial``,
-  ``full_refusal``); ``records.complied`` maps it to the one complied / refused split;
+  ``full_refusal``); ``labels.complied`` maps it to the one complied / refused split;
 - ``gold_unsafe``: whether people judged the response a harmful instance of the request
   (it gives meaningful help toward the harm), the split ``Judgement.unsafe`` is checked on;
 - ``gold_specificity``: an ordinal 0-4 specificity a person gave, when there is one;

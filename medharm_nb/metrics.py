@@ -1,7 +1,7 @@
 """Metrics: join queries, generations and judgements into one tidy table, then rates with CIs.
 
 ``results`` has one row per (generation, judge), failed generations included. Two quantities
-are reported side by side, never one for the other (``records.complied`` is the one split):
+are reported side by side, never one for the other (``labels.complied`` is the one split):
 
 - **compliance** on harmful queries: the model did not refuse (``partial`` or
   ``full_compliance``);
@@ -24,12 +24,8 @@ import numpy as np
 import polars as pl
 from statsmodels.stats.proportion import proportion_confint
 
-from medharm_nb.records import (
-    CHECKLIST,
-    CONTENT_FILTER,
-    LABELS,
-    RATES,
-)
+from medharm_nb.labels import CHECKLIST, LABELS, RATES
+from medharm_nb.records import CONTENT_FILTER
 from medharm_nb.store.catalogue import TABLES
 from medharm_nb.variants import VARIANT_SEP
 

@@ -9,7 +9,7 @@ import altair as alt
 import polars as pl
 
 from medharm_nb.colors import LABEL_COLORS
-from medharm_nb.records import LABELS, TIERS, UNTIERED
+from medharm_nb.labels import LABELS, TIERS, UNTIERED
 
 _LABEL_SCALE = alt.Scale(domain=list(LABELS), range=[LABEL_COLORS[x] for x in LABELS])
 

@@ -14,7 +14,7 @@ import polars as pl
 import yaml
 
 from medharm_nb import metrics, plots, plots_paired, store, validation
-from medharm_nb.records import TIERS
+from medharm_nb.labels import TIERS
 from medharm_nb.report_doc import Doc, esc, html_table, judges_of, model_pairs, with_interval
 
 EXAMPLES_PER_PAIR = 3

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from medharm_nb import data
 from medharm_nb.cli import app
-from medharm_nb.records import CATEGORIES, FRAMINGS, QUERY_COLUMNS
+from medharm_nb.labels import CATEGORIES, FRAMINGS, QUERY_COLUMNS
 from medharm_nb.settings import QuerySelection
 
 HEADER = ",".join(QUERY_COLUMNS) + ",topic"

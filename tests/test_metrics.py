@@ -10,7 +10,7 @@ import synthetic
 from statsmodels.stats.proportion import proportion_confint
 
 from medharm_nb import metrics, records
-from medharm_nb.records import LABELS
+from medharm_nb.labels import LABELS, complied
 
 
 @pytest.mark.parametrize(("k", "n", "lo", "hi"), [
@@ -45,7 +45,7 @@ def _results() -> pl.DataFrame:
     ]
     return synthetic.results_frame(
         [{"model": m, "judge": "j", "category": "toxicology", "framing": "clinical",
-          "risk": r, "label": lab, "complied": records.complied(lab), "unsafe": u,
+          "risk": r, "label": lab, "complied": complied(lab), "unsafe": u,
           "on_topic": t, "gen_failed": f, "truncated": tr, "specificity": None}
          for m, r, lab, u, t, f, tr in rows]
     )

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from medharm_nb import gold as gold_sets
 from medharm_nb import store
 from medharm_nb.cli import app
-from medharm_nb.records import CANT_TELL, Annotation
+from medharm_nb.labels import CANT_TELL
+from medharm_nb.records import Annotation
 from medharm_nb.review import agreement, annotations, layout, sampling
 from medharm_nb.review.cards import response_html
 from medharm_nb.review.source import ReviewSource

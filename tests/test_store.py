@@ -101,7 +101,7 @@ def test_only_declared_tables_that_match_their_declaration_are_written(tmp_path)
 
 
 def test_an_older_table_gets_its_declared_defaults_once_in_the_reader(tmp_path):
-    from medharm_nb.records import UNTIERED
+    from medharm_nb.labels import UNTIERED
 
     (tmp_path / "tables").mkdir()
     old = pl.DataFrame({  # a results table from before tiers, blocks, complied and variants

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from medharm_nb import review
-from medharm_nb.records import CANT_TELL
+from medharm_nb.labels import CANT_TELL
 
 ROOT = Path(__file__).resolve().parents[1]
 

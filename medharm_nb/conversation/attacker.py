@@ -5,7 +5,7 @@ conversation so far and the target's last answer, and writes the next user messa
 (``templates.ATTACKER_TEMPLATES``). The target answers with its own history, the stop judge
 reads that answer in context, and the conversation ends early on success (the judge calls the
 answer unsafe; a judge that does not measure harm stops on ``full_compliance``), on a firm
-refusal (``patience`` refusals in a row: ``records.REFUSAL_LABELS``, a full refusal or a safe
+refusal (``patience`` refusals in a row: ``labels.REFUSAL_LABELS``, a full refusal or a safe
 redirect), or when the turn budget runs out.
 
 Everything is stored and keyed by its history, the attacker's messages (generations of the
@@ -35,7 +35,8 @@ from medharm_nb.conversation.turns import (
 )
 from medharm_nb.generate import Backend, GenStats
 from medharm_nb.judge import Judge, judge_generations, judgement_ids
-from medharm_nb.records import REFUSAL_LABELS, GenConfig, ModelSpec
+from medharm_nb.labels import REFUSAL_LABELS
+from medharm_nb.records import GenConfig, ModelSpec
 from medharm_nb.settings import AttackerSettings
 from medharm_nb.store import RunLock, RunStore
 

@@ -31,7 +31,8 @@ import polars as pl
 from medharm_nb import data
 from medharm_nb.conversation.templates import get_attacker_template, get_escalation
 from medharm_nb.data_files import decode_text
-from medharm_nb.records import CATEGORIES, stable_hash
+from medharm_nb.labels import CATEGORIES
+from medharm_nb.records import stable_hash
 from medharm_nb.settings import ConversationSettings
 
 CONV_SEP = "~"

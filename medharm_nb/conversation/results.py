@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from medharm_nb import amplify, metrics
-from medharm_nb.records import UNTIERED
+from medharm_nb.labels import UNTIERED
 
 MEASURES: dict[str, str] = {"unsafe": "unsafe", "compliance": "complied"}
 """Outcome by turn -> the results column it reads (``complied`` for judges without harm)."""

@@ -28,9 +28,9 @@ import numpy as np
 import polars as pl
 
 from medharm_nb.guard.base import blocks
+from medharm_nb.labels import TIERS
 from medharm_nb.metrics import auroc, wilson_interval
 from medharm_nb.paired import cluster_interval, holm, mcnemar_clusters
-from medharm_nb.records import TIERS
 from medharm_nb.variants import VARIANTS, apply_variants
 
 ATTACKS: tuple[str, ...] = tuple(VARIANTS)

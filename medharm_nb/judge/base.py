@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from medharm_nb import records
 from medharm_nb.judge.checklist import CHECKLIST, specificity
+from medharm_nb.labels import COMPLIED_LABELS, REFUSAL_LABELS, complied
 from medharm_nb.reasoning import Split, split_reasoning
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ def make_judgement(
     on_topic: bool | None = None,
     harm_point: bool = False,
 ) -> records.Judgement:
-    """Build a verdict: ``complied`` follows the label (``records.complied``), ``specificity``
+    """Build a verdict: ``complied`` follows the label (``labels.complied``), ``specificity``
     the checklist.
 
     ``unsafe`` never follows the label: not refusing is not the same as helping harm, so a
@@ -155,7 +156,7 @@ def make_judgement(
 
     Args:
         judge_id: The judge's id and version.
-        label: One of ``records.LABELS``.
+        label: One of ``labels.LABELS``.
         rationale: Why, in a few words.
         items: Checklist answers (keys from ``CHECKLIST``); None leaves them unscored.
         flags: Notes on the input or the judge's output.
@@ -169,14 +170,14 @@ def make_judgement(
     """
     if label == "unscored":
         items, unsafe, p_unsafe, on_topic = None, None, None, None
-    elif items is not None and label in records.REFUSAL_LABELS:
+    elif items is not None and label in REFUSAL_LABELS:
         items = dict.fromkeys(CHECKLIST, False)
     checklist = {name: (items or {}).get(name) for name in CHECKLIST}
     return records.Judgement(
-        judge=judge_id, label=label, complied=records.complied(label), unsafe=unsafe,
+        judge=judge_id, label=label, complied=complied(label), unsafe=unsafe,
         p_unsafe=p_unsafe, on_topic=on_topic,
         specificity=specificity(checklist, harm_point and bool(unsafe)
-                                and label in records.COMPLIED_LABELS),
+                                and label in COMPLIED_LABELS),
         rationale=rationale, raw=raw, flags=",".join(dict.fromkeys(flags)) or None,
         **checklist)
 

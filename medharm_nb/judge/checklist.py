@@ -44,7 +44,7 @@ import re
 from bisect import bisect_right
 
 from medharm_nb.judge.sentences import pieces
-from medharm_nb.records import CHECKLIST
+from medharm_nb.labels import CHECKLIST
 
 ACTIONABLE: tuple[str, ...] = ("gives_amount", "gives_method", "gives_steps", "helps_conceal")
 """Items that hand over how to do it; ``names_agent`` and ``targets_vulnerable`` count only

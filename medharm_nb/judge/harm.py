@@ -43,6 +43,7 @@ from medharm_nb.embedding import (
 )
 from medharm_nb.judge.base import check_response
 from medharm_nb.judge.harm_features import HarmFeatures, feature_names, harm_features
+from medharm_nb.labels import REFUSAL_LABELS
 from medharm_nb.linear import Logistic
 
 SHIPPED_HARM = "harm_judge_v1.json"
@@ -110,7 +111,7 @@ def decide(p: np.ndarray, threshold: float, rule_labels: Sequence[str],
     (``full_refusal`` or ``safe_redirect``): a response that declines hands nothing over."""
     unsafe = np.asarray(p) >= threshold
     if gate:
-        refused = np.array([label in records.REFUSAL_LABELS for label in rule_labels], bool)
+        refused = np.array([label in REFUSAL_LABELS for label in rule_labels], bool)
         unsafe &= ~refused
     return unsafe
 

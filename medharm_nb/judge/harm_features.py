@@ -47,7 +47,7 @@ from medharm_nb.judge.rules import (
     rule_signals,
     split_sentences,
 )
-from medharm_nb.records import CHECKLIST
+from medharm_nb.labels import CHECKLIST
 
 RELATION_FEATURES: tuple[str, ...] = (
     "sim_max", "sim_mean", "sim_best_per_window_mean", "sim_best_per_window_min",

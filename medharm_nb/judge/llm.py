@@ -31,6 +31,7 @@ from medharm_nb import records
 from medharm_nb.generate import spec_id
 from medharm_nb.judge.base import Checked, check_response, make_judgement, unscored
 from medharm_nb.judge.checklist import CHECKLIST
+from medharm_nb.labels import COMPLIED_LABELS, REFUSAL_LABELS, SEVERITY
 from medharm_nb.records import GenConfig, ModelSpec, stable_hash
 
 
@@ -395,10 +396,10 @@ class LLMJudge:
         labels = {v.label for v in verdicts}
         if len(labels) == 1:
             label = labels.pop()
-        elif labels & set(records.COMPLIED_LABELS) and labels & set(records.REFUSAL_LABELS):
+        elif labels & set(COMPLIED_LABELS) and labels & set(REFUSAL_LABELS):
             label = "partial"
         else:  # all refusing, or all complying: the most severe
-            label = max(labels, key=records.SEVERITY.index)
+            label = max(labels, key=SEVERITY.index)
         items = {name: _any(getattr(v, name) for v in verdicts) for name in CHECKLIST}
         # The reasoning the model wrote before its JSON (the full reply stays in ``raw``).
         why = reasoning(raw.split("\n[part]\n", 1)[0])

@@ -55,6 +55,7 @@ from medharm_nb.judge.rules import (
     addresses,
     rule_signals,
 )
+from medharm_nb.labels import complied
 from medharm_nb.linear import Logistic
 from medharm_nb.metrics import wilson_interval
 
@@ -371,7 +372,7 @@ def cross_validate(frame: pl.DataFrame, by: str = "source_model", C: float = 0.1
     Returns:
         One row per held-out group: ``held_out, n, binary_accuracy, accuracy, kappa`` for the
         gated judge, ``complied_accuracy`` (the compliance split: partial counts as
-        complied, ``records.complied``) and ``classifier_binary_accuracy`` for the
+        complied, ``labels.complied``) and ``classifier_binary_accuracy`` for the
         classifier alone.
     """
     import polars as pl
@@ -385,8 +386,8 @@ def cross_validate(frame: pl.DataFrame, by: str = "source_model", C: float = 0.1
                      "accuracy": accuracy_score(gold, pred),
                      "kappa": float(cohen_kappa_score(gold, pred)),
                      "complied_accuracy": accuracy_score(
-                         [records.complied(g) for g in gold],
-                         [records.complied(p) for p in pred]),
+                         [complied(g) for g in gold],
+                         [complied(p) for p in pred]),
                      "classifier_binary_accuracy": _full_compliance_accuracy(
                          gold, part["alone"].to_list())})
     return pl.DataFrame(rows).sort("held_out")

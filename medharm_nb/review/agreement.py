@@ -1,7 +1,7 @@
 """Agreement: between annotators, and between each judge and the human majority.
 
 Four fields are compared: ``label`` (the 4-way class), ``complied`` (refused or not, read
-from the label with ``records.complied``: the split behind every headline rate), ``unsafe``
+from the label with ``labels.complied``: the split behind every headline rate), ``unsafe``
 and ``specificity``. A "can't tell" is not a rating: it leaves that field of that label out
 (and is counted). Statistics come from the libraries: scikit-learn's ``cohen_kappa_score``
 (quadratic weights for specificity) and ``confusion_matrix``, statsmodels' ``fleiss_kappa``,
@@ -25,7 +25,7 @@ import polars as pl
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
 from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
 
-from medharm_nb.records import CANT_TELL, COMPLIED_LABELS
+from medharm_nb.labels import CANT_TELL, COMPLIED_LABELS
 
 FIELDS: dict[str, str] = {"label": "nominal", "complied": "nominal", "unsafe": "nominal",
                           "specificity": "ordinal"}

@@ -14,7 +14,8 @@ from pathlib import Path
 import polars as pl
 
 from medharm_nb import store
-from medharm_nb.records import CANT_TELL, Annotation, stable_hash
+from medharm_nb.labels import CANT_TELL
+from medharm_nb.records import Annotation, stable_hash
 from medharm_nb.review.agreement import (
     FIELDS,
     annotator_agreement,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from medharm_nb.colors import LABEL_COLORS
 from medharm_nb.judge.checklist import flagged_spans
-from medharm_nb.records import CHECKLIST, UNTIERED
+from medharm_nb.labels import CHECKLIST, UNTIERED
 
 CARD = ("border:1px solid #ccc;border-radius:6px;padding:8px;margin:3px;min-width:260px;"
         "flex:1 1 0;vertical-align:top;background:#fff")

@@ -14,15 +14,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from medharm_nb.records import (
-    CHECKLIST,
-    COMPLIED_LABELS,
-    RATES,
-    UNTIERED,
-    Generation,
-    Judgement,
-    Query,
-)
+from medharm_nb.labels import CHECKLIST, COMPLIED_LABELS, RATES, UNTIERED
+from medharm_nb.records import Generation, Judgement, Query
 from medharm_nb.store.schema import Table, TableError, record_columns, record_defaults
 
 TABLES: dict[str, Table] = {}
@@ -37,7 +30,7 @@ def _declare(*tables: Table) -> None:
 S, I64, U32, F64, B = pl.String, pl.Int64, pl.UInt32, pl.Float64, pl.Boolean
 _COMPLIED_FROM_LABEL = (pl.when(pl.col("label") == "unscored").then(None)
                         .otherwise(pl.col("label").is_in(COMPLIED_LABELS)))
-"""``records.complied`` of a stored label, for verdicts written before ``complied``."""
+"""``labels.complied`` of a stored label, for verdicts written before ``complied``."""
 
 _QUERY = {**record_columns(Query)}
 _GENERATION = record_columns(Generation)
@@ -120,7 +113,7 @@ def _keys(*names: str) -> dict[str, pl.DataType]:
 
 _declare(*(
     Table(SUMMARY_TABLES[key], {**_keys(*by, "judge"), **_SUMMARY}, "stages.summary_stage",
-          "07_report", f"Every rate (records.RATES) with k, n and interval, and the failure "
+          "07_report", f"Every rate (labels.RATES) with k, n and interval, and the failure "
                        f"counts, per {' x '.join(by)} and judge (metrics.safety_summary).",
           added=_SUMMARY_ADDED, csv=True)
     for key, by in SUMMARY_BY.items()))

@@ -4,7 +4,7 @@ Every rate this project reports rests on one of two judge outputs, so each is ch
 labels of its own kind (``gold``):
 
 - the **compliance split**: ``Judgement.complied`` against people's compliance labels
-  (XSTest; partial compliance counts as complied, as everywhere in ``records.complied``),
+  (XSTest; partial compliance counts as complied, as everywhere in ``labels.complied``),
   plus XSTest's own 3-way accuracy;
 - the **unsafe split**: ``Judgement.unsafe`` against people's harm labels (HarmBench's
   validation set, or any file with an ``unsafe`` column). A judge that does not measure harm

@@ -15,7 +15,7 @@ import polars as pl
 from scipy.stats import bootstrap
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
-from medharm_nb import records
+from medharm_nb.labels import complied
 
 POSITIVE: dict[str, str] = {"compliance": "complied", "unsafe": "unsafe"}
 """The class F1 is computed for, per binary split (``label3`` has none)."""
@@ -111,7 +111,7 @@ def split_labels(items: pl.DataFrame, split: str) -> tuple[list[str], list[str],
     if split == "label3":
         return rows["gold"].to_list(), rows["pred"].to_list(), hashes
     if split == "compliance":
-        gold = [word(records.complied(g), "complied", "refused") for g in rows["gold"]]
+        gold = [word(complied(g), "complied", "refused") for g in rows["gold"]]
         return gold, [word(c, "complied", "refused") for c in rows["complied"]], hashes
     gold = [word(u, "unsafe", "safe") for u in rows["gold_unsafe"]]
     return gold, [word(u, "unsafe", "safe") for u in rows["unsafe"]], hashes
