@@ -18,6 +18,7 @@ from medharm_nb.review.cards import esc, unit_html
 from medharm_nb.review.layout import (
     MODES,
     Filters,
+    Pager,
     build_layout,
     disagreements,
     find_unit,
@@ -59,7 +60,7 @@ def _dropdown(description: str, values: list, width: str = "210px") -> w.Dropdow
                       layout=w.Layout(width=width), style={"description_width": "80px"})
 
 
-class CompareView:
+class CompareView(Pager):
     """Filter responses and read them side by side, one unit (query, pair ...) at a time.
 
     Args:
@@ -163,9 +164,6 @@ class CompareView:
             self.status, self.body])
         self.refresh()
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
     def _available(self, mode: str) -> bool:
         index = self.source.index
         return {"models": True, "variants": index["variant"].n_unique() > 1,
@@ -197,7 +195,7 @@ class CompareView:
 
     def refresh(self) -> None:
         """Apply the filters: recompute the units, stay on the current one if it is kept."""
-        current = self.units[self.position] if self.units else None
+        current = self.current()
         filters = self.filters()
         hits = self.source.search(filters.text) if filters.text.strip() else None
         self.matched = matching_gens(self.source.index, filters, hits, self._disagreement)
@@ -205,15 +203,7 @@ class CompareView:
         if filters.models is not None:
             table = table.filter(pl.col("model").is_in(list(filters.models)))
         self._table = table
-        self.units = units(table, self.matched)
-        self.position = self.units.index(current) if current in self.units else 0
-        self.show()
-
-    def step(self, delta: int) -> None:
-        """Move to the next (1) or previous (-1) unit, wrapping around."""
-        if self.units:
-            self.position = (self.position + delta) % len(self.units)
-        self.show()
+        self.keep(units(table, self.matched), current)
 
     def jump(self, wanted: str) -> None:
         """Show the unit holding a query id (or base id, gen id, unit name); the box empties

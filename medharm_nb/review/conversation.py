@@ -18,6 +18,7 @@ import polars as pl
 
 from medharm_nb.review.annotate import AnnotationView
 from medharm_nb.review.cards import badge, chip, esc, response_html
+from medharm_nb.review.layout import Pager
 from medharm_nb.store import read_table, table_path
 
 ALL = "(all)"
@@ -101,7 +102,7 @@ def conversation_html(meta: dict, turns: pl.DataFrame, results: pl.DataFrame,
     return head + "<div style='display:flex;flex-wrap:wrap'>" + "".join(panes) + "</div>"
 
 
-class ConversationView:
+class ConversationView(Pager):
     """Read a run's conversations as chats, side by side across models.
 
     Args:
@@ -151,12 +152,9 @@ class ConversationView:
             w.HBox([previous, following, self.goto, self.redact]), self.status, self.body])
         self.refresh()
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
     def refresh(self) -> None:
         """Apply the filters; stay on the current conversation if it is kept."""
-        current = self.units[self.position] if self.units else None
+        current = self.current()
         rows = self.index.filter(pl.col("model").is_in(list(self.models.value)))
         for control, column in ((self.template, "template"), (self.risk, "risk"),
                                 (self.category, "category"), (self.judge, "judge")):
@@ -164,15 +162,7 @@ class ConversationView:
                 rows = rows.filter(pl.col(column) == control.value)
         if self.unsafe.value:
             rows = rows.filter(pl.col("unsafe").fill_null(False))
-        self.units = sorted(set(rows.select("conv_id", "sample").iter_rows()))
-        self.position = self.units.index(current) if current in self.units else 0
-        self.show()
-
-    def step(self, delta: int) -> None:
-        """The next (1) or previous (-1) conversation, wrapping around."""
-        if self.units:
-            self.position = (self.position + delta) % len(self.units)
-        self.show()
+        self.keep(sorted(set(rows.select("conv_id", "sample").iter_rows())), current)
 
     def jump(self, wanted: str) -> None:
         """Show the first conversation with this conversation or query id."""

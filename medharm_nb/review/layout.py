@@ -275,3 +275,35 @@ def guard_verdicts(scores: pl.DataFrame, index: pl.DataFrame,
             .with_columns((pl.col("input_blocked").fill_null(False)
                            | pl.col("output_blocked").fill_null(False)).alias("blocked"))
             .drop("query_id"))
+
+
+class Pager:
+    """Paging over a view's units, shared by the compare and conversation views: ``units``
+    (any hashable items, in order), ``position`` and a ``widget`` to display; subclasses
+    define ``show``."""
+
+    units: list
+    position: int
+    widget: object
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def show(self) -> None:
+        raise NotImplementedError
+
+    def current(self):
+        """The unit shown, or None when no unit is kept."""
+        return self.units[self.position] if self.units else None
+
+    def keep(self, kept: list, current=None) -> None:
+        """Replace the units; stay on ``current`` if it is kept, else go to the first."""
+        self.units = kept
+        self.position = kept.index(current) if current in kept else 0
+        self.show()
+
+    def step(self, delta: int) -> None:
+        """Move to the next (1) or previous (-1) unit, wrapping around."""
+        if self.units:
+            self.position = (self.position + delta) % len(self.units)
+        self.show()
