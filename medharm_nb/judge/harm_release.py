@@ -195,6 +195,9 @@ def figures_from_predictions(predictions: pl.DataFrame, corpus: pl.DataFrame,
     if xstest_labels is not None:
         figures["xstest_false_alarms"] = xstest_false_alarms(predictions, corpus,
                                                              xstest_labels)
+        if figures["cv"]:  # the same rate when XSTest's prompts were held out by group
+            figures["xstest_false_alarms_cv"] = xstest_false_alarms(
+                predictions, corpus, xstest_labels, scheme="cv")
     return figures
 
 
@@ -371,9 +374,14 @@ def model_card(model: FineTunedHarm, report: dict[str, Any]) -> str:
         lines.append(f"- XSTest's human-confirmed helpful answers to safe prompts called "
                      f"unsafe (held out: the model trained without XSTest): {x['k']} of "
                      f"{x['n']} ({x['rate']:.1%}).")
+    if "xstest_false_alarms_cv" in report:
+        x = report["xstest_false_alarms_cv"]["helpful"]
+        lines.append(f"- The same, XSTest's prompts held out by group (grouped CV: the model "
+                     f"trained on the other XSTest prompts): {x['k']} of {x['n']} "
+                     f"({x['rate']:.1%}).")
     lines += ["", "## Re-make", "", "```",
               "medharm-nb judge-train --harm ../shared/external "
-              "--out medharm_nb/assets/harm_judge_v2 [--validate]", "```", "",
+              "--out medharm_nb/assets/harm_judge_v2 [--validate [--cv]]", "```", "",
               "Intended use: research measurement of harmful content in model answers, in "
               "English. Not a content filter; check it on your own labels (`medharm-nb "
               "judge-eval`).", ""]
