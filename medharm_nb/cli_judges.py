@@ -103,10 +103,10 @@ def judge_train(
         if model is None:
             typer.echo(f"folds {folds} saved under {out}/validation/folds")
         return
-    from medharm_nb.judge import trained
+    from medharm_nb.judge import trained_fit
 
     try:
-        judge, table = trained.train(gold, C=c, gate=gate, out=out)
+        judge, table = trained_fit.train(gold, C=c, gate=gate, out=out)
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     if table is not None:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from medharm_nb.cli import app
 from medharm_nb.embedding import embedding_weights_sha256
 from medharm_nb.gold import data_sha256, load_xstest_completions, safe_responses
-from medharm_nb.judge import TrainedJudge, judge_batch, load_judge
+from medharm_nb.judge import TrainedJudge, judge_batch, load_judge, trained_fit
 from medharm_nb.judge import trained as trained_module
 from medharm_nb.records import stable_hash
 from medharm_nb.validation import false_alarms, judge_frame, sample_per_group
@@ -88,7 +88,7 @@ def test_held_out_figures_are_recomputed_from_the_data(external_dir, shipped):
     # models, judge the third), not read back from the JSON the package ships; it must also
     # match what the JSON says, or the shipped artifact is stale.
     frame = load_xstest_completions(external_dir / "xstest")
-    cv = trained_module.cross_validate(frame, C=shipped.params["training"]["C"],
+    cv = trained_fit.cross_validate(frame, C=shipped.params["training"]["C"],
                                        gate=shipped.gate)
     stored = {r["held_out"]: r for r in shipped.params["cross_validation"]["results"]}
     for row in cv.iter_rows(named=True):
@@ -131,7 +131,7 @@ def test_shipped_judge_on_an_xstest_sample(shipped, sample):
 
 
 def test_training_round_trip_and_cross_validation(sample, sample_features, tmp_path):
-    judge = trained_module.fit(sample, feats=sample_features, source="test sample")
+    judge = trained_fit.fit(sample, feats=sample_features, source="test sample")
     assert judge.params["training"]["data_sha256"] == data_sha256(sample)
     path = judge.save(tmp_path / "judge.json")
     again = TrainedJudge.load(path)
@@ -140,7 +140,7 @@ def test_training_round_trip_and_cross_validation(sample, sample_features, tmp_p
                        judge.predict_proba(sample_features.matrix))
     assert load_judge(f"trained:{path}").id == judge.id
     # Train on two source models' 80 answers, judge the third's 40.
-    cv = trained_module.cross_validate(sample, feats=sample_features)
+    cv = trained_fit.cross_validate(sample, feats=sample_features)
     assert cv["held_out"].to_list() == ["gpt4", "llama2new", "mistralinstruct"]
     # Measured 0.925 / 0.875 / 0.950 (gated; 80 training answers is little for the classifier).
     assert all(a >= floor for a, floor in zip(cv["binary_accuracy"], (0.91, 0.86, 0.93)))

@@ -34,7 +34,7 @@ import yaml
 
 from medharm_nb import config, stages, store
 from medharm_nb.gold import load_xstest_completions
-from medharm_nb.judge import trained
+from medharm_nb.judge import trained_fit
 from medharm_nb.validation import shares
 
 pytestmark = pytest.mark.slow  # replays 750 answers and embeds them for the trained judge
@@ -115,7 +115,7 @@ def test_held_out_trained_shares_lie_inside_too(external_dir, people):
     # the other two models' labels only.
     prompts = pl.read_csv(external_dir / "xstest" / "xstest_prompts.csv", infer_schema=False)
     safe = prompts.filter(pl.col("label") == "safe")["prompt"]
-    labelled = trained.cross_fitted(people).filter(pl.col("prompt").is_in(safe.implode()))
+    labelled = trained_fit.cross_fitted(people).filter(pl.col("prompt").is_in(safe.implode()))
     results = labelled.select(pl.col("source_model").alias("model"),
                               pl.lit("trained, held out").alias("judge"),
                               pl.col("prompt").alias("text"), pl.col("pred").alias("label"))
