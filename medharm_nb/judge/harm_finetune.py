@@ -180,6 +180,18 @@ def release_memory() -> None:
         pass
 
 
+def _padded(hidden: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached windows' hidden states (float16, each its own length) as one right-padded
+    float batch and its attention mask."""
+    width = max(h.shape[0] for h in hidden)
+    batch = torch.zeros((len(hidden), width, hidden[0].shape[1]))
+    mask = torch.zeros((len(hidden), width), dtype=torch.long)
+    for i, part in enumerate(hidden):
+        batch[i, :part.shape[0]] = part.float()
+        mask[i, :part.shape[0]] = 1
+    return batch, mask
+
+
 def _batches(lengths: np.ndarray, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled batches of similar length: shuffle, sort within pools of 32 batches, cut,
     shuffle the batches (less padding, still random)."""
@@ -239,14 +251,7 @@ def train_encoder(prompts: Sequence[str], responses: Sequence[str], labels: Sequ
         for batch in batches:
             windows = [w for p in batch for w in per_pair[p]]
             owner = torch.tensor([j for j, p in enumerate(batch) for _ in per_pair[p]])
-            hidden = [cache.hidden[keys[w]] for w in windows]
-            width = max(h.shape[0] for h in hidden)
-            h = torch.zeros((len(hidden), width, hidden[0].shape[1]))
-            mask = torch.zeros((len(hidden), width), dtype=torch.long)
-            for i, part in enumerate(hidden):
-                h[i, :part.shape[0]] = part.float()
-                mask[i, :part.shape[0]] = 1
-            logits = model.top(h, mask)
+            logits = model.top(*_padded([cache.hidden[keys[w]] for w in windows]))
             pair_logit = torch.full((len(batch),), -1e4).scatter_reduce(
                 0, owner, logits, reduce="amax", include_self=False)
             loss = loss_fn(pair_logit, y[torch.as_tensor(batch)])
@@ -282,14 +287,7 @@ def cached_logits(model: CrossEncoder, prompts: Sequence[str], responses: Sequen
     logits = np.zeros(len(keys))
     for s in range(0, len(order), batch_windows):
         rows = order[s:s + batch_windows]
-        hidden = [cache.hidden[keys[w]] for w in rows]
-        width = max(h.shape[0] for h in hidden)
-        h = torch.zeros((len(rows), width, hidden[0].shape[1]))
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, part in enumerate(hidden):
-            h[i, :part.shape[0]] = part.float()
-            mask[i, :part.shape[0]] = 1
-        logits[rows] = model.top(h, mask).numpy()
+        logits[rows] = model.top(*_padded([cache.hidden[keys[w]] for w in rows])).numpy()
     out = np.full(len(win.n_windows), -np.inf)
     np.maximum.at(out, np.asarray(win.owner, dtype=int), logits)
     return out
