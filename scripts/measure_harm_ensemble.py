@@ -97,7 +97,8 @@ def main() -> None:
     v2 = stored.filter(pl.col("fold").str.starts_with("cv-")).select(
         "id", "source", pl.col("p").alias("p2"), pl.col("predicted").alias("v2"))
     rows = (harm_v1_out_of_sample(corpus).join(v2, on=["id", "source"])
-            .join(corpus.select("id", "source", "unsafe", "prompt_type"), on=["id", "source"])
+            .join(corpus.select("id", "source", "group", "unsafe", "prompt_type"),
+                  on=["id", "source"])
             .filter(pl.col("p2").is_not_nan()))
     rows = rows.with_columns(pl.Series("pe", ensemble(rows["p1"], rows["p2"])))
     rows = rows.with_columns((pl.col("pe") >= 0.5).alias("ve"))
