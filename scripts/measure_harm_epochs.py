@@ -1,0 +1,85 @@
+"""Development measurement for the next harm model: harm-v2's recipe trained for more epochs,
+on the shipped grouped-CV folds, beside the shipped one-epoch predictions.
+
+Each fold trains exactly as ``judge-train --harm ... --validate --cv`` does (the same rows,
+calibration split, threshold rule and seed) with ``TrainConfig(epochs=N)``, and scores its
+held-out rows. Choosing the number of epochs on these folds makes their figures development
+figures: a model trained this way would need its own held-out check (leave-one-source-out)
+before anything ships. About 9 minutes a fold for two epochs on two idle cores, with the
+frozen layers cached (``--cache``, written on first use).
+
+    python scripts/measure_harm_epochs.py [--epochs 2] [--cache FILE] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import polars as pl
+from sklearn.metrics import f1_score, roc_auc_score
+
+from medharm_nb.judge.cross_encoder import CrossEncoder, EncoderConfig, window_pairs
+from medharm_nb.judge.harm_finetune import SOURCES, BottomCache, TrainConfig, harm_corpus
+from medharm_nb.judge.harm_model import shipped_dir
+from medharm_nb.judge.harm_release import all_folds
+from medharm_nb.judge.harm_validate import run_fold
+
+
+def summary(predictions: pl.DataFrame, corpus: pl.DataFrame) -> list[str]:
+    """Per source accuracy / F1 / AUROC on scored rows, and XSTest's safe-prompt answers
+    called unsafe."""
+    rows = predictions.drop("unsafe", strict=False).join(
+        corpus.select("id", "source", "unsafe", "prompt_type"), on=["id", "source"]).filter(
+        pl.col("p").is_not_nan())
+    out = []
+    for source in SOURCES:
+        part = rows.filter(pl.col("source") == source)
+        y, yhat = part["unsafe"].to_numpy(), part["predicted"].to_numpy()
+        out.append(f"{source} {(yhat == y).mean():.3f}/{f1_score(y, yhat):.3f}/"
+                   f"{roc_auc_score(y, part['p']):.3f}")
+    safe = rows.filter((pl.col("source") == "xstest")
+                       & ~pl.col("prompt_type").str.starts_with("contrast_"))
+    out.append(f"XSTest safe-prompt answers flagged {safe['predicted'].mean():.3f}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--external", default="../shared/external", type=Path)
+    parser.add_argument("--epochs", default=2, type=int)
+    parser.add_argument("--cache", default=None, type=Path)
+    parser.add_argument("--out", default=Path("runs/harm_epochs"), type=Path)
+    args = parser.parse_args()
+    corpus = harm_corpus(args.external)
+    encoder = EncoderConfig()
+    cache = (BottomCache.load(args.cache, encoder) if args.cache and args.cache.is_file()
+             else BottomCache())
+    if args.cache and not args.cache.is_file():
+        ok = corpus.filter(pl.col("scorable"))
+        win = window_pairs(ok["prompt"].to_list(), ok["response"].to_list(), encoder)
+        cache.fill(CrossEncoder(encoder), win.ids, win.types)
+        cache.save(args.cache, encoder)
+    shipped = pl.read_parquet(shipped_dir() / "validation" / "predictions.parquet")
+    args.out.mkdir(parents=True, exist_ok=True)
+    mine = []
+    for name, test in all_folds(corpus, cv=True):
+        if not name.startswith("cv-"):
+            continue
+        where = args.out / f"{name}-epochs{args.epochs}.parquet"
+        if not where.is_file():
+            _, pred = run_fold(corpus, name, test, cache,
+                                   config=TrainConfig(epochs=args.epochs, seed=0))
+            pred.drop("unsafe").write_parquet(where)
+        pred = pl.read_parquet(where)
+        mine.append(pred)
+        print(f"{name}, threshold {pred['threshold'][0]:g} (shipped one epoch: "
+              f"{shipped.filter(pl.col('fold') == name)['threshold'][0]:g})")
+    print("acc/F1/AUROC, scored rows")
+    print("  one epoch (shipped): " + "; ".join(
+        summary(shipped.filter(pl.col("fold").str.starts_with("cv-")), corpus)))
+    print(f"  {args.epochs} epochs:            " + "; ".join(summary(pl.concat(mine), corpus)))
+
+
+if __name__ == "__main__":
+    main()
