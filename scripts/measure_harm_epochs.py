@@ -1,5 +1,6 @@
 """Development measurement for the next harm model: harm-v2's recipe trained for more epochs,
-on the shipped grouped-CV folds, beside the shipped one-epoch predictions.
+on the shipped validation folds (grouped CV by default, or any of them by name), beside the
+shipped one-epoch predictions.
 
 Each fold trains exactly as ``judge-train --harm ... --validate --cv`` does (the same rows,
 calibration split, threshold rule and seed) with ``TrainConfig(epochs=N)``, and scores its
@@ -8,7 +9,8 @@ figures: a model trained this way would need its own held-out check (leave-one-s
 before anything ships. About 9 minutes a fold for two epochs on two idle cores, with the
 frozen layers cached (``--cache``, written on first use).
 
-    python scripts/measure_harm_epochs.py [--epochs 2] [--cache FILE] [--out DIR]
+    python scripts/measure_harm_epochs.py [--epochs 2] [--folds cv-0,cv-1,cv-2]
+        [--cache FILE] [--out DIR]
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ def summary(predictions: pl.DataFrame, corpus: pl.DataFrame) -> list[str]:
     out = []
     for source in SOURCES:
         part = rows.filter(pl.col("source") == source)
+        if part.is_empty():
+            continue
         y, yhat = part["unsafe"].to_numpy(), part["predicted"].to_numpy()
         out.append(f"{source} {(yhat == y).mean():.3f}/{f1_score(y, yhat):.3f}/"
                    f"{roc_auc_score(y, part['p']):.3f}")
     safe = rows.filter((pl.col("source") == "xstest")
                        & ~pl.col("prompt_type").str.starts_with("contrast_"))
-    out.append(f"XSTest safe-prompt answers flagged {safe['predicted'].mean():.3f}")
+    if not safe.is_empty():
+        out.append(f"XSTest safe-prompt answers flagged {safe['predicted'].mean():.3f}")
     return out
 
 
@@ -48,6 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--external", default="../shared/external", type=Path)
     parser.add_argument("--epochs", default=2, type=int)
+    parser.add_argument("--folds", default="cv-0,cv-1,cv-2",
+                        help="validation folds, comma-separated (loso-<source>, cv-<k>)")
     parser.add_argument("--cache", default=None, type=Path)
     parser.add_argument("--out", default=Path("runs/harm_epochs"), type=Path)
     args = parser.parse_args()
@@ -62,9 +69,10 @@ def main() -> None:
         cache.save(args.cache, encoder)
     shipped = pl.read_parquet(shipped_dir() / "validation" / "predictions.parquet")
     args.out.mkdir(parents=True, exist_ok=True)
+    folds = [f.strip() for f in args.folds.split(",") if f.strip()]
     mine = []
     for name, test in all_folds(corpus, cv=True):
-        if not name.startswith("cv-"):
+        if name not in folds:
             continue
         where = args.out / f"{name}-epochs{args.epochs}.parquet"
         if not where.is_file():
@@ -77,7 +85,7 @@ def main() -> None:
               f"{shipped.filter(pl.col('fold') == name)['threshold'][0]:g})")
     print("acc/F1/AUROC, scored rows")
     print("  one epoch (shipped): " + "; ".join(
-        summary(shipped.filter(pl.col("fold").str.starts_with("cv-")), corpus)))
+        summary(shipped.filter(pl.col("fold").is_in(folds)), corpus)))
     print(f"  {args.epochs} epochs:            " + "; ".join(summary(pl.concat(mine), corpus)))
 
 
