@@ -1,6 +1,6 @@
-"""Development measurement for the next harm model: harm-v2's recipe trained for more epochs,
-on the shipped validation folds (grouped CV by default, or any of them by name), beside the
-shipped one-epoch predictions.
+"""Development measurement for the next harm model: harm-v2's recipe trained for more epochs
+or with more tuned layers, on the shipped validation folds (grouped CV by default, or any of
+them by name), beside the shipped one-epoch predictions.
 
 Each fold trains exactly as ``judge-train --harm ... --validate --cv`` does (the same rows,
 calibration split, threshold rule and seed) with ``TrainConfig(epochs=N)``, and scores its
@@ -9,8 +9,8 @@ figures: a model trained this way would need its own held-out check (leave-one-s
 before anything ships. About 9 minutes a fold for two epochs on two idle cores, with the
 frozen layers cached (``--cache``, written on first use).
 
-    python scripts/measure_harm_epochs.py [--epochs 2] [--folds cv-0,cv-1,cv-2]
-        [--cache FILE] [--out DIR]
+    python scripts/measure_harm_recipe.py [--epochs 2] [--frozen-layers 4]
+        [--folds cv-0,cv-1,cv-2] [--cache FILE] [--out DIR]
 """
 
 from __future__ import annotations
@@ -53,13 +53,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--external", default="../shared/external", type=Path)
     parser.add_argument("--epochs", default=2, type=int)
+    parser.add_argument("--frozen-layers", default=EncoderConfig().frozen_layers, type=int,
+                        help="bottom layers left frozen (the shipped model: 4 of 6)")
     parser.add_argument("--folds", default="cv-0,cv-1,cv-2",
                         help="validation folds, comma-separated (loso-<source>, cv-<k>)")
     parser.add_argument("--cache", default=None, type=Path)
-    parser.add_argument("--out", default=Path("runs/harm_epochs"), type=Path)
+    parser.add_argument("--out", default=Path("runs/harm_recipe"), type=Path)
     args = parser.parse_args()
     corpus = harm_corpus(args.external)
-    encoder = EncoderConfig()
+    encoder = EncoderConfig(frozen_layers=args.frozen_layers)
     cache = (BottomCache.load(args.cache, encoder) if args.cache and args.cache.is_file()
              else BottomCache())
     if args.cache and not args.cache.is_file():
@@ -74,10 +76,12 @@ def main() -> None:
     for name, test in all_folds(corpus, cv=True):
         if name not in folds:
             continue
-        where = args.out / f"{name}-epochs{args.epochs}.parquet"
+        tag = f"epochs{args.epochs}" + ("" if args.frozen_layers == EncoderConfig().frozen_layers
+                                         else f"-frozen{args.frozen_layers}")
+        where = args.out / f"{name}-{tag}.parquet"
         if not where.is_file():
-            _, pred = run_fold(corpus, name, test, cache,
-                                   config=TrainConfig(epochs=args.epochs, seed=0))
+            _, pred = run_fold(corpus, name, test, cache, encoder=encoder,
+                               config=TrainConfig(epochs=args.epochs, seed=0))
             pred.drop("unsafe").write_parquet(where)
         pred = pl.read_parquet(where)
         mine.append(pred)
@@ -86,7 +90,7 @@ def main() -> None:
     print("acc/F1/AUROC, scored rows")
     print("  one epoch (shipped): " + "; ".join(
         summary(shipped.filter(pl.col("fold").is_in(folds)), corpus)))
-    print(f"  {args.epochs} epochs:            " + "; ".join(summary(pl.concat(mine), corpus)))
+    print(f"  {tag}:            " + "; ".join(summary(pl.concat(mine), corpus)))
 
 
 if __name__ == "__main__":
