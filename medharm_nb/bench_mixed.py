@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from medharm_nb.bench import bench_prompts, naive_answer
+from medharm_nb.bench import bench_prompts, naive_answer, static_generate
 from medharm_nb.records import GenConfig, ModelSpec
 
 
@@ -43,34 +43,6 @@ def static_sizes(n: int) -> tuple[int, ...]:
     smaller ones only lose on a CPU, where a step costs at least a read of the weights)."""
     top = 1 << (min(n, 256).bit_length() - 1)
     return tuple(s for s in (top // 8, top // 4, top // 2, top) if s >= 1)
-
-
-def static_generate(backend, rendered: list[str], limits: list[int],
-                    size: int) -> tuple[list[list[int]], int]:
-    """Plain ``model.generate`` in batches of ``size`` (left-padded, greedy), each running to
-    its longest answer; every answer cut at its stop or its limit. Returns the answers and
-    the row-steps run (rows x steps, summed over batches)."""
-    import torch
-
-    model, tok = backend.model, backend.tokenizer
-    answers: list[list[int]] = []
-    row_steps = 0
-    for start in range(0, len(rendered), size):
-        chunk = list(range(start, min(len(rendered), start + size)))
-        enc = tok([rendered[i] for i in chunk], return_tensors="pt", padding=True,
-                  padding_side="left", add_special_tokens=False).to(model.device)
-        with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=max(limits[i] for i in chunk),
-                                 do_sample=False, eos_token_id=sorted(backend.stop_ids),
-                                 pad_token_id=tok.pad_token_id, temperature=None,
-                                 top_p=None, top_k=None)
-        width = enc["input_ids"].shape[1]
-        row_steps += len(chunk) * (out.shape[1] - width)
-        for row, i in enumerate(chunk):
-            new = out[row, width:].tolist()
-            stops = [j for j, t in enumerate(new) if t in backend.stop_ids]
-            answers.append((new[:stops[0]] if stops else new)[:limits[i]])
-    return answers, row_steps
 
 
 def bench_mixed(spec: ModelSpec, n: int = 64, cap: int = 128,
