@@ -314,8 +314,7 @@ def _new_cache(model) -> dict:
     5.x, ``past_key_values`` before), so the same loop runs on both."""
     from transformers import DynamicCache
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {hf_slots.cache_keyword(model): DynamicCache(config=base.config)}
+    return {hf_slots.cache_keyword(model): DynamicCache(config=hf_slots.base_model(model).config)}
 
 
 def run_size(widths: Sequence[int], budget: int, cap: int) -> tuple[int, int]:

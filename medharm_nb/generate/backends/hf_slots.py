@@ -120,6 +120,7 @@ def cache_keyword(model) -> str:
 
 
 def base_model(model):
+    """The transformers model under a peft wrapper (the model itself when unwrapped)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
@@ -145,7 +146,6 @@ def attention_kinds(model, columns: int) -> str | None:
     if types:  # every layer full: the window setting is not used
         return None
     return "sliding" if getattr(config, "use_sliding_window", True) else None
-
 
 
 def shared_prefix(sequences: Sequence[list[int]]) -> int:
