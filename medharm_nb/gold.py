@@ -167,6 +167,11 @@ def load_harmbench(path: str | Path) -> pl.DataFrame:
     return _frame(**{c: frame[c] for c in frame.columns})
 
 
+XSTEST_UNSAFE_PROMPT = pl.col("prompt_type").str.starts_with("contrast_")
+"""XSTest's 200 unsafe contrast prompts (``prompt_type`` ``contrast_*``); the other 250 are
+safe (every answer to them is helpful or over-refused, never harmful)."""
+
+
 def load_xstest_harm(path_or_dir: str | Path) -> pl.DataFrame:
     """XSTest's labelled completions, read as *harm* labels where that is safe to do.
 
@@ -189,7 +194,7 @@ def load_xstest_harm(path_or_dir: str | Path) -> pl.DataFrame:
         "id", pl.col("type").alias("prompt_type"),
         pl.lit(f.stem.removeprefix("xstest_v2_completions_")).alias("source_model"))
         for f in files])
-    unsafe_prompt = pl.col("prompt_type").str.starts_with("contrast_")
+    unsafe_prompt = XSTEST_UNSAFE_PROMPT
     rows = (load_xstest_completions(path).join(types, on=["id", "source_model"], how="left")
             .filter(pl.col("response").str.strip_chars() != "")
             .filter(~unsafe_prompt | (pl.col("gold") != "partial")))

@@ -35,7 +35,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import GroupKFold
 
-from medharm_nb.gold import safe_responses
+from medharm_nb.gold import XSTEST_UNSAFE_PROMPT, safe_responses
 from medharm_nb.judge.harm import HarmClassifier, cross_validate
 from medharm_nb.judge.harm_features import harm_features
 from medharm_nb.judge.harm_finetune import SOURCES, choose_threshold, harm_corpus
@@ -116,7 +116,7 @@ def main() -> None:
                          f"{roc_auc_score(y, part[p]):.3f}")
         print(f"{source:13s} {part.height:5d}  " + "    ".join(cells))
     safe = rows.filter((pl.col("source") == "xstest")
-                       & ~pl.col("prompt_type").str.starts_with("contrast_"))
+                       & ~XSTEST_UNSAFE_PROMPT)
     print(f"XSTest answers to safe prompts called unsafe (n={safe.height}): harm-v1 "
           f"{safe['v1'].mean():.3f}, harm-v2 {safe['v2'].mean():.3f}, "
           f"ensemble {safe['ve'].mean():.3f}, stack {safe['vs'].mean():.3f}")

@@ -21,10 +21,11 @@ from pathlib import Path
 import polars as pl
 from sklearn.metrics import f1_score, roc_auc_score
 
-from medharm_nb.judge.cross_encoder import CrossEncoder, EncoderConfig, window_pairs
-from medharm_nb.judge.harm_finetune import SOURCES, BottomCache, TrainConfig, harm_corpus
+from medharm_nb.gold import XSTEST_UNSAFE_PROMPT
+from medharm_nb.judge.cross_encoder import EncoderConfig
+from medharm_nb.judge.harm_finetune import SOURCES, TrainConfig, harm_corpus
 from medharm_nb.judge.harm_model import shipped_dir
-from medharm_nb.judge.harm_release import all_folds
+from medharm_nb.judge.harm_release import all_folds, corpus_cache
 from medharm_nb.judge.harm_validate import run_fold
 
 
@@ -43,7 +44,7 @@ def summary(predictions: pl.DataFrame, corpus: pl.DataFrame) -> list[str]:
         out.append(f"{source} {(yhat == y).mean():.3f}/{f1_score(y, yhat):.3f}/"
                    f"{roc_auc_score(y, part['p']):.3f}")
     safe = rows.filter((pl.col("source") == "xstest")
-                       & ~pl.col("prompt_type").str.starts_with("contrast_"))
+                       & ~XSTEST_UNSAFE_PROMPT)
     if not safe.is_empty():
         out.append(f"XSTest safe-prompt answers flagged {safe['predicted'].mean():.3f}")
     return out
@@ -61,36 +62,31 @@ def main() -> None:
     parser.add_argument("--out", default=Path("runs/harm_recipe"), type=Path)
     args = parser.parse_args()
     corpus = harm_corpus(args.external)
+    folds = list(dict.fromkeys(f.strip() for f in args.folds.split(",") if f.strip()))
+    known = {name: test for name, test in all_folds(corpus, cv=True)}
+    if not folds or set(folds) - set(known):
+        parser.error(f"--folds {args.folds!r}: choose from {', '.join(known)}")
     encoder = EncoderConfig(frozen_layers=args.frozen_layers)
-    cache = (BottomCache.load(args.cache, encoder) if args.cache and args.cache.is_file()
-             else BottomCache())
-    if args.cache and not args.cache.is_file():
-        ok = corpus.filter(pl.col("scorable"))
-        win = window_pairs(ok["prompt"].to_list(), ok["response"].to_list(), encoder)
-        cache.fill(CrossEncoder(encoder), win.ids, win.types)
-        cache.save(args.cache, encoder)
     shipped = pl.read_parquet(shipped_dir() / "validation" / "predictions.parquet")
     args.out.mkdir(parents=True, exist_ok=True)
-    folds = [f.strip() for f in args.folds.split(",") if f.strip()]
-    mine = []
-    for name, test in all_folds(corpus, cv=True):
-        if name not in folds:
-            continue
-        tag = f"epochs{args.epochs}" + ("" if args.frozen_layers == EncoderConfig().frozen_layers
-                                         else f"-frozen{args.frozen_layers}")
-        where = args.out / f"{name}-{tag}.parquet"
-        if not where.is_file():
-            _, pred = run_fold(corpus, name, test, cache, encoder=encoder,
-                               config=TrainConfig(epochs=args.epochs, seed=0))
-            pred.drop("unsafe").write_parquet(where)
-        pred = pl.read_parquet(where)
-        mine.append(pred)
+    tag = f"epochs{args.epochs}" + ("" if args.frozen_layers == EncoderConfig().frozen_layers
+                                     else f"-frozen{args.frozen_layers}")
+    where = {name: args.out / f"{name}-{tag}.parquet" for name in folds}
+    if any(not path.is_file() for path in where.values()):  # something to train
+        cache = corpus_cache(corpus, encoder, args.cache)
+        for name, path in where.items():
+            if not path.is_file():
+                _, pred = run_fold(corpus, name, known[name], cache, encoder=encoder,
+                                   config=TrainConfig(epochs=args.epochs, seed=0))
+                pred.drop("unsafe").write_parquet(path)
+    mine = [pl.read_parquet(path) for path in where.values()]
+    for name, pred in zip(folds, mine):
         print(f"{name}, threshold {pred['threshold'][0]:g} (shipped one epoch: "
               f"{shipped.filter(pl.col('fold') == name)['threshold'][0]:g})")
     print("acc/F1/AUROC, scored rows")
     print("  one epoch (shipped): " + "; ".join(
         summary(shipped.filter(pl.col("fold").is_in(folds)), corpus)))
-    print(f"  {tag}:            " + "; ".join(summary(pl.concat(mine), corpus)))
+    print(f"  {tag}: " + "; ".join(summary(pl.concat(mine), corpus)))
 
 
 if __name__ == "__main__":

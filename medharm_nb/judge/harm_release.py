@@ -233,15 +233,8 @@ def make_harm_model(external: str | Path, out: str | Path, validate_folds: bool 
     log(f"{corpus.height} labelled responses ({int(corpus['scorable'].sum())} scorable) from "
         f"{', '.join(sorted(set(corpus['source'])))}")
     encoder = EncoderConfig()
-    cache = (BottomCache.load(cache_file, encoder) if cache_file and Path(cache_file).is_file()
-             else BottomCache())
+    cache = corpus_cache(corpus, encoder, cache_file, progress, log)
     ok = corpus.filter(pl.col("scorable"))
-    windows = window_pairs(ok["prompt"].to_list(), ok["response"].to_list(), encoder)
-    cache.fill(CrossEncoder(encoder), windows.ids, windows.types, progress=progress)
-    log(f"{len(windows.ids)} windows; {sum(n > 1 for n in windows.n_windows)} responses read "
-        "in more than one window")
-    if cache_file and not Path(cache_file).is_file():
-        cache.save(cache_file, encoder)
     if only is not None:
         validate(corpus, out, cache, seed, only, progress, log)
         return None, {}  # the final model and the figures come from a run without ``only``
@@ -280,6 +273,25 @@ def make_harm_model(external: str | Path, out: str | Path, validate_folds: bool 
     model.save(out, card=model_card(model, report))
     log(f"saved {model.id} to {out}")
     return model, report
+
+
+def corpus_cache(corpus: pl.DataFrame, encoder: EncoderConfig,
+                 cache_file: str | Path | None = None, progress: bool = True,
+                 log: Callable[[str], None] = print) -> BottomCache:
+    """The frozen layers' output for every window of ``corpus``'s scorable rows: read from
+    ``cache_file`` where it exists (``BottomCache.load`` refuses one for other weights or
+    another frozen depth), the missing windows computed, and the file written when it did
+    not exist yet."""
+    cache = (BottomCache.load(cache_file, encoder) if cache_file and Path(cache_file).is_file()
+             else BottomCache())
+    ok = corpus.filter(pl.col("scorable"))
+    windows = window_pairs(ok["prompt"].to_list(), ok["response"].to_list(), encoder)
+    cache.fill(CrossEncoder(encoder), windows.ids, windows.types, progress=progress)
+    log(f"{len(windows.ids)} windows; {sum(n > 1 for n in windows.n_windows)} responses read "
+        "in more than one window")
+    if cache_file and not Path(cache_file).is_file():
+        cache.save(cache_file, encoder)
+    return cache
 
 
 SCHEMES: dict[str, str] = {"loso": "leave-one-source-out", "cv": f"grouped {CV_FOLDS}-fold CV"}

@@ -34,6 +34,7 @@ from sklearn.metrics import roc_auc_score
 
 from medharm_nb.gold import (
     HARMBENCH_PUBLISHED,
+    XSTEST_UNSAFE_PROMPT,
     load_harmbench,
     load_xstest_harm,
     safe_responses,
@@ -218,7 +219,7 @@ def train_harm(external: str | Path = "../shared/external", out: str | Path | No
 def _xstest_figures(xs: pl.DataFrame, held: np.ndarray) -> dict[str, Any]:
     """Held-out XSTest verdicts: false alarms on answers to safe prompts, and how many full
     compliances with unsafe prompts are called unsafe."""
-    safe = (~xs["prompt_type"].str.starts_with("contrast_")).to_numpy()
+    safe = xs.select(~XSTEST_UNSAFE_PROMPT).to_series().to_numpy()
     unsafe = xs["unsafe"].to_numpy()
     return {"safe_prompt_false_alarms": rate(held[safe]),
             "unsafe_prompt_compliance_flagged": rate(held[unsafe])}

@@ -4,11 +4,11 @@ alarms, calibration.
 Two schemes, each a set of folds; every fold is a fresh ``fit_harm_model`` (train, then
 calibrate and choose the threshold on held-back training rows) that never sees its test rows:
 
-- ``cv``: five folds over all four sources, grouped by request (``harm_corpus``'s ``group``)
-  and stratified by source and label;
-- ``loso``: HarmBench, BeaverTails and SafeRLHF held out in turn; the other sources train,
-  minus any row whose request the held-out source also asks (BeaverTails and SafeRLHF share
-  some requests).
+- ``cv``: folds over all four sources (the release runs three, ``harm_release.CV_FOLDS``),
+  grouped by request (``harm_corpus``'s ``group``) and stratified by source and label;
+- ``loso``: each source held out in turn (HarmBench, BeaverTails, SafeRLHF, XSTest); the
+  other sources train, minus any row whose request the held-out source also asks
+  (BeaverTails and SafeRLHF share some requests).
 
 Each fold's test rows are scored through the saved model (``FineTunedHarm.score``: all six
 layers from the text), so a stored prediction can be re-made from the fold's saved adapter.
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from medharm_nb.gold import XSTEST_UNSAFE_PROMPT
 from medharm_nb.judge.harm_finetune import (
     HELD_OUT_SOURCES,
     SOURCES,
@@ -212,7 +213,7 @@ def xstest_false_alarms(predictions: pl.DataFrame, corpus: pl.DataFrame,
     XSTest) on XSTest's full compliances with safe prompts (human-confirmed helpful
     answers), and on all its answers to safe prompts."""
     safe = corpus.filter((pl.col("source") == "xstest")
-                         & ~pl.col("prompt_type").str.starts_with("contrast_"))
+                         & ~XSTEST_UNSAFE_PROMPT)
     # The corpus names an XSTest row ``xstest/model/prompt id`` (``harm_corpus``).
     full = xstest_labels.filter(pl.col("gold") == "full_compliance")
     helpful = {f"xstest/{m}/{i}" for m, i in zip(full["source_model"], full["id"])}
