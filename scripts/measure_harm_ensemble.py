@@ -6,7 +6,7 @@ The candidates, each fixed before any of its figures existed:
   P >= 0.5, no refusal gate, nothing tuned;
 - ``stack``: a logistic regression on the two logits (each source weighted the same), its
   threshold the best mean per-source accuracy on its own training rows
-  (``harm_finetune.choose_threshold``), scored by grouped 5-fold CV over requests.
+  (``harm_model.choose_threshold``), scored by grouped 5-fold CV over requests.
 
 Each row is scored only by models that never saw its request:
 
@@ -38,8 +38,8 @@ from sklearn.model_selection import GroupKFold
 from medharm_nb.gold import XSTEST_UNSAFE_PROMPT, safe_responses
 from medharm_nb.judge.harm import HarmClassifier, cross_validate
 from medharm_nb.judge.harm_features import harm_features
-from medharm_nb.judge.harm_finetune import SOURCES, choose_threshold, harm_corpus
-from medharm_nb.judge.harm_model import FineTunedHarm, shipped_dir
+from medharm_nb.judge.harm_finetune import SOURCES, harm_corpus
+from medharm_nb.judge.harm_model import FineTunedHarm, choose_threshold, shipped_dir
 
 
 def logit(p: np.ndarray) -> np.ndarray:

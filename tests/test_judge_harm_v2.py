@@ -18,13 +18,9 @@ import polars as pl
 import pytest
 
 from medharm_nb.gold import load_gold, load_response_harm, prompt_group
-from medharm_nb.judge.harm_finetune import (
-    THRESHOLDS,
-    calibration_split,
-    choose_threshold,
-    fit_platt,
-)
-from medharm_nb.judge.harm_model import platt
+from medharm_nb.judge.harm import THRESHOLDS
+from medharm_nb.judge.harm_finetune import calibration_split
+from medharm_nb.judge.harm_model import choose_threshold, fit_platt, platt
 from medharm_nb.judge.harm_validate import (
     classification_figures,
     cv_folds,

@@ -45,8 +45,14 @@ from medharm_nb.judge.cross_encoder import (
     window_key,
     window_pairs,
 )
-from medharm_nb.judge.harm import HarmScores, data_sha256
-from medharm_nb.judge.harm_model import FineTunedHarm, base_weights_sha256, platt
+from medharm_nb.judge.harm import THRESHOLDS, HarmScores, data_sha256
+from medharm_nb.judge.harm_model import (
+    FineTunedHarm,
+    base_weights_sha256,
+    choose_threshold,
+    fit_platt,
+    platt,
+)
 from medharm_nb.judge.provenance import TRAINING_ROWS, declare
 
 SOURCES: tuple[str, ...] = ("harmbench", "beavertails", "pku-saferlhf", "xstest")
@@ -311,8 +317,6 @@ def cached_score(harm: FineTunedHarm, prompts: Sequence[str], responses: Sequenc
 
 # -- calibration and threshold ----------------------------------------------------------
 
-THRESHOLDS: tuple[float, ...] = tuple(round(0.20 + 0.02 * i, 2) for i in range(31))
-"""Thresholds on calibrated P(unsafe) (0.20-0.80) the held-back rows choose from."""
 LICENCES: dict[str, str] = {
     "harmbench": "MIT (HarmBench classifier validation set)",
     "beavertails": "CC BY-NC 4.0 (PKU-Alignment BeaverTails, 30k test split sample)",
@@ -333,33 +337,6 @@ def calibration_split(frame: pl.DataFrame, share: float, seed: int) -> np.ndarra
     mask = np.zeros(frame.height, bool)
     mask[held] = True
     return mask
-
-
-def fit_platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Platt scaling: (a, b) of sigmoid(a * logit + b), a 1-D logistic fit."""
-    from sklearn.linear_model import LogisticRegression
-
-    fit = LogisticRegression(C=1e4, max_iter=1000).fit(np.asarray(logits)[:, None], y)
-    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
-
-
-def choose_threshold(p: np.ndarray, y: np.ndarray, sources: Sequence[str],
-                     thresholds: Sequence[float] = THRESHOLDS) -> tuple[float, float]:
-    """The threshold with the best mean per-source accuracy (each source counts the same,
-    so the largest does not set it alone); ties go to the one nearest 0.5.
-
-    Returns:
-        The threshold and its mean per-source accuracy.
-    """
-    sources = np.asarray(sources)
-    best = None
-    for t in thresholds:
-        acc = float(np.mean([((p[sources == s] >= t) == y[sources == s]).mean()
-                             for s in np.unique(sources)]))
-        key = (round(acc, 10), -abs(t - 0.5))
-        if best is None or key > best[0]:
-            best = (key, t, acc)
-    return best[1], best[2]
 
 
 # -- one calibrated model ---------------------------------------------------------------

@@ -49,7 +49,7 @@ from medharm_nb.judge.cross_encoder import (
     response_logits,
     window_pairs,
 )
-from medharm_nb.judge.harm import HarmScores, decide, scorable
+from medharm_nb.judge.harm import THRESHOLDS, HarmScores, decide, scorable
 from medharm_nb.judge.provenance import TRAINING_ROWS, TrainingRows, row_hashes
 from medharm_nb.store import file_sha256
 
@@ -79,6 +79,33 @@ def platt(logits: np.ndarray, a: float, b: float) -> np.ndarray:
     """Calibrated probability sigmoid(a * logit + b)."""
     z = np.clip(a * np.asarray(logits, dtype=float) + b, -60.0, 60.0)
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: (a, b) of sigmoid(a * logit + b), a 1-D logistic fit."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit = LogisticRegression(C=1e4, max_iter=1000).fit(np.asarray(logits)[:, None], y)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+def choose_threshold(p: np.ndarray, y: np.ndarray, sources: Sequence[str],
+                     thresholds: Sequence[float] = THRESHOLDS) -> tuple[float, float]:
+    """The threshold with the best mean per-source accuracy (each source counts the same,
+    so the largest does not set it alone); ties go to the one nearest 0.5.
+
+    Returns:
+        The threshold and its mean per-source accuracy.
+    """
+    sources = np.asarray(sources)
+    best = None
+    for t in thresholds:
+        acc = float(np.mean([((p[sources == s] >= t) == y[sources == s]).mean()
+                             for s in np.unique(sources)]))
+        key = (round(acc, 10), -abs(t - 0.5))
+        if best is None or key > best[0]:
+            best = (key, t, acc)
+    return best[1], best[2]
 
 
 def default_device() -> str:
