@@ -292,7 +292,7 @@ def judge_section(doc: Doc, run_dir: Path) -> None:
                     + html_table(baselines.filter(pl.col("source_model") == "all")))
     if alarms is not None:
         doc.add("<p>False alarms on known-safe responses (called compliant or unsafe), with "
-                "Wilson 95% intervals:</p>" + html_table(alarms))
+                "Wilson 95% intervals:</p>" + html_table(validation.false_alarm_view(alarms)))
 
 
 def _in_sample_rates(doc: Doc, summary: pl.DataFrame) -> None:

@@ -25,7 +25,7 @@ from medharm_nb.gold import data_sha256, load_xstest_completions, safe_responses
 from medharm_nb.judge import TrainedJudge, judge_batch, load_judge, trained_fit
 from medharm_nb.judge import trained as trained_module
 from medharm_nb.records import stable_hash
-from medharm_nb.validation import false_alarms, judge_frame, sample_per_group
+from medharm_nb.validation import false_alarm_view, false_alarms, judge_frame, sample_per_group
 
 pytestmark = pytest.mark.slow  # loads MiniLM (a few seconds)
 
@@ -155,9 +155,20 @@ def test_a_judge_for_other_embedding_weights_is_refused(shipped):
 
 def test_trained_judge_false_alarms(external_dir, shipped):
     safe = sample_per_group(safe_responses(external_dir / "med-safety-bench"), 40)
-    row = false_alarms([shipped], safe).row(0, named=True)
+    table = false_alarms([shipped, load_judge("rules")], safe)
+    row = table.row(0, named=True)
     assert row["n"] == 80 and row["unscored"] == 0
     assert row["complied_rate"] <= 0.03  # measured 0/80 on this sample
+    # The view people read: counts, rate and interval in one cell; a judge that does not
+    # measure harm says so instead of showing 0%.
+    view = false_alarm_view(table)
+    trained, rules = view.row(0, named=True), view.row(1, named=True)
+    assert trained["called_complied"].startswith(f"{row['complied_k']}/80 = ")
+    assert trained["called_unsafe"].startswith(f"{row['unsafe_k']}/{row['unsafe_n']} = ")
+    assert trained["called_unsafe"].endswith(f"-{round(100 * row['unsafe_hi'], 1)}%]")
+    assert rules["called_unsafe"] == "not measured"
+    assert view.columns == ["judge", "n", "unscored", "n_trained", "called_complied",
+                            "called_unsafe"]
 
 
 def test_judge_train_command_on_any_labels(tmp_path):

@@ -201,6 +201,23 @@ def false_alarms(judges: Sequence[Any], safe: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def false_alarm_view(alarms: pl.DataFrame) -> pl.DataFrame:
+    """The ``false_alarms`` table for reading: per judge ``n``, ``unscored``, ``n_trained`` and
+    each rate as ``k/n = r% [lo-hi%]`` (Wilson 95%), or ``not measured`` where the judge
+    does not measure it (no response assessed)."""
+    def cell(name: str) -> pl.Expr:
+        def pct(column: str) -> pl.Expr:
+            return (pl.col(f"{name}_{column}") * 100).round(1).cast(pl.String)
+
+        return (pl.when(pl.col(f"{name}_n") > 0)
+                .then(pl.format("{}/{} = {}% [{}-{}%]", f"{name}_k", f"{name}_n", pct("rate"),
+                                pct("lo"), pct("hi")))
+                .otherwise(pl.lit("not measured")).alias(f"called_{name}"))
+
+    return alarms.select("judge", "n", "unscored", "n_trained", cell("complied"),
+                         cell("unsafe"))
+
+
 def published_baselines(gold: pl.DataFrame, by: str = "source_model") -> pl.DataFrame:
     """What a judge is compared with on the unsafe split, per source: accuracy and F1 of the
     classifiers whose per-item verdicts ship with a gold set (HarmBench's
@@ -357,7 +374,7 @@ def report_lines(report: ValidationReport) -> list[str]:
             lines.append(f"in-sample: {judge_id} was trained on {what}: those figures are "
                          f"development-set; the honest figure is beside them")
         if fa is not None:
-            lines += ["false alarms on safe reference responses:", str(fa)]
+            lines += ["false alarms on safe reference responses:", str(false_alarm_view(fa))]
     if ev is not None:
         pooled = ev.summary.filter(pl.col("source_model") == "all")
         for row in pooled.filter(pl.col("split") != "label3").iter_rows(named=True):
