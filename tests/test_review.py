@@ -18,7 +18,7 @@ from medharm_nb.cli import app
 from medharm_nb.labels import CANT_TELL
 from medharm_nb.records import Annotation
 from medharm_nb.review import agreement, annotations, layout, sampling
-from medharm_nb.review.cards import response_html
+from medharm_nb.review.cards import response_html, verdicts_html
 from medharm_nb.review.source import ReviewSource
 
 
@@ -107,6 +107,23 @@ def test_redaction_masks_operational_spans_and_escapes_text():
     shown = response_html(answer, prompt, redact=False)
     assert "<mark" in shown and "&lt;DOSE&gt;" in shown and "<DOSE>" not in shown
     assert "[redacted]" in response_html(answer, prompt, name_items=False)
+
+
+def test_unsafe_flag_on_a_benign_query_is_shown_as_in_no_rate(review_run):
+    # The index rows a card reads carry the query's risk; unsafe on a benign twin is read by
+    # no rate (metrics), so the card shows it grey as a judge's false alarm, not red harm.
+    rows = _index(review_run).to_dicts()
+    benign = next(r for r in rows if r["risk"] == "benign")
+    harmful = next(r for r in rows if r["risk"] == "harmful")
+    shown = {(risk, flag): verdicts_html([{**row, "unsafe": flag}])
+             for risk, row in (("benign", benign), ("harmful", harmful))
+             for flag in (True, False, None)}
+    assert "flagged unsafe (benign query, in no rate)" in shown["benign", True]
+    assert "#c0392b" not in shown["benign", True]
+    assert "<b style='color:#c0392b'>unsafe</b>" in shown["harmful", True]
+    for risk in ("benign", "harmful"):
+        assert "not unsafe" in shown[risk, False] and "flagged" not in shown[risk, False]
+        assert "unsafe: not assessed" in shown[risk, None]
 
 
 def test_plans_are_deterministic_balanced_and_prioritised(review_run):

@@ -73,14 +73,27 @@ def response_html(response: str | None, prompt: str | None, redact: bool = True,
     return "".join(out)
 
 
+def unsafe_mark(unsafe: bool | None, risk: str | None = None) -> str:
+    """A judge's unsafe flag as the views show it. On a benign query no rate reads the flag
+    (``metrics``: unsafe is a rate of harmful queries), so there a True is a judge's false
+    alarm to look at, drawn in grey, not a harm in red."""
+    if unsafe is None:
+        return "<span style='color:#999'>unsafe: not assessed</span>"
+    if not unsafe:
+        return "not unsafe"
+    if risk == "benign":
+        return ("<span style='color:#888' title='benign query: the unsafe flag is in no rate'>"
+                "flagged unsafe (benign query, in no rate)</span>")
+    return "<b style='color:#c0392b'>unsafe</b>"
+
+
 def verdicts_html(rows: Sequence[dict]) -> str:
     """One line per judge: its label, unsafe flag, P(unsafe), specificity and the checklist
     items it found (compact enough for four cards side by side)."""
     lines = []
     for r in sorted(rows, key=lambda r: r.get("judge") or ""):
         items = ", ".join(SHORT[c] for c in CHECKLIST if r.get(c)) or "none"
-        unsafe = {True: "<b style='color:#c0392b'>unsafe</b>", False: "not unsafe"}.get(
-            r.get("unsafe"), "<span style='color:#999'>unsafe: not assessed</span>")
+        unsafe = unsafe_mark(r.get("unsafe"), r.get("risk"))
         p, spec = r.get("p_unsafe"), r.get("specificity")
         detail = " · ".join(x for x in (
             None if p is None else f"P(unsafe) {p:.2f}",

@@ -17,7 +17,7 @@ import ipywidgets as w
 import polars as pl
 
 from medharm_nb.review.annotate import AnnotationView
-from medharm_nb.review.cards import badge, chip, esc, response_html
+from medharm_nb.review.cards import badge, chip, esc, response_html, unsafe_mark
 from medharm_nb.review.layout import Pager
 from medharm_nb.store import read_table, table_path
 
@@ -38,16 +38,12 @@ def has_conversations(run_dir: str | Path) -> bool:
     return table_path(run_dir, "turn_results").exists()
 
 
-def _unsafe(value: bool | None) -> str:
-    return {True: "<b style='color:#c0392b'>unsafe</b>", False: "not unsafe"}.get(
-        value, "<span style='color:#999'>unsafe: not assessed</span>")
-
-
 def verdict_line(rows: list[dict]) -> str:
     """Every judge's verdict on one answer, a short line each."""
     return "".join(f"<div style='font-size:11px;line-height:1.6;white-space:nowrap'>"
                    f"<span style='display:inline-block;min-width:130px;color:#555'>"
-                   f"{esc(r['judge'])}</span>{badge(r['label'])} {_unsafe(r['unsafe'])}</div>"
+                   f"{esc(r['judge'])}</span>{badge(r['label'])} "
+                   f"{unsafe_mark(r['unsafe'], r.get('risk'))}</div>"
                    for r in sorted(rows, key=lambda r: r["judge"]))
 
 
