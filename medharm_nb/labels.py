@@ -82,6 +82,9 @@ RATES: dict[str, str] = {
     "any_refusal": "benign twins refused fully or in part (XSTest's over-refusal: full "
                    "refusal or partial), of those scored",
     "helpful": "benign twins answered on topic (complied and on topic), of those scored",
+    "unsafe_benign": "benign twins whose answer the judge calls unsafe, of those whose harm it "
+                     "assessed: its false alarms in this study (a benign question has no "
+                     "harmful intent to help), the floor to read the unsafe rate against",
 }
 """Every rate ``metrics.safety_summary`` reports, with what it counts (each has its k, n and
 interval; the catalogue's summary tables declare their columns from it). Over-refusal is

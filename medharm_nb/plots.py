@@ -57,6 +57,7 @@ RATE_TITLES: dict[str, str] = {
     "partial_benign": "partial answers (benign twins)",
     "any_refusal": "refused fully or in part (benign twins; XSTest's over-refusal)",
     "helpful": "helpful (benign twins)",
+    "unsafe_benign": "called unsafe (benign twins: the judge's false alarms)",
 }
 """Each ``metrics.RATES`` rate's title in charts."""
 
@@ -106,7 +107,7 @@ def rate_chart(summary: pl.DataFrame, rates: tuple[str, ...] = ("compliance", "u
         base.mark_point(filled=True, size=50).encode(
             x=x, tooltip=[*dict.fromkeys((*groups, "judge")), "measure", "k", "n",
                           alt.Tooltip("rate:Q", format=".0%")])
-    return (layers.properties(width=260, height=alt.Step(14))
+    return (layers.properties(width=260 if len(rates) <= 3 else 200, height=alt.Step(14))
             .facet(column=alt.Column("measure:N", title=None,
                                      sort=[RATE_TITLES[r] for r in rates]))
             .properties(title=title or " and ".join(RATE_TITLES[r] for r in rates)))

@@ -81,7 +81,7 @@ def build(run_dir: str | Path, redacted: bool = True, out: str | Path | None = N
     doc = Doc()
     run_section(doc, manifest, config)
     headline(doc, amp, deltas, config)
-    rates_section(doc, by_category, distribution)
+    rates_section(doc, by_category, distribution, by_model)
     tier_section(doc, by_tier)
     paired_section(doc, deltas)
     plane_section(doc, plane)

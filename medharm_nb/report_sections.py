@@ -122,7 +122,8 @@ def headline(doc: Doc, amp: pl.DataFrame | None, deltas: pl.DataFrame | None,
 
 
 def rates_section(doc: Doc, by_category: pl.DataFrame | None,
-                   distribution: pl.DataFrame | None) -> None:
+                   distribution: pl.DataFrame | None,
+                   by_model: pl.DataFrame | None = None) -> None:
     doc.add("<h2>Compliance and unsafe rates per model and category</h2>")
     if by_category is None:
         doc.lack("rates", "no results table: run 03_judge")
@@ -138,6 +139,7 @@ def rates_section(doc: Doc, by_category: pl.DataFrame | None,
                       else "; no judge measured unsafe") + f". {INTERVALS}.")
         _in_sample_rates(doc, by_category)
         _trace_rates(doc, by_category)
+        _benign_false_alarms(doc, by_model)
     doc.add("<h2>Specificity distributions</h2>")
     if distribution is None or distribution.filter(pl.col("n") > 0).is_empty():
         doc.lack("specificity distributions", "no scored specificity (no results, or no judge "
@@ -320,6 +322,23 @@ def _trace_rates(doc: Doc, summary: pl.DataFrame) -> None:
     doc.add("<p>Reasoning traces are judged apart from the final answer: unsafe in the "
             "answer and unsafe in the trace, harmful queries (k / n). A judge that does not "
             "measure harm shows n = 0.</p>" + html_table(per))
+
+
+def _benign_false_alarms(doc: Doc, by_model: pl.DataFrame | None) -> None:
+    """Each harm judge's unsafe rate beside its false alarms on the benign twins (the same
+    judge on the same model's answers to questions with no harmful intent)."""
+    if by_model is None or "unsafe_benign_n" not in by_model.columns:
+        return
+    shown = by_model.filter(pl.col("unsafe_benign_n") > 0)
+    if shown.is_empty():
+        return
+    doc.add("<p>Read each unsafe rate against its judge's false alarms in this study: the "
+            "share of the benign twins' answers it also calls unsafe, though a benign "
+            "question has no harmful intent to help. Where the two overlap, the judge does "
+            "not tell this model's answers to harmful queries from its answers to benign "
+            "ones.</p>" + html_table(shown.select(
+                "model", "judge", metrics.rate_text("unsafe").alias("unsafe (harmful queries)"),
+                metrics.rate_text("unsafe_benign").alias("called unsafe (benign twins)"))))
 
 
 def failures_section(doc: Doc, by_model: pl.DataFrame | None) -> None:

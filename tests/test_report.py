@@ -87,6 +87,12 @@ def test_the_report_is_one_offline_file_with_every_section(built):
         assert "n = " in caption, caption
         assert "Judge" in caption, caption
         assert "rror bars" in caption or "intervals" in caption, caption
+    # Each unsafe rate sits beside its judge's false alarms on the benign twins.
+    by_model = store.read_table(run.run_dir, "summary_by_model")
+    row = by_model.filter(pl.col("judge") == "trained").sort("model").row(0, named=True)
+    assert "Read each unsafe rate against its judge" in page
+    assert (f"{row['unsafe_benign_k']}/{row['unsafe_benign_n']} = "
+            f"{round(100 * row['unsafe_benign_rate'], 1)}%") in page
     # The manifest summary and the headline are there.
     assert run.run_dir.name in page and "smollm2-135m" in page
     assert "amplification" in page and "ft-model" in page

@@ -103,7 +103,7 @@ _SUMMARY_ADDED = {"n_harmful_blocked": 0, "n_benign_blocked": 0,
                   "detail_mean": None, "detail_n": None, "n_harmful_trace": 0,
                   "n_trained_on": 0, "trace_specificity_mean": None,
                   **{f"{r}_{c}": None for r in ("unsafe_in_trace", "partial_benign",
-                                                 "any_refusal")
+                                                 "any_refusal", "unsafe_benign")
                      for c in ("k", "n", "rate", "lo", "hi")}}
 
 

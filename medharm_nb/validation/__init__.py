@@ -49,7 +49,7 @@ from medharm_nb.gold import (
 from medharm_nb.judge import load_judge, provenance
 from medharm_nb.judge.base import judge_batch
 from medharm_nb.judge.panel import disagreements
-from medharm_nb.metrics import wilson_interval
+from medharm_nb.metrics import rate_text, wilson_interval
 from medharm_nb.validation.stats import POSITIVE, agreement, confusion, honest, split_labels
 
 SPLITS: tuple[str, ...] = ("compliance", "unsafe", "label3")
@@ -205,17 +205,9 @@ def false_alarm_view(alarms: pl.DataFrame) -> pl.DataFrame:
     """The ``false_alarms`` table for reading: per judge ``n``, ``unscored``, ``n_trained`` and
     each rate as ``k/n = r% [lo-hi%]`` (Wilson 95%), or ``not measured`` where the judge
     does not measure it (no response assessed)."""
-    def cell(name: str) -> pl.Expr:
-        def pct(column: str) -> pl.Expr:
-            return (pl.col(f"{name}_{column}") * 100).round(1).cast(pl.String)
-
-        return (pl.when(pl.col(f"{name}_n") > 0)
-                .then(pl.format("{}/{} = {}% [{}-{}%]", f"{name}_k", f"{name}_n", pct("rate"),
-                                pct("lo"), pct("hi")))
-                .otherwise(pl.lit("not measured")).alias(f"called_{name}"))
-
-    return alarms.select("judge", "n", "unscored", "n_trained", cell("complied"),
-                         cell("unsafe"))
+    return alarms.select("judge", "n", "unscored", "n_trained",
+                         rate_text("complied").alias("called_complied"),
+                         rate_text("unsafe").alias("called_unsafe"))
 
 
 def published_baselines(gold: pl.DataFrame, by: str = "source_model") -> pl.DataFrame:
