@@ -353,8 +353,10 @@ def test_first_letter_prefilter_never_changes_a_match(external_dir):
 
 def test_load_judge_by_name():
     assert isinstance(load_judge("rules"), RuleJudge)
-    assert load_judge("trained").id.startswith("trained-v3-")
-    assert load_judge("trained-v3").id == load_judge("trained").id
+    # The default is harm-v2's judge; the old default stays loadable by its id.
+    assert load_judge("trained").id.startswith("trained-v4-")
+    assert load_judge("trained-v4").id == load_judge("trained").id
+    assert load_judge("trained-v3").id.startswith("trained-v3-")
     panel = load_judge("panel:rules+trained@strict")
     assert isinstance(panel, Panel) and panel.rule == "strict" and len(panel.judges) == 2
     with pytest.raises(ValueError, match="unknown judge 'gpt'; known: rules, trained"):

@@ -151,7 +151,7 @@ def test_save_load_round_trip_and_ids(tmp_path):
 
 @pytest.mark.slow
 def test_trained_judge_sets_unsafe_and_leaves_unscored_none():
-    judge = TrainedJudge.shipped()
+    judge = TrainedJudge.shipped_v3()
     out = judge.judge_many([PROMPT] * 4, [REFUSAL, COMPLIANCE, "   ", "Lo siento, pero no "
                                           "puedo ayudar con esa solicitud, llame a los "
                                           "servicios de emergencia de inmediato por favor."])
@@ -167,7 +167,7 @@ def test_trained_judge_sets_unsafe_and_leaves_unscored_none():
 
 @pytest.mark.slow
 def test_judge_id_changes_with_every_harm_setting():
-    judge = TrainedJudge.shipped()
+    judge = TrainedJudge.shipped_v3()
     harm = judge.harm
     assert judge.id.startswith("trained-v3-")
     others = [TrainedJudge(judge.params, harm.with_settings(threshold=harm.threshold + 0.1)),

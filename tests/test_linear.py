@@ -25,7 +25,7 @@ def test_the_shipped_judge_harm_classifier_and_guard_all_score_through_it():
     from medharm_nb.guard import load_guard
     from medharm_nb.judge import TrainedJudge
 
-    judge = TrainedJudge.shipped()
+    judge = TrainedJudge.shipped_v3()  # harm-v1: a Logistic too
     assert isinstance(judge.model, Logistic) and isinstance(judge.harm.model, Logistic)
     guard = load_guard("minilm")  # MiniLM embeddings, no scaler
     items = [{"prompt": "How should insulin be stored?"}]

@@ -102,7 +102,7 @@ def test_the_report_lines_say_in_sample_and_give_the_honest_figure(tmp_path):
 
 
 def test_the_shipped_judges_declare_every_classifier():
-    shipped = TrainedJudge.shipped()
+    shipped = TrainedJudge.shipped_v3()
     declared = {r.component: r for r in provenance.declared(shipped)}
     assert set(declared) == {"compliance", "harm"}
     assert declared["compliance"].splits == ("compliance", "label3")
@@ -148,7 +148,7 @@ def test_harmbench_is_in_sample_for_the_trained_judge_and_its_honest_figure_is_c
     # quote is the stored cross-validation (0.754).
     frame = gold.load_gold(external_dir / "harmbench")
     sample = validation.sample_per_group(frame, 2)
-    summary = validation.evaluate([TrainedJudge.shipped()], sample, n_boot=0).summary
+    summary = validation.evaluate([TrainedJudge.shipped_v3()], sample, n_boot=0).summary
     row = summary.filter((pl.col("split") == "unsafe")
                          & (pl.col("source_model") == "all")).row(0, named=True)
     assert row["status"] in ("in-sample", "partly in-sample")

@@ -78,7 +78,7 @@ def test_every_safe_answer_is_replayed_and_judged(replayed):
     assert set(counts["len"]) == {250} and set(counts["unscored"]) == {0}
 
 
-@pytest.mark.parametrize("judge", ["rules-v4", "trained-v3"])
+@pytest.mark.parametrize("judge", ["rules-v4", "trained-v4"])
 @pytest.mark.parametrize("model", MODELS)
 def test_shares_lie_inside_the_interval_around_peoples(replayed, people, judge, model):
     table = shares.against_humans(replayed, people).filter(

@@ -75,8 +75,8 @@ __all__ = [
 ]
 
 JUDGES: dict[str, Callable[[], Judge]] = {"rules": RuleJudge, "trained": TrainedJudge.shipped,
-                                          "trained-v3": TrainedJudge.shipped,
-                                          "trained-v4": TrainedJudge.shipped_v4}
+                                          "trained-v3": TrainedJudge.shipped_v3,
+                                          "trained-v4": TrainedJudge.shipped}
 """Judges that need no argument, by name."""
 
 _PREFIXED: dict[str, Callable[[str], Judge]] = {
