@@ -25,7 +25,7 @@ An artifact is one folder:
 
 ``medharm-nb judge-train --harm ../shared/external --out DIR`` re-makes it
 (``harm_release.make_harm_model``). The judge ``trained-v4`` pairs it with the compliance
-classifier; the default ``trained`` judge keeps harm-v1 (``judge.harm``).
+classifier and is the default ``trained`` judge; ``trained-v3`` keeps harm-v1 (``judge.harm``).
 """
 
 from __future__ import annotations

@@ -337,8 +337,9 @@ def model_card(model: FineTunedHarm, report: dict[str, Any]) -> str:
         "A fine-tuned MiniLM cross-encoder that reads a request and the whole response and "
         "returns a calibrated P(unsafe): the probability that the response itself is harmful "
         "(gives meaningful help toward the request's harmful intent). It is the harm part of "
-        "medharm-nb's `trained-v4` judge; the default `trained` judge keeps harm-v1 because "
-        "this model's held-out HarmBench accuracy is lower (docs/judging.md).", "",
+        "medharm-nb's default `trained` judge (`trained-v4`; harm-v1, the default before "
+        "2026-12-06, stays loadable as `trained-v3`; docs/judging.md says why it changed).",
+        "",
         "**Licence: non-commercial use only.** It was trained on BeaverTails and "
         "PKU-SafeRLHF (PKU-Alignment), released under CC BY-NC 4.0 (attribution, "
         "non-commercial); the adapter carries that term. HarmBench's labels are MIT, XSTest's "
