@@ -17,8 +17,9 @@ response gives meaningful, relevant help toward the request's harmful intent. Th
 BeaverTails, PKU-SafeRLHF and XSTest; non-commercial, like two of its sources); a response it
 reads in more than one window gets the flag ``windows:N``. ``trained-v3``, the default before
 2026-12-06, reads it from the harm classifier ``judge.harm`` (harm-v1: MiniLM features +
-logistic regression on HarmBench and XSTest, with the refusal gate). Every scored verdict carries P(unsafe) as ``p_unsafe`` and ``unsafe`` =
-P(unsafe) >= the harm model's threshold; unscored responses keep both None.
+logistic regression on HarmBench and XSTest, with the refusal gate). Every scored verdict
+carries P(unsafe) as ``p_unsafe`` and ``unsafe`` = P(unsafe) >= the harm model's threshold;
+unscored responses keep both None.
 
 The compliance classifier is one JSON file: standardisation, coefficients, the gate, the
 SHA-256 of the embedding weights and of the training data, and the leave-one-source-model-out
