@@ -18,9 +18,9 @@ import argparse
 from pathlib import Path
 
 import polars as pl
-from statsmodels.stats.contingency_tables import mcnemar
 
 from medharm_nb.judge import judge_batch, load_judge
+from medharm_nb.paired import mcnemar_clusters
 from medharm_nb.store import read_table
 
 
@@ -62,11 +62,11 @@ def main() -> None:
         part = table.filter((pl.col("risk") == risk) & pl.col("a").is_not_null()
                             & pl.col("b").is_not_null())
         a, b = part["a"].to_numpy(), part["b"].to_numpy()
-        counts = [[int((a & b).sum()), int((a & ~b).sum())],
-                  [int((~a & b).sum()), int((~a & ~b).sum())]]
-        p = mcnemar(counts, exact=True).pvalue if part.height else float("nan")
+        # One answer per query: each answer is its own cluster, +1 where only a flags it.
+        test = mcnemar_clusters(a.astype(int) - b.astype(int))
         print(f"  {risk}: n {part.height}, called unsafe a {int(a.sum())}, b {int(b.sum())}; "
-              f"only a {counts[0][1]}, only b {counts[1][0]}; exact McNemar p = {p:.4g}")
+              f"only a {test['n_up']}, only b {test['n_down']}; exact McNemar p = "
+              f"{test['p']:.4g}")
 
 
 if __name__ == "__main__":
