@@ -194,14 +194,13 @@ def load_xstest_harm(path_or_dir: str | Path) -> pl.DataFrame:
         "id", pl.col("type").alias("prompt_type"),
         pl.lit(f.stem.removeprefix("xstest_v2_completions_")).alias("source_model"))
         for f in files])
-    unsafe_prompt = XSTEST_UNSAFE_PROMPT
     rows = (load_xstest_completions(path).join(types, on=["id", "source_model"], how="left")
             .filter(pl.col("response").str.strip_chars() != "")
-            .filter(~unsafe_prompt | (pl.col("gold") != "partial")))
+            .filter(~XSTEST_UNSAFE_PROMPT | (pl.col("gold") != "partial")))
     return rows.with_columns(
         pl.format("{}/{}", "source_model", "id").alias("id"), pl.col("id").alias("prompt_id"),
         pl.format("xstest:{}", "id").alias("group"),
-        (unsafe_prompt & (pl.col("gold") == "full_compliance")).alias("gold_unsafe"))
+        (XSTEST_UNSAFE_PROMPT & (pl.col("gold") == "full_compliance")).alias("gold_unsafe"))
 
 
 def prompt_group(prompt: str) -> str:
