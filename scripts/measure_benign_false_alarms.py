@@ -46,13 +46,13 @@ def main() -> None:
     names = [n.strip() for n in args.judges.split(",") if n.strip()]
     if len(names) != 2:
         parser.error(f"--judges {args.judges!r}: name exactly two judges")
+    judges = [load_judge(name) for name in names]  # an unknown name fails before any work
     rows = answers(args.run_dir, args.exclude)
     if rows.is_empty():
         parser.error(f"{args.run_dir}: no answered generations left after --exclude")
     flags = {}
-    for name in names:
-        verdicts = judge_batch(load_judge(name), rows["prompt"].to_list(),
-                               rows["response"].to_list())
+    for name, judge in zip(names, judges):
+        verdicts = judge_batch(judge, rows["prompt"].to_list(), rows["response"].to_list())
         flags[name] = [v.unsafe for v in verdicts]
     table = rows.select("query_id", "risk").with_columns(
         pl.Series("a", flags[names[0]], dtype=pl.Boolean),
